@@ -1,0 +1,166 @@
+"""Configuration: schema validation with defaults, clear errors, canonical stage params.
+
+The schema is split by stage group under ``workflow/schemas/`` (``config.schema.yaml`` refers
+to ``data``, ``generate``, ``hashing``, ``evaluate`` and ``report`` parts by ``urn:lthash:<part>``).
+Validation fills every default, so a stage reads a complete section; any unknown key, wrong
+type or out-of-range value stops with one message per problem naming the dotted key and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from lthash.errors import LthashError
+
+SCHEMA_DIR = Path(os.environ.get("LTHASH_SCHEMA_DIR", Path(__file__).resolve().parents[1] / "workflow" / "schemas"))
+ROOT_SCHEMA = "config.schema.yaml"
+
+
+@functools.lru_cache(maxsize=None)
+def _load_schemas(schema_dir: str) -> tuple[dict, Any]:
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+
+    directory = Path(schema_dir)
+    if not (directory / ROOT_SCHEMA).exists():
+        raise LthashError(f"config schema not found: {directory / ROOT_SCHEMA} (set LTHASH_SCHEMA_DIR)")
+    resources = []
+    root = None
+    for path in sorted(directory.glob("*.schema.yaml")):
+        schema = yaml.safe_load(path.read_text())
+        if path.name == ROOT_SCHEMA:
+            root = schema
+        resources.append((schema.get("$id", path.name), DRAFT202012.create_resource(schema)))
+    return root, Registry().with_resources(resources)
+
+
+def _validator_class():
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": fill_defaults})
+
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path) or "<top level>"
+
+
+def _describe(error, schema_root) -> str:
+    key = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extras = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        parts = []
+        for extra in extras:
+            full = f"{key}.{extra}" if error.absolute_path else extra
+            hint = difflib.get_close_matches(extra, allowed, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            parts.append(f"unknown config key '{full}'{suggestion} (allowed here: {', '.join(allowed)})")
+        return "\n".join(parts) or error.message
+    if error.validator == "enum":
+        return f"config key '{key}': {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "type":
+        return f"config key '{key}': {error.instance!r} is not of type {error.validator_value}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"config key '{key}': {error.instance!r} violates {error.validator} {error.validator_value}"
+    if error.validator == "required":
+        return f"config key '{key}': {error.message}"
+    if error.validator in ("anyOf", "oneOf"):
+        options = [sub.get("type", sub.get("enum", sub.get("const", "?"))) for sub in error.validator_value]
+        return f"config key '{key}': {error.instance!r} must be one of the forms {options}"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: Mapping[str, Any], schema_dir: str | os.PathLike | None = None) -> dict:
+    """Return a deep copy of ``config`` with defaults filled, or raise naming every bad key."""
+    root, registry = _load_schemas(str(schema_dir or SCHEMA_DIR))
+    instance = copy.deepcopy(dict(config))
+    validator = _validator_class()(root, registry=registry)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        messages = []
+        for error in errors:
+            text = _describe(error, root)
+            if text not in messages:
+                messages.append(text)
+        raise LthashError("invalid configuration:\n  " + "\n  ".join(messages))
+    return instance
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read a YAML config file, merge ``overrides`` (nested) and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise LthashError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise LthashError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise LthashError(f"{path}: the config must be a mapping of sections")
+    return validate_config(deep_merge(raw, overrides or {}))
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
+    """Nested dict merge: values of ``update`` win; dicts merge key by key."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def section(config: Mapping[str, Any], dotted: str) -> Any:
+    """``section(cfg, "hashing.train")`` -> cfg["hashing"]["train"], naming a missing key."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise LthashError(f"config has no key '{dotted}'")
+        node = node[part]
+    return node
+
+
+def params_json(**parts: Any) -> str:
+    """Canonical JSON of exactly the config parts a stage reads (Snakemake ``params:``)."""
+    from lthash.io import canonical_json
+
+    return canonical_json(parts)
+
+
+def parse_params(text: str | None) -> dict:
+    """Parse a ``--params`` argument: inline JSON, or ``@file.json``/``@file.yaml``."""
+    if not text:
+        return {}
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.exists():
+            raise LthashError(f"params file not found: {path}")
+        body = path.read_text()
+        data = yaml.safe_load(body) if path.suffix in (".yaml", ".yml") else json.loads(body)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LthashError(f"--params is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LthashError("--params must be a JSON object")
+    return data

@@ -1,0 +1,1 @@
+"""Dataset readers, long-tail splits and the split file."""

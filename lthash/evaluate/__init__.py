@@ -1,0 +1,1 @@
+"""Retrieval evaluation: packed codes, exact mAP, curves, search."""

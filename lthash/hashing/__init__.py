@@ -1,0 +1,1 @@
+"""Deep hashing: methods, backbones, training and encoding."""

@@ -1,0 +1,235 @@
+"""Artifact I/O: atomic writes, image sets in HDF5, JSON, safetensors.
+
+Contract: no output ever exists under its final name unless it is complete. Every writer
+writes to a temporary name in the destination folder and renames it into place. HDF5 files
+written here carry the attribute ``complete=1`` as their last write; a reader refuses a file
+without it (a truncated file from an older crash), naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from lthash.errors import LthashError
+
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it to ``final``.
+
+    On an exception the temporary file is removed and ``final`` is left untouched. A full
+    disk or an unwritable folder raises :class:`LthashError` naming the folder.
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent
+        )
+        os.close(fd)
+    except OSError as exc:
+        raise LthashError(f"cannot write in {final.parent}: {exc.strerror or exc}") from exc
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, final)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise LthashError(f"failed writing {final}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace noise: the form Snakemake params and records use."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise LthashError(f"missing file: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise LthashError(f"{path} is not valid JSON: {exc}") from exc
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8, N x H x W x C), integer labels (N,) or one-hot (N, K), source index (N,).
+
+    ``paths`` replaces ``images`` for datasets too large to copy (read lazily by consumers).
+    """
+
+    images: np.ndarray | None
+    labels: np.ndarray
+    index: np.ndarray
+    paths: list[str] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def write_image_sets(
+    path: str | os.PathLike,
+    groups: Mapping[str, ImageSet],
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write several image sets as HDF5 groups of one file, atomically.
+
+    Scalars and strings go in as HDF5 attributes; lists and dicts as canonical JSON strings.
+    """
+    import h5py
+
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as h5:
+            for key, value in (attrs or {}).items():
+                h5.attrs[key] = _attr_value(value)
+            for name, image_set in groups.items():
+                grp = h5.create_group(name)
+                if image_set.images is not None:
+                    images = np.ascontiguousarray(image_set.images, dtype=np.uint8)
+                    if images.ndim != 4:
+                        raise ValueError(f"images of group {name} must be N x H x W x C")
+                    chunks = (min(len(images), 256),) + images.shape[1:] if len(images) else None
+                    grp.create_dataset("images", data=images, chunks=chunks)
+                if image_set.paths is not None:
+                    grp.create_dataset("paths", data=np.array(image_set.paths, dtype=object),
+                                       dtype=h5py.string_dtype())
+                grp.create_dataset("labels", data=np.asarray(image_set.labels, dtype=np.int64))
+                grp.create_dataset("index", data=np.asarray(image_set.index, dtype=np.int64))
+                for key, value in image_set.attrs.items():
+                    grp.attrs[key] = _attr_value(value)
+            h5.attrs["format_version"] = FORMAT_VERSION
+            h5.flush()
+            h5.attrs["complete"] = 1
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple, dict)):
+        return canonical_json(value)
+    if value is None:
+        return "null"
+    return value
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{" or value == "null":
+        try:
+            return json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def open_complete_h5(path: str | os.PathLike):
+    """Open an HDF5 file for reading, refusing a missing, corrupt or incomplete one."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise LthashError(f"missing file: {path}")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise LthashError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from exc
+    if int(h5.attrs.get("complete", 0)) != 1:
+        h5.close()
+        raise LthashError(f"{path} is incomplete (no 'complete' mark): delete it and rerun the stage")
+    return h5
+
+
+def read_attrs(path: str | os.PathLike, group: str | None = None) -> dict[str, Any]:
+    """File-level (or one group's) attributes with JSON strings decoded."""
+    with open_complete_h5(path) as h5:
+        node = h5 if group is None else _group(h5, group, path)
+        return {key: _decode_attr(value) for key, value in node.attrs.items()}
+
+
+def read_image_set(path: str | os.PathLike, group: str, load_images: bool = True) -> ImageSet:
+    """Read one group written by :func:`write_image_sets`."""
+    with open_complete_h5(path) as h5:
+        grp = _group(h5, group, path)
+        images = grp["images"][()] if load_images and "images" in grp else None
+        paths = [p.decode() if isinstance(p, bytes) else p for p in grp["paths"][()]] if "paths" in grp else None
+        return ImageSet(
+            images=images,
+            labels=grp["labels"][()],
+            index=grp["index"][()],
+            paths=paths,
+            attrs={key: _decode_attr(value) for key, value in grp.attrs.items()},
+        )
+
+
+def _group(h5, group: str, path) -> Any:
+    if group not in h5:
+        raise LthashError(f"{path} has no group '{group}' (groups: {sorted(h5.keys())})")
+    return h5[group]
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any],
+                     metadata: Mapping[str, Any] | None = None) -> None:
+    """Save torch tensors as safetensors, atomically; metadata values become JSON strings."""
+    from safetensors.torch import save_file
+
+    meta = {key: value if isinstance(value, str) else canonical_json(value)
+            for key, value in (metadata or {}).items()}
+    tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
+    """Load tensors and metadata; a missing, truncated or non-safetensors file is a clear error."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise LthashError(f"missing weights file: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise LthashError(f"{path} is not a valid safetensors file: {exc}") from exc
+    return tensors, metadata

@@ -1,0 +1,102 @@
+"""Process-level runtime: threads, devices, seeds, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+
+log = logging.getLogger("lthash")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def configure_threads(threads: int | None) -> int:
+    """Match torch's intra-op threads to the job's share of cores (Snakemake ``threads``).
+
+    Oversubscription is costly here: two jobs each using every core ran 4-5x slower.
+    """
+    n = threads or int(os.environ.get("LTHASH_THREADS", 0)) or os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(max(1, min(n, 2)))
+        except RuntimeError:
+            pass
+    except ImportError:
+        pass
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def select_device(preference: str = "auto") -> str:
+    """Resolve ``auto``/``cpu``/``cuda``/``cuda:N`` to a usable device string.
+
+    ``auto`` takes a GPU when one is visible. On a workstation with several GPUs, where
+    Snakemake does not set CUDA_VISIBLE_DEVICES, a free GPU is picked and locked (see
+    :func:`claim_gpu`) so concurrent jobs do not pile onto device 0.
+    """
+    import torch
+
+    if preference == "cpu":
+        return "cpu"
+    if preference.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from lthash.errors import LthashError
+
+            raise LthashError(f"device '{preference}' requested but CUDA is not available")
+        return preference
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{claim_gpu(torch.cuda.device_count())}"
+
+
+_GPU_LOCKS: list = []
+
+
+def claim_gpu(count: int, lock_dir: str | None = None) -> int:
+    """Take an exclusive file lock on the first free GPU index in [0, count).
+
+    The lock is held for the life of the process. If CUDA_VISIBLE_DEVICES is already set
+    (SLURM does), index 0 of what is visible is used with no lock. If every GPU is taken,
+    the one with the lowest index is shared.
+    """
+    import fcntl
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") or count <= 1:
+        return 0
+    lock_dir = lock_dir or os.environ.get("LTHASH_GPU_LOCK_DIR", "/tmp/lthash-gpu-locks")
+    os.makedirs(lock_dir, exist_ok=True)
+    for index in range(count):
+        handle = open(os.path.join(lock_dir, f"gpu{index}.lock"), "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _GPU_LOCKS.append(handle)
+        return index
+    return 0
