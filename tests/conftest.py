@@ -30,3 +30,56 @@ def fashion_mnist_root() -> str:
     if not os.path.exists(os.path.join(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz")):
         pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
     return FASHION_MNIST_ROOT
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def read_idx_gz(path: str):
+    """Minimal reader of an idx file (gzip), for fixtures independent of lthash.data."""
+    import gzip
+
+    import numpy as np
+
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@pytest.fixture(scope="session")
+def small_split(tmp_path_factory, fashion_mnist_root):
+    """A small real Fashion-MNIST split file in the split format (docs/DEVELOPING.md).
+
+    Per class: 20 query, 200 database (disjoint from query), 60 balanced training images
+    drawn from the database, and a long-tail training set drawn from those with Zipf sizes
+    60 * i^-1 (imbalance factor 10) over a seeded class order.
+    """
+    import numpy as np
+
+    from lthash.io import ImageSet, write_image_sets
+
+    images = read_idx_gz(os.path.join(fashion_mnist_root, "t10k-images-idx3-ubyte.gz"))
+    labels = read_idx_gz(os.path.join(fashion_mnist_root, "t10k-labels-idx1-ubyte.gz")).astype(np.int64)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(10)
+    groups: dict[str, list[np.ndarray]] = {"query": [], "database": [], "train_balanced": [], "train": []}
+    for cls in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        groups["query"].append(idx[:20])
+        database = idx[20:220]
+        groups["database"].append(database)
+        balanced = database[:60]
+        groups["train_balanced"].append(balanced)
+        rank = int(np.flatnonzero(order == cls)[0]) + 1
+        groups["train"].append(balanced[: int(60 * rank ** -1.0)])
+    sets = {}
+    for name, parts in groups.items():
+        index = np.concatenate(parts)
+        sets[name] = ImageSet(images=images[index][..., None], labels=labels[index], index=index,
+                              attrs={"counts": np.bincount(labels[index], minlength=10).tolist()})
+    path = tmp_path_factory.mktemp("split") / "split.h5"
+    write_image_sets(path, sets, attrs={"class_names": FASHION_CLASSES, "dataset": "fashion-mnist", "seed": 0})
+    return path
