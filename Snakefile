@@ -1,0 +1,39 @@
+# lthash: long-tail deep hashing with personalised diffusion data.
+# Run:  snakemake --cores all            (embedded default: Fashion-MNIST on CPU)
+#       snakemake --cores all --configfile workflow/configs/<experiment>.yaml
+# Rules only wire `lthash <stage>` commands; the logic lives in the lthash package.
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+from lthash.config import validate_config
+from lthash.errors import LthashError
+import lthash.workflow as lw
+
+
+configfile: "config.yaml"
+
+
+try:
+    config = validate_config(config)
+except LthashError as error:
+    raise WorkflowError(str(error)) from None
+
+R = config["results"]
+ENV = "envs/lthash.yaml"
+DEVICE = config["device"]
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/hashing.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{R}/report.md",
+    default_target: True

@@ -1,0 +1,48 @@
+# Helpers shared by the rule files: run matrix, plan-driven shard lists, wildcard limits.
+
+import os
+
+RUNS = lw.runs(config)
+GENERATORS = config["experiment"]["generators"] if lw.uses_synthetic(config) else []
+BASE_IS_TINY = config["generate"]["base"]["model"] == "tiny"
+BASE_DIR = f"{R}/generate/base" if BASE_IS_TINY else config["generate"]["base"]["model"]
+HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
+
+
+wildcard_constraints:
+    generator="|".join(["attndreambooth", "dreambooth", "textual_inversion"]),
+    purpose="pretrain|mix",
+    cls=r"\d+",
+    shard=r"\d+",
+    real_arm="balanced|longtail",
+    method=r"[a-z0-9_]+",
+    backbone=r"[a-z0-9_]+",
+    bits=r"\d+",
+
+
+def plan_file():
+    """The balancing plan; a checkpoint, so shard lists are known once it exists."""
+    return checkpoints.plan.get().output.plan
+
+
+def shard_files(generator, purpose, cls=None):
+    """Every shard the plan asks of one generator and purpose (one class, or all)."""
+    plan = lw.read_plan(plan_file())
+    files = []
+    for entry in plan["classes"]:
+        if cls is not None and int(entry["index"]) != int(cls):
+            continue
+        for shard in range(len(entry[purpose]["shards"])):
+            files.append(
+                f"{R}/generate/{generator}/shards/{purpose}/class{entry['index']}/shard{shard}.h5"
+            )
+    return files
+
+
+def run_dir(w):
+    """The run folder named by the wildcards of a run-level rule."""
+    return f"{R}/runs/{w.arm}/{w.method}-{w.backbone}-{w.bits}"
+
+
+def run_params(w):
+    return lw.shell_json(**lw.hashing_params(config, w.method, w.backbone, w.bits))

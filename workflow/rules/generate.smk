@@ -1,0 +1,133 @@
+# Generation stage: tiny base model (CPU default), balancing plan, per-class
+# personalisation, sharded synthesis, and the quality of what was drawn.
+
+GEN = config["generate"]
+
+
+rule base:
+    input:
+        split=rules.split.output.split,
+    output:
+        model=directory(f"{R}/generate/base"),
+        samples=report(
+            f"{R}/generate/base_samples.png",
+            caption="../report/base_samples.rst",
+            category="Generation",
+        ),
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "base")),
+    log:
+        f"{R}/logs/base.log",
+    benchmark:
+        f"{R}/benchmarks/base.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **HEAVY,
+    shell:
+        "lthash base --split {input.split} --out {output.model} --samples {output.samples}"
+        " --params {params.config} --threads {threads} --device {DEVICE} 2> {log}"
+
+
+checkpoint plan:
+    input:
+        summary=rules.split.output.summary,
+    output:
+        plan=f"{R}/generate/plan.json",
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "plan")),
+    log:
+        f"{R}/logs/plan.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "lthash plan --split-summary {input.summary} --out {output.plan}"
+        " --params {params.config} 2> {log}"
+
+
+rule personalize:
+    input:
+        base=BASE_DIR,
+        split=rules.split.output.split,
+    output:
+        concept=directory(f"{R}/generate/{{generator}}/concepts/class{{cls}}"),
+    params:
+        config=lambda w: lw.shell_json(**lw.generate_params(config, "personalize", w.generator)),
+    log:
+        f"{R}/logs/personalize/{{generator}}/class{{cls}}.log",
+    benchmark:
+        f"{R}/benchmarks/personalize/{{generator}}/class{{cls}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        **HEAVY,
+    shell:
+        "lthash personalize --base {input.base} --split {input.split} --class {wildcards.cls}"
+        " --method {wildcards.generator} --out {output.concept} --params {params.config}"
+        " --threads {threads} --device {DEVICE} 2> {log}"
+
+
+rule synthesize:
+    input:
+        concept=f"{R}/generate/{{generator}}/concepts/class{{cls}}",
+        base=BASE_DIR,
+        split=rules.split.output.split,
+        plan=f"{R}/generate/plan.json",
+    output:
+        shard=f"{R}/generate/{{generator}}/shards/{{purpose}}/class{{cls}}/shard{{shard}}.h5",
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "synthesize")),
+    log:
+        f"{R}/logs/synthesize/{{generator}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/synthesize/{{generator}}/{{purpose}}/class{{cls}}/shard{{shard}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        **HEAVY,
+    shell:
+        "lthash synthesize --model {input.concept} --base {input.base} --class {wildcards.cls}"
+        " --purpose {wildcards.purpose} --shard {wildcards.shard} --plan {input.plan}"
+        " --split {input.split} --out {output.shard} --params {params.config}"
+        " --threads {threads} --device {DEVICE} 2> {log}"
+
+
+rule quality:
+    input:
+        split=rules.split.output.split,
+        shards=lambda w: shard_files(w.generator, "pretrain"),
+    output:
+        metrics=f"{R}/generate/{{generator}}/quality.json",
+        grid=report(
+            f"{R}/generate/{{generator}}/real_vs_synthetic.png",
+            caption="../report/real_vs_synthetic.rst",
+            category="Generation",
+            subcategory="{generator}",
+        ),
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "quality")),
+    log:
+        f"{R}/logs/quality/{{generator}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "lthash quality --split {input.split} --shards {input.shards} --generator {wildcards.generator}"
+        " --out {output.metrics} --grid {output.grid} --params {params.config}"
+        " --threads {threads} 2> {log}"
