@@ -1,0 +1,511 @@
+"""Text-to-image model components: the tiny pixel-space model and Stable Diffusion 1.x/2.x folders.
+
+Both model sizes pass through the same :class:`DiffusionComponents` and the same diffusers
+folder layout (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` and, for latent
+models, ``vae/``). The tiny model has no VAE: it denoises pixels scaled to [-1, 1]. Its
+tokenizer is a word-level CLIP BPE tokenizer whose ``vocab.json`` and ``merges.txt`` are
+written here and loaded with ``CLIPTokenizer.from_pretrained`` (in transformers 5.x the
+``vocab_file=`` constructor ignores the files silently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from lthash.errors import LthashError
+
+MODEL_INFO_FILE = "lthash_model.json"
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+PROMPT_WORDS = ("a", "an", "photo", "of", "the", "picture", "image")
+
+
+@dataclass
+class TinyModelConfig:
+    """Architecture of the tiny pixel-space text-to-image model.
+
+    Cross-attention sits only at the lowest UNet resolution and in the mid block (attention
+    at higher resolutions costs 2x-20x on CPU for little gain at this size).
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate_size: int = 128
+    max_length: int = 16
+    placeholder_slots: int = 16
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "TinyModelConfig":
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise LthashError(f"unknown tiny model setting(s): {', '.join(unknown)}")
+        if "block_out_channels" in values:
+            values["block_out_channels"] = tuple(values["block_out_channels"])
+        return cls(**values)
+
+
+@dataclass
+class DiffusionComponents:
+    """Everything a training or sampling loop needs from a text-to-image model.
+
+    ``image_size``/``channels`` describe the pixel images the model draws (the VAE's input
+    for latent models); ``noise_scheduler`` is the DDPM schedule used for training.
+    """
+
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    vae: Any | None
+    image_size: int
+    channels: int
+    kind: str = "tiny"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the tensors the UNet denoises."""
+        size = self.image_size // self.vae_scale_factor
+        return int(self.unet.config.in_channels), size, size
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DiffusionComponents":
+        """Move every module in place; returns self."""
+        kwargs = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
+        for module in (self.unet, self.text_encoder, self.vae):
+            if module is not None and kwargs:
+                module.to(**kwargs)
+        return self
+
+    def max_length(self) -> int:
+        return int(min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings))
+
+
+def train_word_bpe(words: Iterable[str]) -> list[tuple[str, str]]:
+    """Learn BPE merges on ``words`` until each word is a single symbol.
+
+    Greedy most-frequent-pair training (ties broken lexicographically), so encoding a
+    training word with these merges replays its training segmentation: one token.
+    """
+    sequences = {word: list(word[:-1]) + [word[-1] + "</w>"] for word in sorted(set(words))}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for seq in sequences.values():
+            for pair in zip(seq, seq[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for word, seq in sequences.items():
+            merged, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    merged.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    merged.append(seq[i])
+                    i += 1
+            sequences[word] = merged
+
+
+def normalise_words(words: Iterable[str]) -> list[str]:
+    """Lower-case vocabulary words; each must be letters only (one CLIP pre-token)."""
+    result = set(PROMPT_WORDS)
+    for word in words:
+        word = word.strip().lower()
+        if not word.isalpha():
+            raise LthashError(f"vocabulary word {word!r} must be letters only (one word, no spaces or digits)")
+        result.add(word)
+    return sorted(result)
+
+
+def write_word_tokenizer(folder: str | os.PathLike, words: Iterable[str], max_length: int) -> Path:
+    """Write ``vocab.json``/``merges.txt``/``tokenizer_config.json`` of a word-level CLIP tokenizer."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = normalise_words(words)
+    merges = train_word_bpe(words)
+    tokens = [BOS_TOKEN, EOS_TOKEN]
+    for char in sorted({c for word in words for c in word}):
+        tokens += [char, char + "</w>"]
+    for left, right in merges:
+        if left + right not in tokens:
+            tokens.append(left + right)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}, indent=0))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length,
+        "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN,
+    }, indent=2))
+    return folder
+
+
+def build_word_tokenizer(words: Iterable[str], max_length: int = 16):
+    """A CLIPTokenizer in which every word of ``words`` (and the prompt words) is one token."""
+    from transformers import CLIPTokenizer
+
+    words = normalise_words(words)
+    with tempfile.TemporaryDirectory(prefix="lthash-tok-") as tmp:
+        write_word_tokenizer(tmp, words, max_length)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length)
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+            raise LthashError(f"tokenizer build failed: word {word!r} became {ids}")
+    return tokenizer
+
+
+def build_tiny_components(
+    vocabulary_words: Iterable[str],
+    image_size: int = 28,
+    channels: int = 1,
+    seed: int = 0,
+    config: TinyModelConfig | dict | None = None,
+) -> DiffusionComponents:
+    """A freshly initialised tiny pixel-space text-to-image model (UNet, CLIP text encoder, tokenizer).
+
+    The text encoder's embedding table has ``placeholder_slots`` spare rows beyond the
+    vocabulary, so tokens added later with ``tokenizer.add_tokens`` (``<v0>``...) have a row.
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = config if isinstance(config, TinyModelConfig) else TinyModelConfig.from_dict(config)
+    levels = len(cfg.block_out_channels)
+    factor = 2 ** (levels - 1)
+    if image_size % factor:
+        raise LthashError(f"tiny model image_size {image_size} must be divisible by {factor} "
+                          f"({levels} UNet levels)")
+    tokenizer = build_word_tokenizer(vocabulary_words, cfg.max_length)
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer) + cfg.placeholder_slots,
+        hidden_size=cfg.text_hidden_size,
+        intermediate_size=cfg.text_intermediate_size,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=cfg.text_hidden_size,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    unet = UNet2DConditionModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.text_hidden_size,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                              prediction_type=cfg.prediction_type, clip_sample=False)
+    info = {"kind": "tiny", "image_size": image_size, "channels": channels, "config": _jsonable(asdict(cfg))}
+    return DiffusionComponents(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                               noise_scheduler=scheduler, vae=None, image_size=image_size,
+                               channels=channels, kind="tiny", info=info)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))
+
+
+def save_components(components: DiffusionComponents, path: str | os.PathLike) -> Path:
+    """Save in diffusers folder format, atomically (temporary sibling folder, then rename)."""
+    import diffusers
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        components.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        components.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        components.tokenizer.save_pretrained(tmp / "tokenizer")
+        components.noise_scheduler.save_pretrained(tmp / "scheduler")
+        if components.vae is not None:
+            components.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        index = {
+            "_class_name": "StableDiffusionPipeline" if components.vae is not None else "LthashTinyPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "unet": ["diffusers", type(components.unet).__name__],
+            "text_encoder": ["transformers", type(components.text_encoder).__name__],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", type(components.noise_scheduler).__name__],
+            "vae": ["diffusers", type(components.vae).__name__] if components.vae is not None else [None, None],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        info = dict(components.info, kind=components.kind, image_size=components.image_size,
+                    channels=components.channels)
+        (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        replace_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary folder onto ``final`` (an older ``final`` is removed)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+_CONFIGS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+            "scheduler": "scheduler_config.json"}
+
+
+def _check_folder(path: Path, need_vae: bool) -> None:
+    if not path.is_dir():
+        raise LthashError(f"model folder not found: {path}")
+    missing = []
+    parts = ["unet", "text_encoder", "tokenizer", "scheduler"] + (["vae"] if need_vae else [])
+    for part in parts:
+        folder = path / part
+        if not folder.is_dir():
+            missing.append(f"{part} (no {part}/ folder)")
+            continue
+        if part == "tokenizer":
+            if not ((folder / "vocab.json").exists() and (folder / "merges.txt").exists()) \
+                    and not (folder / "tokenizer.json").exists():
+                missing.append("tokenizer (no vocab.json + merges.txt or tokenizer.json)")
+            continue
+        if not (folder / _CONFIGS[part]).exists():
+            missing.append(f"{part} (no {part}/{_CONFIGS[part]})")
+        if part in _WEIGHTS:
+            stem = _WEIGHTS[part]
+            if not (folder / f"{stem}.safetensors").exists() and not (folder / f"{stem}.safetensors.index.json").exists():
+                others = sorted(p.name for p in folder.glob(f"{stem}*"))
+                hint = (f"; found {', '.join(others)}: only safetensors weights are loaded, convert them"
+                        if others else "")
+                missing.append(f"{part} (no {part}/{stem}.safetensors{hint})")
+    if missing:
+        raise LthashError(f"model folder {path} is incomplete: missing " + "; ".join(missing))
+
+
+def _load_part(name: str, path: Path, loader, **kwargs) -> Any:
+    try:
+        return loader(path / name, **kwargs)
+    except LthashError:
+        raise
+    except Exception as exc:  # diffusers/transformers raise many types for a corrupt file
+        raise LthashError(f"cannot load {name} from {path / name}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_components(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> DiffusionComponents:
+    """Load the tiny model folder or a Stable Diffusion 1.x/2.x diffusers folder.
+
+    A folder written by :func:`save_components` for the tiny model has no ``vae/``; any
+    other folder must have one. Missing parts are named all at once; only safetensors
+    weights are read.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    info_path = path / MODEL_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    need_vae = info.get("kind", "stable-diffusion") != "tiny"
+    _check_folder(path, need_vae)
+    unet = _load_part("unet", path, UNet2DConditionModel.from_pretrained, use_safetensors=True)
+    text_encoder = _load_part("text_encoder", path, CLIPTextModel.from_pretrained, use_safetensors=True)
+    tokenizer = _load_part("tokenizer", path, CLIPTokenizer.from_pretrained)
+    scheduler = _load_part("scheduler", path, DDPMScheduler.from_pretrained)
+    vae = _load_part("vae", path, AutoencoderKL.from_pretrained, use_safetensors=True) if need_vae else None
+    if vae is not None:
+        image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        channels = int(vae.config.in_channels)
+    else:
+        image_size = int(info.get("image_size", unet.config.sample_size))
+        channels = int(info.get("channels", unet.config.in_channels))
+    components = DiffusionComponents(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                     noise_scheduler=scheduler, vae=vae, image_size=image_size,
+                                     channels=channels, kind="tiny" if not need_vae else "stable-diffusion",
+                                     info=info)
+    for module in (unet, text_encoder, vae):
+        if module is not None:
+            module.eval()
+            module.requires_grad_(False)
+    return components.to(device, dtype)
+
+
+def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Convert an N x C x H x W float tensor to ``channels`` (grey <-> RGB)."""
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if have == 1:
+        return x.repeat(1, channels, 1, 1)
+    if channels == 1 and have == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise LthashError(f"cannot convert images with {have} channels to {channels}")
+
+
+def _resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def images_to_pixels(images_uint8: np.ndarray | torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
+    """uint8 N x H x W x C -> float N x channels x image_size x image_size in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(images_uint8))
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise LthashError(f"images must be N x H x W x C uint8, got shape {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return _resize(_to_channels(x, channels), image_size).clamp(-1.0, 1.0)
+
+
+def encode_images(components: DiffusionComponents, images_uint8: np.ndarray | torch.Tensor,
+                  generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+    """Images (uint8 NHWC) -> the tensors the UNet denoises.
+
+    Pixel models: pixels in [-1, 1] at the model resolution. Latent models: VAE latents
+    (a sample of the posterior, or its mean with ``sample=False``) times the scaling factor.
+    """
+    x = images_to_pixels(images_uint8, components.image_size, components.channels)
+    vae = components.vae
+    if vae is None:
+        return x.to(components.device, components.dtype)
+    x = x.to(vae.device, vae.dtype)
+    with torch.no_grad():
+        dist = vae.encode(x).latent_dist
+        latents = dist.sample(generator=generator) if sample else dist.mean
+    return latents * vae.config.scaling_factor
+
+
+def decode(components: DiffusionComponents, x: torch.Tensor,
+           size: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Model-space tensors -> uint8 N x H x W x C, resized to ``size`` = (H, W, C) when given."""
+    vae = components.vae
+    with torch.no_grad():
+        if vae is not None:
+            x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+        x = x.float().clamp(-1.0, 1.0)
+        if size is not None:
+            height, width, channels = size
+            x = _to_channels(_resize(x, (height, width)), channels).clamp(-1.0, 1.0)
+        images = ((x + 1.0) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tokenize(components: DiffusionComponents, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids, padded/truncated to the text encoder's length."""
+    ids = components.tokenizer(list(prompts), padding="max_length", truncation=True,
+                               max_length=components.max_length(), return_tensors="pt").input_ids
+    return ids.to(components.text_encoder.device)
+
+
+def encode_prompts(components: DiffusionComponents, prompts: Sequence[str]) -> torch.Tensor:
+    """Prompts -> text encoder hidden states (N x L x D), the UNet's cross-attention input."""
+    return components.text_encoder(tokenize(components, prompts))[0]
+
+
+def build_tiny_stable_diffusion(seed: int = 0, image_size: int = 32,
+                                words: Iterable[str] = ("clothing", "footwear", "accessory", "digit", "object"),
+                                ) -> DiffusionComponents:
+    """A tiny RANDOM Stable-Diffusion-shaped model: latent UNet, AutoencoderKL, CLIP text encoder.
+
+    Built from configs so tests exercise the real-checkpoint path (VAE encode/decode, latent
+    UNet, RGB images) without any download.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    max_length = 16
+    tokenizer = build_word_tokenizer(words, max_length)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer) + 16, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=32))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+        latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=image_size)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 32),
+        layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, prediction_type="epsilon")
+    return DiffusionComponents(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                               noise_scheduler=scheduler, vae=vae, image_size=image_size, channels=3,
+                               kind="stable-diffusion", info={})
+
+
+def save_tiny_stable_diffusion(path: str | os.PathLike, seed: int = 0, image_size: int = 32) -> Path:
+    """Save a tiny random Stable Diffusion pipeline the way real checkpoints ship.
+
+    Written with ``StableDiffusionPipeline.save_pretrained`` (model_index.json, a PNDM
+    scheduler config as SD 1.x ships, no lthash metadata), so :func:`load_components`
+    treats it exactly like a downloaded checkpoint.
+    """
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    parts = build_tiny_stable_diffusion(seed, image_size)
+    scheduler = PNDMScheduler.from_config(parts.noise_scheduler.config, skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                   unet=parts.unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        replace_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
