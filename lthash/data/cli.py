@@ -1,9 +1,41 @@
-"""Subcommands of this stage group (filled in as the stage lands)."""
+"""Subcommands of the data stage group: ``lthash split``."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this group's subcommands to the ``lthash`` parser."""
+    from lthash.cli import add_common_arguments
+
+    parser = subparsers.add_parser(
+        "split", help="read a dataset and write the query/database/train split",
+        description="Read the dataset named in params.dataset and write the split file (HDF5 groups "
+                    "train, train_balanced, database, query), its JSON summary and a class-distribution "
+                    "figure. --params carries {\"dataset\": {...}, \"split\": {...}}; defaults fill the rest.")
+    parser.add_argument("--out", required=True, help="split file to write (HDF5), e.g. results/data/split.h5")
+    parser.add_argument("--summary", default=None,
+                        help="JSON summary to write (default: --out with suffix .json)")
+    parser.add_argument("--figure", default=None,
+                        help="class-distribution PNG to write (default: none)")
+    add_common_arguments(parser)
+    parser.set_defaults(func=split_command)
+
+
+def split_command(args: argparse.Namespace) -> None:
+    """Validate params (defaults filled) and run the split stage."""
+    from lthash.config import parse_params, validate_config
+    from lthash.data.split import run_split
+    from lthash.errors import LthashError
+
+    params = parse_params(args.params)
+    unknown = sorted(set(params) - {"dataset", "split"})
+    if unknown:
+        raise LthashError(f"--params of split takes the sections dataset and split, not {', '.join(unknown)}")
+    config = validate_config({"dataset": params.get("dataset") or {}, "split": params.get("split") or {}})
+    threads = args.threads or int(os.environ.get("LTHASH_THREADS", 0)) or os.cpu_count() or 1
+    summary = args.summary or str(Path(args.out).with_suffix(".json"))
+    run_split(config["dataset"], config["split"], args.out, summary, args.figure, threads=threads)

@@ -1,0 +1,112 @@
+"""Image decoding and resizing shared by the readers and the lazy path-backed loader.
+
+Contract: images are uint8 arrays H x W x C with C = 1 (grey) or 3 (RGB). Resizing to a
+square ``size`` scales the shorter side to ``size`` (bicubic) and centre-crops the longer
+one, so aspect ratio is kept; a grey image stays one channel.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
+
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                            ".ppm", ".pgm", ".pbm"})
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class UnreadableImage(Exception):
+    """An image file PIL cannot open or decode; the message says why."""
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an H x W x C uint8 image to size x size (shorter side, then centre crop)."""
+    from PIL import Image
+
+    height, width, channels = image.shape
+    if height == size and width == size:
+        return image
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode="L" if channels == 1 else "RGB")
+    return _as_array(_resize_pil(pil, size), channels)
+
+
+def _resize_pil(pil, size: int):
+    from PIL import Image
+
+    width, height = pil.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        pil = pil.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    if (new_w, new_h) != (size, size):
+        pil = pil.crop((left, top, left + size, top + size))
+    return pil
+
+
+def _as_array(pil, channels: int) -> np.ndarray:
+    array = np.asarray(pil, dtype=np.uint8)
+    if channels == 1:
+        return array.reshape(array.shape[0], array.shape[1], 1)
+    return array
+
+
+def resize_stack(images: np.ndarray, size: int | None) -> np.ndarray:
+    """Resize every image of an N x H x W x C stack; ``None`` or the same size is a no-op."""
+    if size is None or images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
+    for i, image in enumerate(images):
+        out[i] = resize_image(image, size)
+    return out
+
+
+def probe_image(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
+    """Open only the header of an image file and check its structure: (PIL mode, (w, h))."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pil:
+            mode, size = pil.mode, pil.size
+            pil.verify()
+    except Exception as exc:  # PIL raises many types for broken files
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}") from exc
+    return mode, size
+
+
+def decode_image(path: str | os.PathLike, channels: int, size: int | None) -> np.ndarray:
+    """Decode an image file to uint8 H x W x ``channels``, resized when ``size`` is set."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pil:
+            pil = pil.convert("L" if channels == 1 else "RGB")
+            if size is not None:
+                pil = _resize_pil(pil, size)
+            return _as_array(pil, channels)
+    except Exception as exc:  # truncated data, unknown format, decoder errors
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}") from exc
+
+
+def channels_for_modes(modes: Iterable[str]) -> int:
+    """1 when every image is grey, else 3 (colour images force RGB for all)."""
+    return 1 if all(mode in GREY_MODES for mode in modes) else 3
+
+
+def parallel_map(func: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``[func(x) for x in items]`` on ``threads`` threads (PIL decoding releases the GIL)."""
+    if threads <= 1 or len(items) < 64:
+        return [func(item) for item in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(func, items))
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES

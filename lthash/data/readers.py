@@ -1,0 +1,512 @@
+"""Dataset readers, all from local files (nothing is downloaded).
+
+Every reader returns a :class:`Dataset`: uint8 images N x H x W x C (or, with
+``dataset.store: paths``, file paths relative to the root), int64 labels (N,), class names,
+and where the dataset has one, its official split (``official["train"]``/``["test"]``: index
+arrays into the pooled data). ``index`` in the split file is a position in this pooled data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from lthash.data.images import (
+    UnreadableImage,
+    channels_for_modes,
+    decode_image,
+    is_image_file,
+    parallel_map,
+    probe_image,
+    resize_stack,
+)
+from lthash.data.safe_pickle import safe_loads
+from lthash.errors import LthashError
+
+log = logging.getLogger("lthash.data")
+
+DEFAULT_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_MAX_LISTED = 5
+
+
+@dataclass
+class Dataset:
+    """A pooled dataset: pixels or paths, labels, class names, optional official split."""
+
+    name: str
+    labels: np.ndarray
+    class_names: list[str]
+    images: np.ndarray | None = None
+    paths: list[str] | None = None
+    root: str | None = None
+    official: dict[str, np.ndarray] | None = None
+    lists: dict[str, np.ndarray] | None = None
+    skipped: list[str] = field(default_factory=list)
+    image_shape: tuple[int, int, int] = (0, 0, 0)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_dataset(cfg: Mapping[str, Any], threads: int = 1) -> Dataset:
+    """Read the dataset the validated ``dataset`` config section names.
+
+    Fails with :class:`LthashError` on a missing/corrupt file, an empty class or a dataset
+    with a single class.
+    """
+    name = cfg["name"]
+    store = cfg.get("store", "pixels")
+    if store == "paths" and name not in ("imagefolder", "list"):
+        raise LthashError(f"config key 'dataset.store': 'paths' works for imagefolder and list, not {name}")
+    if store == "paths" and cfg.get("image_size") is None:
+        raise LthashError("config key 'dataset.image_size' must be set with dataset.store: paths "
+                          "(the lazy reader needs one image size)")
+    if name == "fashion-mnist":
+        dataset = read_fashion_mnist(cfg.get("root") or DEFAULT_FASHION_ROOT)
+    elif name == "digits":
+        dataset = read_digits()
+    elif name in ("cifar10", "cifar100"):
+        dataset = read_cifar(_required_root(cfg, name), name)
+    elif name == "imagefolder":
+        dataset = read_imagefolder(_required_root(cfg, name), cfg.get("image_size"),
+                                   cfg.get("on_corrupt", "fail"), store, threads)
+    elif name == "list":
+        dataset = read_lists(_required_root(cfg, name), cfg.get("list_files") or {},
+                             cfg.get("class_names"), cfg.get("image_size"),
+                             cfg.get("on_corrupt", "fail"), store, threads)
+    else:
+        raise LthashError(f"config key 'dataset.name': unknown dataset {name!r}")
+    if dataset.images is not None and cfg.get("image_size") is not None:
+        dataset.images = resize_stack(dataset.images, cfg["image_size"])
+    if dataset.images is not None:
+        dataset.image_shape = tuple(int(s) for s in dataset.images.shape[1:])
+    _check_classes(dataset)
+    return dataset
+
+
+def _required_root(cfg: Mapping[str, Any], name: str) -> str:
+    root = cfg.get("root")
+    if not root:
+        raise LthashError(f"config key 'dataset.root' is required for dataset {name}")
+    if not Path(root).exists():
+        raise LthashError(f"dataset root not found: {root} (config key 'dataset.root')")
+    return str(root)
+
+
+def _check_classes(dataset: Dataset) -> None:
+    count = len(dataset.class_names)
+    if count < 2:
+        only = dataset.class_names[0] if dataset.class_names else "?"
+        raise LthashError(f"dataset {dataset.name} has a single class ('{only}'); retrieval needs at least 2")
+    if len(dataset) and (dataset.labels.min() < 0 or dataset.labels.max() >= count):
+        raise LthashError(f"dataset {dataset.name}: labels outside 0..{count - 1}")
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (uint8 data, optionally gzip-compressed), checking header and size."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise LthashError(f"missing file: {path}") from exc
+    except (OSError, EOFError) as exc:
+        raise LthashError(f"{path} is not a readable idx file: {exc}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise LthashError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(shape)):
+        raise LthashError(f"{path}: size does not match its header shape {shape} (truncated?)")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_path(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.exists():
+            return candidate
+    raise LthashError(f"missing file: {root / (stem + '.gz')} (config key 'dataset.root')")
+
+
+def read_fashion_mnist(root: str) -> Dataset:
+    """Fashion-MNIST idx files; train (60k) then test (10k) pooled, origin kept in ``official``."""
+    folder = Path(root)
+    parts, labels, official, start = [], [], {}, 0
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_idx_path(folder, f"{prefix}-images-idx3-ubyte"))
+        split_labels = read_idx(_idx_path(folder, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or split_labels.ndim != 1 or len(images) != len(split_labels):
+            raise LthashError(f"Fashion-MNIST {split} files in {folder} disagree: "
+                              f"{images.shape} images, {split_labels.shape} labels")
+        parts.append(images)
+        labels.append(split_labels.astype(np.int64))
+        official[split] = np.arange(start, start + len(images), dtype=np.int64)
+        start += len(images)
+    return Dataset(name="fashion-mnist", labels=np.concatenate(labels), class_names=list(FASHION_CLASSES),
+                   images=np.concatenate(parts)[..., None], official=official, root=str(folder))
+
+
+# --- scikit-learn digits ---------------------------------------------------------------------
+
+def read_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits, values 0..16 scaled to 0..255 (rounded)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
+    return Dataset(name="digits", labels=bunch.target.astype(np.int64),
+                   class_names=[str(name) for name in bunch.target_names], images=images)
+
+
+# --- CIFAR-10 / CIFAR-100 --------------------------------------------------------------------
+
+_CIFAR_LAYOUT = {
+    ("cifar10", "python"): {"folder": "cifar-10-batches-py", "archive": "cifar-10-python.tar.gz",
+                            "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+                            "meta": "batches.meta"},
+    ("cifar10", "binary"): {"folder": "cifar-10-batches-bin", "archive": "cifar-10-binary.tar.gz",
+                            "train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"],
+                            "meta": "batches.meta.txt"},
+    ("cifar100", "python"): {"folder": "cifar-100-python", "archive": "cifar-100-python.tar.gz",
+                             "train": ["train"], "test": ["test"], "meta": "meta"},
+    ("cifar100", "binary"): {"folder": "cifar-100-binary", "archive": "cifar-100-binary.tar.gz",
+                             "train": ["train.bin"], "test": ["test.bin"], "meta": "fine_label_names.txt"},
+}
+
+
+class _Files:
+    """Regular files of one folder or of one tar archive, by base name."""
+
+    def __init__(self, where: str, readers: dict[str, Callable[[], bytes]]) -> None:
+        self.where = where
+        self.readers = readers
+
+    def has(self, name: str) -> bool:
+        return name in self.readers
+
+    def read(self, name: str) -> bytes:
+        if name not in self.readers:
+            raise LthashError(f"{self.where}: missing {name}")
+        return self.readers[name]()
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "_Files":
+        readers = {p.name: p.read_bytes for p in sorted(folder.iterdir()) if p.is_file()}
+        return cls(str(folder), readers)
+
+    @classmethod
+    def from_archive(cls, archive: Path) -> "_Files":
+        try:
+            tar = tarfile.open(archive, "r:*")
+            members = [m for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise LthashError(f"{archive} is not a readable tar archive: {exc}") from exc
+
+        def reader(member: tarfile.TarInfo) -> Callable[[], bytes]:
+            def read() -> bytes:
+                try:
+                    handle = tar.extractfile(member)
+                    return handle.read() if handle else b""
+                except (tarfile.TarError, OSError, EOFError) as exc:
+                    raise LthashError(f"{archive}: cannot read {member.name}: {exc}") from exc
+            return read
+
+        return cls(str(archive), {Path(m.name).name: reader(m) for m in members})
+
+
+def _cifar_files(root: Path, name: str) -> tuple[_Files, str]:
+    """Find a CIFAR python or binary version at ``root`` (archive, folder, or parent folder)."""
+    if root.is_file():
+        files = _Files.from_archive(root)
+        return files, _cifar_version(files, name, root)
+    candidates = [root]
+    for version in ("python", "binary"):
+        layout = _CIFAR_LAYOUT[(name, version)]
+        candidates.append(root / layout["folder"])
+    for folder in candidates:
+        if folder.is_dir():
+            files = _Files.from_folder(folder)
+            for version in ("python", "binary"):
+                if files.has(_CIFAR_LAYOUT[(name, version)]["train"][0]):
+                    return files, version
+    for version in ("python", "binary"):
+        archive = root / _CIFAR_LAYOUT[(name, version)]["archive"]
+        if archive.is_file():
+            return _Files.from_archive(archive), version
+    raise LthashError(f"no {name} data found at {root}: expected the official archive, "
+                      f"or a folder such as {_CIFAR_LAYOUT[(name, 'python')]['folder']}")
+
+
+def _cifar_version(files: _Files, name: str, where: Path) -> str:
+    for version in ("python", "binary"):
+        if files.has(_CIFAR_LAYOUT[(name, version)]["train"][0]):
+            return version
+    raise LthashError(f"{where} holds no {name} batches (python or binary version)")
+
+
+def read_cifar(root: str, name: str) -> Dataset:
+    """CIFAR-10/100 (fine labels), train then test pooled; python batches via the safe unpickler."""
+    files, version = _cifar_files(Path(root), name)
+    layout = _CIFAR_LAYOUT[(name, version)]
+    class_names = _cifar_class_names(files, layout["meta"], name, version)
+    images, labels, official, start = [], [], {}, 0
+    for split in ("train", "test"):
+        count = 0
+        for member in layout[split]:
+            where = f"{files.where}:{member}"
+            if version == "python":
+                batch_images, batch_labels = _cifar_python_batch(files.read(member), where, name)
+            else:
+                batch_images, batch_labels = _cifar_binary_batch(files.read(member), where, name)
+            images.append(batch_images)
+            labels.append(batch_labels)
+            count += len(batch_labels)
+        official[split] = np.arange(start, start + count, dtype=np.int64)
+        start += count
+    labels_all = np.concatenate(labels)
+    if labels_all.size and labels_all.max() >= len(class_names):
+        raise LthashError(f"{files.where}: label {int(labels_all.max())} but only {len(class_names)} class names")
+    return Dataset(name=name, labels=labels_all, class_names=class_names,
+                   images=np.concatenate(images), official=official, root=root)
+
+
+def _cifar_class_names(files: _Files, meta: str, name: str, version: str) -> list[str]:
+    where = f"{files.where}:{meta}"
+    if version == "python":
+        content = safe_loads(files.read(meta), where)
+        key = "label_names" if name == "cifar10" else "fine_label_names"
+        if not isinstance(content, dict) or key not in content:
+            raise LthashError(f"{where}: no '{key}' entry")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in content[key]]
+    else:
+        names = [line.strip() for line in files.read(meta).decode().splitlines() if line.strip()]
+    expected = 10 if name == "cifar10" else 100
+    if len(names) != expected:
+        raise LthashError(f"{where}: {len(names)} class names, expected {expected}")
+    return names
+
+
+def _chw_to_hwc(data: np.ndarray, where: str) -> np.ndarray:
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise LthashError(f"{where}: image data of shape {data.shape}, expected N x 3072")
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _cifar_python_batch(raw: bytes, where: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = safe_loads(raw, where)
+    key = "labels" if name == "cifar10" else "fine_labels"
+    if not isinstance(batch, dict) or "data" not in batch or key not in batch:
+        raise LthashError(f"{where}: expected a dict with 'data' and '{key}'")
+    data = np.asarray(batch["data"])
+    if data.dtype != np.uint8:
+        raise LthashError(f"{where}: image data of type {data.dtype}, expected uint8")
+    labels = np.asarray(batch[key], dtype=np.int64)
+    images = _chw_to_hwc(data, where)
+    if labels.shape != (len(images),):
+        raise LthashError(f"{where}: {len(images)} images but {labels.size} labels")
+    return images, labels
+
+
+def _cifar_binary_batch(raw: bytes, where: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    label_bytes = 1 if name == "cifar10" else 2
+    record = label_bytes + 3072
+    if len(raw) % record:
+        raise LthashError(f"{where}: {len(raw)} bytes is not a whole number of {record}-byte records")
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
+    return _chw_to_hwc(rows[:, label_bytes:], where), rows[:, label_bytes - 1].astype(np.int64)
+
+
+# --- image files: ImageFolder and list files --------------------------------------------------
+
+def _read_files(root: Path, rel_paths: list[str], image_size: int | None, on_corrupt: str,
+                store: str, threads: int) -> tuple[np.ndarray | None, np.ndarray, list[str], tuple[int, int, int]]:
+    """Read (or, for store=paths, probe) files under ``root``.
+
+    Returns (images or None, kept mask, skipped paths, image shape). Unreadable files fail
+    the stage naming them, or with on_corrupt=skip are dropped and listed.
+    """
+    def probe(rel: str) -> tuple[str, tuple[int, int]] | str:
+        try:
+            return probe_image(root / rel)
+        except UnreadableImage as exc:
+            return str(exc)
+
+    probes = parallel_map(probe, rel_paths, threads)
+    bad = {i: p for i, p in enumerate(probes) if isinstance(p, str)}
+    _handle_corrupt(root, rel_paths, bad, on_corrupt)
+    keep = np.array([i not in bad for i in range(len(rel_paths))], dtype=bool)
+    good = [p for p in probes if not isinstance(p, str)]
+    channels = channels_for_modes(mode for mode, _ in good)
+    if image_size is None and good:
+        first_size = good[0][1]
+        for rel, probed in zip(rel_paths, probes):
+            if not isinstance(probed, str) and probed[1] != first_size:
+                raise LthashError(f"{root / rel} is {probed[1][0]}x{probed[1][1]} but earlier images are "
+                                  f"{first_size[0]}x{first_size[1]}; set config key 'dataset.image_size'")
+    if image_size is not None:
+        shape = (image_size, image_size, channels)
+    else:
+        shape = (good[0][1][1], good[0][1][0], channels) if good else (0, 0, channels)
+    if store == "paths":
+        return None, keep, [rel_paths[i] for i in sorted(bad)], shape
+
+    def decode(rel: str) -> np.ndarray | str:
+        try:
+            return decode_image(root / rel, channels, image_size)
+        except UnreadableImage as exc:
+            return str(exc)
+
+    kept_idx = np.flatnonzero(keep)
+    decoded = parallel_map(decode, [rel_paths[i] for i in kept_idx], threads)
+    late_bad = {int(kept_idx[j]): d for j, d in enumerate(decoded) if isinstance(d, str)}
+    _handle_corrupt(root, rel_paths, late_bad, on_corrupt)
+    keep[list(late_bad)] = False
+    arrays = [d for d in decoded if not isinstance(d, str)]
+    images = np.stack(arrays) if arrays else np.zeros((0,) + shape, dtype=np.uint8)
+    skipped = [rel_paths[i] for i in sorted(set(bad) | set(late_bad))]
+    return images, keep, skipped, shape
+
+
+def _handle_corrupt(root: Path, rel_paths: list[str], bad: dict[int, str], on_corrupt: str) -> None:
+    if not bad:
+        return
+    listed = "; ".join(f"{root / rel_paths[i]}: {why}" for i, why in list(sorted(bad.items()))[:_MAX_LISTED])
+    more = f" (and {len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
+    if on_corrupt == "fail":
+        raise LthashError(f"{len(bad)} unreadable image(s): {listed}{more}; "
+                          f"set config key 'dataset.on_corrupt: skip' to skip them")
+    log.warning("skipping %d unreadable image(s): %s%s", len(bad), listed, more)
+
+
+def read_imagefolder(root: str, image_size: int | None, on_corrupt: str, store: str,
+                     threads: int = 1) -> Dataset:
+    """One sub-folder per class (sorted names = label order), image files found recursively."""
+    folder = Path(root)
+    if not folder.is_dir():
+        raise LthashError(f"imagefolder root is not a folder: {folder}")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise LthashError(f"imagefolder root {folder} has no class sub-folders")
+    rel_paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = sorted(p.relative_to(folder).as_posix() for p in (folder / name).rglob("*") if is_image_file(p))
+        if not found:
+            raise LthashError(f"class '{name}' is empty: no image files in {folder / name}")
+        rel_paths.extend(found)
+        labels.extend([label] * len(found))
+    images, keep, skipped, shape = _read_files(folder, rel_paths, image_size, on_corrupt, store, threads)
+    label_array = np.asarray(labels, dtype=np.int64)[keep]
+    for label, name in enumerate(classes):
+        if not np.any(label_array == label):
+            raise LthashError(f"class '{name}' is empty: every image in {folder / name} is unreadable")
+    kept_paths = [p for p, k in zip(rel_paths, keep) if k]
+    return Dataset(name="imagefolder", labels=label_array, class_names=classes, images=images,
+                   paths=kept_paths if store == "paths" else None, root=str(folder.resolve()),
+                   skipped=skipped, image_shape=shape)
+
+
+def _parse_label(values: list[str], width: int | None, where: str) -> tuple[int, int | None]:
+    """A class index, or a one-hot vector of ``width`` 0/1 values; returns (label, width)."""
+    if len(values) == 1:
+        try:
+            label = int(values[0])
+        except ValueError:
+            raise LthashError(f"{where}: label {values[0]!r} is not a class index") from None
+        if label < 0 or (width is not None and label >= width):
+            upper = f"0..{width - 1}" if width is not None else ">= 0"
+            raise LthashError(f"{where}: class index {label} out of range ({upper})")
+        return label, width
+    if width is not None and len(values) != width:
+        raise LthashError(f"{where}: label vector has {len(values)} values, expected {width} (one per class)")
+    try:
+        vector = [float(v) for v in values]
+    except ValueError:
+        raise LthashError(f"{where}: label vector holds a non-number") from None
+    for value in vector:
+        if value not in (0.0, 1.0):
+            raise LthashError(f"{where}: label value {value:g} out of range (one-hot values are 0 or 1)")
+    ones = [i for i, v in enumerate(vector) if v == 1.0]
+    if len(ones) != 1:
+        kind = "no class set" if not ones else f"{len(ones)} classes set (multi-label rows are not supported)"
+        raise LthashError(f"{where}: label vector has {kind}")
+    return ones[0], len(values)
+
+
+def read_lists(root: str, list_files: Mapping[str, str], class_names: list[str] | None,
+               image_size: int | None, on_corrupt: str, store: str, threads: int = 1) -> Dataset:
+    """HashNet-style list files (``path label...`` per line, path relative to ``root``).
+
+    Pooled order: database entries, then test entries, then train entries not in the
+    database. Paths must stay inside the root (resolved); a missing image is named.
+    """
+    folder = Path(root).resolve()
+    width = len(class_names) if class_names else None
+    pool: dict[str, int] = {}
+    pool_labels: list[int] = []
+    lists: dict[str, list[int]] = {}
+    missing: list[str] = []
+    for split in ("database", "test", "train"):
+        list_path = folder / list_files.get(split, f"{split}.txt")
+        if not list_path.is_file():
+            raise LthashError(f"missing list file: {list_path} (config key 'dataset.list_files.{split}')")
+        seen: set[str] = set()
+        members: list[int] = []
+        for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            where = f"{list_path}:{lineno}"
+            if len(tokens) < 2:
+                raise LthashError(f"{where}: no label after the image path {tokens[0]!r}")
+            label, width = _parse_label(tokens[1:], width, where)
+            resolved = (folder / tokens[0]).resolve()
+            if not resolved.is_relative_to(folder):
+                raise LthashError(f"{where}: image path {tokens[0]!r} escapes the dataset root {folder}")
+            key = resolved.relative_to(folder).as_posix()
+            if key in seen:
+                raise LthashError(f"{where}: image {key!r} is listed twice in {list_path.name}")
+            seen.add(key)
+            if not resolved.is_file():
+                missing.append(f"{where}: {resolved}")
+                continue
+            if key in pool:
+                if pool_labels[pool[key]] != label:
+                    raise LthashError(f"{where}: image {key!r} has label {label} here but "
+                                      f"{pool_labels[pool[key]]} in an earlier list")
+            else:
+                pool[key] = len(pool_labels)
+                pool_labels.append(label)
+            members.append(pool[key])
+        if not members and not missing:
+            raise LthashError(f"list file {list_path} lists no images")
+        lists[split] = members
+    if missing:
+        more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+        raise LthashError(f"{len(missing)} listed image(s) not found: {'; '.join(missing[:_MAX_LISTED])}{more}")
+    labels = np.asarray(pool_labels, dtype=np.int64)
+    count = width if width is not None else int(labels.max()) + 1
+    names = list(class_names) if class_names else [f"class_{i:03d}" for i in range(count)]
+    rel_paths = list(pool)
+    images, keep, skipped, shape = _read_files(folder, rel_paths, image_size, on_corrupt, store, threads)
+    new_index = np.cumsum(keep) - 1
+    kept_lists = {split: np.asarray([new_index[i] for i in members if keep[i]], dtype=np.int64)
+                  for split, members in lists.items()}
+    for split, members in kept_lists.items():
+        if not len(members):
+            raise LthashError(f"list {split}: every listed image is unreadable")
+    return Dataset(name="list", labels=labels[keep], class_names=names, images=images,
+                   paths=[p for p, k in zip(rel_paths, keep) if k] if store == "paths" else None,
+                   root=str(folder), official={"train": kept_lists["database"], "test": kept_lists["test"]},
+                   lists=kept_lists, skipped=skipped, image_shape=shape)
