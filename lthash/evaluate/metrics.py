@@ -1,0 +1,335 @@
+"""Exact Hamming-ranking retrieval metrics: mAP@R (index order and tie-averaged), curves.
+
+Ranking: the database sorted by Hamming distance to the query. Two tie policies:
+
+* ``"index"``: inside one distance, by database index (what a stable argsort gives).
+* ``"average"``: the expectation over uniformly random orders inside every distance,
+  computed in closed form (``lthash.evaluate._kernels`` derives it).
+
+``AP@R = (1/Q_R) sum_{k <= R, item k relevant} P@k`` with ``Q_R`` the relevant items
+retrieved within the first ``R``; a query with ``Q_R = 0`` has AP 0. With ``ties="average"``
+and a cut-off inside a tie, the result is ``E[AP@R]`` (the expectation of the ratio, exact).
+Relevance: same class (class indices) or at least one shared label (one-hot rows).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lthash.errors import LthashError
+from lthash.evaluate.codes import as_words, pack_codes
+
+TIES = ("index", "average")
+DEFAULT_CHUNK = 4096
+_BUFFER_ENTRIES = 8_000_000
+
+
+@dataclass
+class Labels:
+    """Relevance labels in kernel form: class indices, or label bit masks (multi-label)."""
+
+    classes: np.ndarray
+    masks: np.ndarray
+    multilabel: bool
+    n_classes: int
+
+
+@dataclass
+class RetrievalScores:
+    """Per-query results of one scan.
+
+    ``ap_index`` / ``ap_average``: (queries, cut-offs) AP@K with ties by index / averaged;
+    ``hits``: relevant items within K (index order); ``hist_all`` / ``hist_rel``: per query,
+    items / relevant items at each Hamming distance 0..bits.
+    """
+
+    bits: int
+    n_database: int
+    cutoffs: np.ndarray
+    topk: tuple
+    ap_index: np.ndarray
+    ap_average: np.ndarray
+    hits: np.ndarray
+    hist_all: np.ndarray
+    hist_rel: np.ndarray
+
+    @property
+    def n_query(self) -> int:
+        return int(self.ap_index.shape[0])
+
+    def column(self, topk: int | None = None) -> int:
+        """Position of cut-off ``topk`` (``None`` = all) in the arrays."""
+        cutoff = _cutoff(topk, self.n_database)
+        matches = np.flatnonzero(self.cutoffs == cutoff)
+        if matches.size == 0:
+            raise LthashError(f"cut-off {topk} was not scored (scored: {list(self.topk)})")
+        return int(matches[0])
+
+    def ap(self, topk: int | None = None, ties: str = "index") -> np.ndarray:
+        """Per-query AP@topk under the tie policy."""
+        col = self.column(topk)
+        return (self.ap_index if _check_ties(ties) == "index" else self.ap_average)[:, col]
+
+    def map(self, topk: int | None = None, ties: str = "index") -> float:
+        """Mean of :meth:`ap` over queries."""
+        return float(np.mean(self.ap(topk, ties)))
+
+
+def _check_ties(ties: str) -> str:
+    if ties not in TIES:
+        raise LthashError(f"ties must be one of {list(TIES)}, got {ties!r}")
+    return ties
+
+
+def _cutoff(topk: int | str | None, n_database: int) -> int:
+    if topk is None or topk == "all":
+        return n_database
+    if isinstance(topk, (bool, np.bool_)) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise LthashError(f"topk must be a positive integer, 'all' or None, got {topk!r}")
+    return int(min(int(topk), n_database))
+
+
+def code_words(codes: np.ndarray, bits: int | None = None, name: str = "codes") -> tuple[np.ndarray, int]:
+    """Codes as (N, words) uint64 and their length in bits.
+
+    ``bits=None``: a real (N, bits) array with values in {-1,+1} or in {0,1}.
+    ``bits=B``: packed uint8 (N, ceil(B/8)) as written by :func:`~lthash.evaluate.codes.pack_codes`;
+    padding bits past ``B`` are ignored.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise LthashError(f"{name} must be a 2-D array (items x bits or items x bytes), got shape {codes.shape}")
+    if codes.shape[0] == 0:
+        raise LthashError(f"{name} is empty")
+    if bits is None:
+        if codes.dtype == np.bool_:
+            values = np.array([False, True])
+        else:
+            if not np.issubdtype(codes.dtype, np.number):
+                raise LthashError(f"{name} must be numeric, got dtype {codes.dtype}")
+            values = np.unique(codes)
+        if not (np.isin(values, (-1, 1)).all() or np.isin(values, (0, 1)).all()):
+            shown = values[:6].tolist()
+            raise LthashError(f"{name} must hold {{-1,+1}} or {{0,1}} values (or pass bits= for packed "
+                              f"uint8 codes), found {shown}")
+        bits = int(codes.shape[1])
+        packed = pack_codes(codes)
+    else:
+        bits = int(bits)
+        if bits < 1:
+            raise LthashError(f"bits must be positive, got {bits}")
+        if codes.dtype != np.uint8:
+            raise LthashError(f"packed {name} must be uint8 when bits= is given, got dtype {codes.dtype}")
+        width = -(-bits // 8)
+        if codes.shape[1] != width:
+            raise LthashError(f"packed {name} have {codes.shape[1]} bytes per item, but {bits} bits "
+                              f"need {width}")
+        packed = codes
+        if bits % 8:
+            packed = codes.copy()
+            packed[:, -1] &= np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
+    if bits > 65535:
+        raise LthashError(f"codes of {bits} bits are longer than supported (65535)")
+    return as_words(packed), bits
+
+
+def prepare_labels(query_labels: np.ndarray, db_labels: np.ndarray, n_query: int, n_db: int) -> tuple[Labels, Labels]:
+    """Check and convert labels: both class indices (1-D) or both one-hot rows (2-D, same K).
+
+    One-hot rows with exactly one label each are turned into class indices (same relevance).
+    """
+    q = np.asarray(query_labels)
+    db = np.asarray(db_labels)
+    for name, arr, n in (("query_labels", q, n_query), ("db_labels", db, n_db)):
+        if arr.ndim not in (1, 2):
+            raise LthashError(f"{name} must be class indices (N,) or one-hot rows (N, K), got shape {arr.shape}")
+        if arr.shape[0] != n:
+            raise LthashError(f"{name} has {arr.shape[0]} rows but there are {n} codes")
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)
+                or (np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)))):
+            raise LthashError(f"{name} must be integer class indices or 0/1 rows, got dtype {arr.dtype}")
+    if q.ndim != db.ndim:
+        raise LthashError(f"query_labels and db_labels must have the same form (class indices or one-hot "
+                          f"rows), got shapes {q.shape} and {db.shape}")
+    if q.ndim == 2:
+        if q.shape[1] != db.shape[1]:
+            raise LthashError(f"query_labels have {q.shape[1]} classes but db_labels have {db.shape[1]}")
+        for name, arr in (("query_labels", q), ("db_labels", db)):
+            if arr.size and not np.isin(np.unique(arr), (0, 1)).all():
+                raise LthashError(f"{name}: one-hot rows must hold 0/1 values")
+        if (q.sum(axis=1) == 1).all() and (db.sum(axis=1) == 1).all():
+            q, db = q.argmax(axis=1), db.argmax(axis=1)
+        else:
+            n_classes = int(q.shape[1])
+            return _mask_labels(q, n_classes), _mask_labels(db, n_classes)
+    q = q.astype(np.int64)
+    db = db.astype(np.int64)
+    if (q.size and q.min() < 0) or (db.size and db.min() < 0):
+        raise LthashError("class indices must be non-negative")
+    if max(int(q.max(initial=0)), int(db.max(initial=0))) >= 2**31:
+        raise LthashError("class indices must be below 2**31")
+    n_classes = int(max(q.max(initial=-1), db.max(initial=-1)) + 1)
+    empty = np.zeros((1, 1), np.uint64)
+    return (Labels(q.astype(np.int32), empty, False, n_classes),
+            Labels(db.astype(np.int32), empty, False, n_classes))
+
+
+def _mask_labels(onehot: np.ndarray, n_classes: int) -> Labels:
+    bits = np.packbits(onehot.astype(bool), axis=1, bitorder="little")
+    width = -(-bits.shape[1] // 8) * 8
+    padded = np.zeros((bits.shape[0], width), np.uint8)
+    padded[:, : bits.shape[1]] = bits
+    return Labels(np.zeros(1, np.int32), padded.view(np.uint64), True, n_classes)
+
+
+def _relevant_counts(q: Labels, db: Labels) -> np.ndarray:
+    from lthash.evaluate import _kernels
+
+    if not q.multilabel:
+        counts = np.bincount(db.classes, minlength=q.n_classes)
+        return counts[q.classes].astype(np.int64)
+    unique, counts = np.unique(db.masks, axis=0, return_counts=True)
+    return _kernels.count_relevant_multilabel(q.masks, unique, counts.astype(np.int64))
+
+
+def set_threads(threads: int | None) -> None:
+    """Numba threads for the kernels: ``threads``, else ``LTHASH_THREADS``, else all cores."""
+    import numba
+
+    n = threads or int(os.environ.get("LTHASH_THREADS", 0)) or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,
+                topk: Sequence[int | str | None] | int | str | None = (None,), bits: int | None = None,
+                chunk: int = DEFAULT_CHUNK, threads: int | None = None) -> RetrievalScores:
+    """Scan once and return per-query AP@K (both tie policies) for every K in ``topk``.
+
+    Inputs as for :func:`mean_average_precision`; ``topk`` is one cut-off or a list
+    (``None`` / ``"all"`` = the whole database).
+    """
+    from lthash.evaluate import _kernels
+
+    q_words, q_bits = code_words(query_codes, bits, "query codes")
+    db_words, db_bits = code_words(db_codes, bits, "database codes")
+    if q_bits != db_bits:
+        raise LthashError(f"query codes have {q_bits} bits but database codes have {db_bits}")
+    n_query, n_db = q_words.shape[0], db_words.shape[0]
+    if n_db >= 2**31:
+        raise LthashError(f"database of {n_db} items is larger than supported (2**31 - 1)")
+    q_lab, db_lab = prepare_labels(query_labels, db_labels, n_query, n_db)
+    requested = tuple(topk) if isinstance(topk, (list, tuple)) else (topk,)
+    if not requested:
+        raise LthashError("topk list is empty")
+    cutoffs = np.array([_cutoff(k, n_db) for k in requested], dtype=np.int64)
+    n_relevant = _relevant_counts(q_lab, db_lab)
+    block = int(max(1, min(32, _BUFFER_ENTRIES // max(1, int(n_relevant.max(initial=0))))))
+    if threads is not None:
+        set_threads(threads)
+    ap_index, ap_average, hits, hist_all, hist_rel = _kernels.score_kernel(
+        q_words, db_words, q_lab.classes, db_lab.classes, q_lab.masks, db_lab.masks, q_lab.multilabel,
+        n_relevant, cutoffs, q_bits, block, int(chunk))
+    return RetrievalScores(bits=q_bits, n_database=n_db, cutoffs=cutoffs,
+                           topk=tuple(None if k == "all" else k for k in requested),
+                           ap_index=ap_index, ap_average=ap_average, hits=hits,
+                           hist_all=hist_all, hist_rel=hist_rel)
+
+
+def mean_average_precision(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.ndarray,
+                           db_labels: np.ndarray, topk: int | None = None, ties: str = "index",
+                           bits: int | None = None) -> float:
+    """mAP@topk of Hamming ranking: mean over queries of ``(1/Q_R) sum_{k<=R, rel} P@k``.
+
+    Codes: {-1,+1} or {0,1} arrays (items x bits), or packed uint8 with ``bits=``.
+    Labels: class indices (N,) or one-hot rows (N, K) (relevant = at least one shared label).
+    ``topk=None``: the whole database. ``ties``: ``"index"`` (stable order by database index)
+    or ``"average"`` (exact expectation over random orders inside ties).
+    """
+    ties = _check_ties(ties)
+    return score_codes(query_codes, db_codes, query_labels, db_labels, (topk,), bits=bits).map(topk, ties)
+
+
+def precision_at_k_curve(scores: RetrievalScores, ks: Iterable[int]) -> np.ndarray:
+    """Mean over queries of the tie-averaged P@k: ``(R_d + (k - N_d) r_d / n_d) / k`` with ``d``
+    the distance holding rank ``k``."""
+    ks = np.asarray(list(ks), dtype=np.int64)
+    if ks.size and (ks.min() < 1 or ks.max() > scores.n_database):
+        raise LthashError(f"precision@k needs 1 <= k <= {scores.n_database}")
+    cum_all = np.cumsum(scores.hist_all, axis=1)
+    cum_rel = np.cumsum(scores.hist_rel, axis=1)
+    out = np.zeros(ks.size)
+    for qi in range(scores.n_query):
+        d = np.searchsorted(cum_all[qi], ks, side="left")
+        n_d = scores.hist_all[qi, d]
+        n_before = cum_all[qi, d] - n_d
+        r_before = cum_rel[qi, d] - scores.hist_rel[qi, d]
+        expected = r_before + (ks - n_before) * scores.hist_rel[qi, d] / n_d
+        out += expected / ks
+    return out / scores.n_query
+
+
+def radius_precision_recall(scores: RetrievalScores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall of the items within Hamming radius t, for t = 0..bits.
+
+    Precision: mean over queries, 0 for a query with nothing within t. Recall: mean over
+    queries with at least one relevant database item. Also returns the fraction of
+    queries with nothing within t.
+    """
+    cum_all = np.cumsum(scores.hist_all, axis=1).astype(np.float64)
+    cum_rel = np.cumsum(scores.hist_rel, axis=1).astype(np.float64)
+    precision = np.divide(cum_rel, cum_all, out=np.zeros_like(cum_rel), where=cum_all > 0).mean(axis=0)
+    total_rel = cum_rel[:, -1:]
+    has_rel = total_rel[:, 0] > 0
+    if has_rel.any():
+        recall = (cum_rel[has_rel] / total_rel[has_rel]).mean(axis=0)
+    else:
+        recall = np.zeros(cum_rel.shape[1])
+    empty = (cum_all == 0).mean(axis=0)
+    return precision, recall, empty
+
+
+def precision_within_radius(scores: RetrievalScores, radius: int = 2) -> float:
+    """Mean precision of the items within Hamming radius ``radius`` (0 when none are)."""
+    if radius < 0:
+        raise LthashError(f"radius must be >= 0, got {radius}")
+    precision, _, _ = radius_precision_recall(scores)
+    return float(precision[min(radius, scores.bits)])
+
+
+def class_groups(counts: Sequence[int], many_shot: int = 100, few_shot: int = 20) -> list[str]:
+    """``head`` (count > many_shot), ``tail`` (count < few_shot) or ``medium`` per class."""
+    return ["head" if c > many_shot else "tail" if c < few_shot else "medium" for c in counts]
+
+
+def per_class_ap(ap: np.ndarray, query_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean AP of the queries of each class (a multi-label query counts for each of its
+    classes) and the number of such queries; NaN for a class without queries."""
+    labels = np.asarray(query_labels)
+    if labels.ndim == 1:
+        member = np.zeros((labels.shape[0], n_classes), bool)
+        member[np.arange(labels.shape[0]), labels] = True
+    else:
+        member = labels.astype(bool)[:, :n_classes]
+    n = member.sum(axis=0)
+    sums = (member * ap[:, None]).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, sums / np.maximum(n, 1), np.nan), n
+
+
+def group_map(ap: np.ndarray, query_labels: np.ndarray, groups: Sequence[str]) -> dict[str, float | None]:
+    """Mean AP over the queries whose class (any of whose classes) is in each group."""
+    labels = np.asarray(query_labels)
+    group_arr = np.asarray(groups)
+    out: dict[str, float | None] = {}
+    for name in ("head", "medium", "tail"):
+        in_group = group_arr == name
+        if labels.ndim == 1:
+            member = in_group[labels]
+        else:
+            member = (labels.astype(bool)[:, : len(groups)] & in_group[None, :]).any(axis=1)
+        out[name] = float(ap[member].mean()) if member.any() else None
+    return out
