@@ -1,0 +1,66 @@
+"""ADH, Attention Deep Hashing (Zhang & Lu): channel and spatial attention re-weight the
+backbone's last feature map before the hash layer (CBAM-style, Woo et al. 2018).
+
+    F' = F * sigmoid(MLP(avgpool F) + MLP(maxpool F))                      channel attention
+    F''= F' * sigmoid(conv7x7([mean_c F'; max_c F']))                      spatial attention
+    u  = tanh(W pool(F'') + b)
+    L  = mean_ij [ log(1 + exp(theta_ij)) - s_ij theta_ij ] + eta * mean((|u| - 1)^2)
+         theta_ij = u_i . u_j / 2,  s_ij = [y_i == y_j]                      (pairwise likelihood)
+
+The paper gives only the architecture idea; the pairwise likelihood loss with a quantisation
+term is the "traditional deep hashing" objective it builds on (DPSH, Li et al. 2016).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lthash.errors import LthashError
+from lthash.hashing.methods.base import HashMethod, hash_head, register
+
+
+class ChannelSpatialAttention(nn.Module):
+    """Channel re-weighting by a shared MLP over avg/max pooled maps, then spatial re-weighting."""
+
+    def __init__(self, channels: int, reduction: int = 8, kernel_size: int = 7) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        channel = torch.sigmoid(self.mlp(fmap.mean(dim=(2, 3))) + self.mlp(fmap.amax(dim=(2, 3))))
+        fmap = fmap * channel[:, :, None, None]
+        pooled = torch.cat([fmap.mean(dim=1, keepdim=True), fmap.amax(dim=1, keepdim=True)], dim=1)
+        return fmap * torch.sigmoid(self.spatial(pooled))
+
+
+@register("adh")
+class ADH(HashMethod):
+    DEFAULTS = {"reduction": 8, "quant_weight": 0.1}
+
+    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
+                 class_counts: np.ndarray, seed: int) -> None:
+        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
+        if not backbone.has_map:
+            raise LthashError(f"config key 'hashing.backbone': adh needs a convolutional backbone, "
+                              f"'{backbone.name}' has no feature map")
+        self.attention = ChannelSpatialAttention(backbone.map_channels, int(self.options["reduction"]))
+        self.hash = hash_head(backbone.out_dim, bits)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.attention(self.backbone.feature_map(x))
+        return {"code": torch.tanh(self.hash(self.backbone.pool(fmap)))}
+
+    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        code = out["code"].float()
+        similar = (labels[:, None] == labels[None, :]).float()
+        theta = code @ code.t() / 2
+        likelihood = (F.softplus(theta) - similar * theta).mean()
+        quantisation = (code.abs() - 1).pow(2).mean()
+        return likelihood + self.options["quant_weight"] * quantisation

@@ -1,0 +1,40 @@
+"""DPN, Deep Polarized Network (Fan et al., IJCAI 2020).
+
+    v = W f(x) + b,   t_y in {-1, +1}^bits = random target code of class y
+    L = mean over the batch of  sum_k max(0, m - v_k * t_{y,k}),   m = 1
+
+Targets are Bernoulli +-1 per class, or rejection-sampled to a minimum Hamming distance.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from lthash.hashing.centers import bernoulli_codes, rejection_codes
+from lthash.hashing.methods.base import HashMethod, hash_head, register
+
+
+@register("dpn")
+class DPN(HashMethod):
+    DEFAULTS = {"margin": 1.0, "targets": "bernoulli", "min_distance": None}
+
+    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
+                 class_counts: np.ndarray, seed: int) -> None:
+        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
+        self.hash = hash_head(backbone.out_dim, bits)
+        if self.options["targets"] == "distance":
+            targets = rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
+        else:
+            targets = bernoulli_codes(num_classes, bits, self.rng)
+        self.register_buffer("targets", torch.from_numpy(targets))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"code": self.hash(self.backbone(x))}
+
+    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        polar = self.options["margin"] - out["code"].float() * self.targets[labels]
+        return polar.clamp(min=0).sum(dim=1).mean()

@@ -1,0 +1,48 @@
+"""OrthoHash (Hoe et al., NeurIPS 2021; kamwoh/orthohash): one fixed +-1 code per class.
+
+    u = BN(W f(x) + b)
+    logit_c = s * (cos(u, o_c) - m * [c == y])          (CosFace margin on the true class)
+    L = CE(logits, y) + lambda_q * mean((|u| - 1)^2)    (quantisation term off by default)
+
+Codebook o: Bernoulli +-1 (default) or rejection-sampled to a minimum Hamming distance.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lthash.hashing.centers import bernoulli_codes, rejection_codes
+from lthash.hashing.methods.base import HashMethod, hash_head, register
+
+
+@register("orthohash")
+class OrthoHash(HashMethod):
+    DEFAULTS = {"scale": 8.0, "margin": 0.2, "codebook": "bernoulli", "min_distance": None, "quant_weight": 0.0}
+
+    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
+                 class_counts: np.ndarray, seed: int) -> None:
+        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
+        self.hash = hash_head(backbone.out_dim, bits)
+        self.bn = nn.BatchNorm1d(bits)
+        if self.options["codebook"] == "distance":
+            codes = rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
+        else:
+            codes = bernoulli_codes(num_classes, bits, self.rng)
+        self.register_buffer("codebook", torch.from_numpy(codes))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        code = self.bn(self.hash(self.backbone(x)))
+        cosine = F.normalize(code, dim=1) @ F.normalize(self.codebook, dim=1).t()
+        return {"code": code, "cosine": cosine}
+
+    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        margin = F.one_hot(labels, self.num_classes).to(out["cosine"].dtype) * self.options["margin"]
+        loss = F.cross_entropy(self.options["scale"] * (out["cosine"] - margin), labels)
+        if self.options["quant_weight"]:
+            loss = loss + self.options["quant_weight"] * (out["code"].abs() - 1).pow(2).mean()
+        return loss

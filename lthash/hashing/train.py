@@ -1,0 +1,320 @@
+"""``lthash train``: fit one hash model (method x backbone x bits) and write its run folder.
+
+RUN_DIR/ model.safetensors (weights + metadata), history.csv, curves.png, run.json. Deep
+methods checkpoint every epoch into RUN_DIR.partial/ and resume from there after a kill to
+the same final weights; the finished folder is written beside RUN_DIR and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from lthash.errors import LthashError
+from lthash.hashing import checkpoint as ckpt
+from lthash.hashing.curves import plot_curves, write_history
+from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_batches, load_training_set,
+                                 ordered_batches, to_float)
+from lthash.hashing.methods import HashMethod
+from lthash.hashing.metrics import hamming_map
+from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
+from lthash.io import canonical_json, save_safetensors, write_json
+from lthash.runtime import seed_everything
+
+log = logging.getLogger("lthash.hashing")
+VALIDATION_DATABASE_MAX = 5000
+EVAL_BATCH = 256
+
+
+def effective_train(params: Mapping[str, Any], mode: str, init: str | None) -> dict[str, Any]:
+    """``train`` with ``pretrain`` overrides for synthetic-only runs and ``finetune`` for --init runs."""
+    train = dict(params["train"])
+    if mode == "synthetic":
+        train.update(params.get("pretrain", {}))
+    if init:
+        train.update(params.get("finetune", {}))
+    if train["select"] == "best" and train["validation_fraction"] <= 0:
+        raise LthashError("config key 'hashing.train.select' is 'best' but hashing.train.validation_fraction is 0: "
+                          "model selection needs a validation split carved from the training data")
+    return train
+
+
+def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` of ``total``: linear warm-up, then
+    cosine 0.5 (1 + cos(pi t)), constant, or step (x0.1 at 50% and 75% of the steps)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    if scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if scheduler == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+def make_optimizer(model: HashMethod, train: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Two parameter groups: backbone at lr x backbone_lr_scale, head at lr (initial_lr keeps the base)."""
+    lr, wd = float(train["lr"]), float(train["weight_decay"])
+    groups = []
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = model.head_parameters()
+    if backbone and train["backbone_lr_scale"] > 0:
+        groups.append({"params": backbone, "lr": lr * train["backbone_lr_scale"], "initial_lr": lr * train["backbone_lr_scale"]})
+    elif backbone:
+        for p in backbone:
+            p.requires_grad_(False)
+    groups.append({"params": head, "lr": lr, "initial_lr": lr})
+    name = train["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(groups, lr=lr, weight_decay=wd, momentum=float(train["momentum"]))
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """torch.autocast in bf16/fp16 on the run's device type; a no-op in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.no_grad()
+def encode_images(model: HashMethod, images: np.ndarray, device: str, precision: str = "fp32",
+                  batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Real-valued codes (float32 N x bits) of uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        with autocast(device, precision):
+            out.append(model.encode(to_float(images[start: start + batch_size], device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, model.bits), np.float32)
+
+
+def validation_map(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet, device: str,
+                   precision: str, seed: int) -> float:
+    """mAP of validation images against (at most 5000 of) the training images."""
+    db_index = np.arange(len(train_set))
+    if len(db_index) > VALIDATION_DATABASE_MAX:
+        db_index = np.sort(np.random.default_rng([seed, 404]).choice(len(db_index), VALIDATION_DATABASE_MAX, replace=False))
+    database = encode_images(model, train_set.images[db_index], device, precision)
+    query = encode_images(model, val_set.images, device, precision)
+    return hamming_map(query, database, val_set.labels, train_set.labels[db_index])
+
+
+def file_fingerprint(paths: Sequence[str | Path]) -> list[list[Any]]:
+    return [[str(Path(p).resolve()), Path(p).stat().st_size if Path(p).exists() else None] for p in paths]
+
+
+def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mode: str, init: str | None,
+                 out: str | Path, params: Mapping[str, Any], device: str, threads: int | None = None) -> dict[str, Any]:
+    """Train (or fit) one model and write RUN_DIR; returns the run record (run.json)."""
+    out = Path(out)
+    method, backbone, bits = job_choice(params)
+    seed = int(params["seed"])
+    train = effective_train(params, mode, init)
+    if init and not (Path(init) / MODEL_FILE).exists():
+        raise LthashError(f"--init {init}: no {MODEL_FILE} there (is the run finished?)")
+    seed_everything(seed)
+    data = load_training_set(split, group, mode, shards, params["mix"], seed)
+    if not len(data):
+        raise LthashError(f"no training images in {split}/{group} (mode {mode})")
+    train_set, val_set = carve_validation(data, float(train["validation_fraction"]), seed)
+    counts = train_set.counts()
+    if (counts == 0).any():
+        log.warning("classes with no training image: %s", [data.class_names[i] for i in np.flatnonzero(counts == 0)])
+    model = build_model(params, method, backbone, bits, data.num_classes, data.input_shape, counts, seed)
+    init_info = init_from_run(model, init) if init else None
+    record: dict[str, Any] = {
+        "method": method, "backbone": backbone, "bits": bits, "seed": seed, "mode": mode, "group": group,
+        "split": str(split), "synthetic": [str(s) for s in shards], "init": str(init) if init else None,
+        "init_info": init_info, "params": dict(params), "train": train, "device": device,
+        "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+        "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+        "train_counts": counts.tolist(), "validation_counts": val_set.counts().tolist() if val_set else None,
+        "data": data.info,
+    }
+    started = time.time()
+    if model.trainable:
+        history, final_state, extra = _train_deep(model, train_set, val_set, train, params, device, out, seed,
+                                                  _fingerprint(split, group, shards, mode, init, params, train))
+    else:
+        history, final_state, extra = _fit_shallow(model, train_set, device, params["precision"])
+    record.update(extra)
+    record["seconds"] = round(time.time() - started, 3)
+    _write_run(out, model, final_state, history, record, backbone, data.input_shape, seed, params)
+    return record
+
+
+def _fingerprint(split, group, shards, mode, init, params, train) -> str:
+    inputs = {"split": file_fingerprint([split]), "group": group, "shards": file_fingerprint(shards), "mode": mode,
+              "init": file_fingerprint([Path(init) / MODEL_FILE]) if init else None, "params": params, "train": train,
+              "threads": torch.get_num_threads()}
+    return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
+
+
+def _fit_shallow(model: HashMethod, train_set: TrainingSet, device: str, precision: str):
+    model.to(device).eval()
+    with torch.no_grad():
+        feats = []
+        for images, _ in ordered_batches(train_set.images, train_set.labels, EVAL_BATCH, device):
+            with autocast(device, precision):
+                feats.append(model.backbone(images).float().cpu())
+    features = torch.cat(feats).numpy()
+    started = time.time()
+    stats = model.fit(features, train_set.labels)
+    model.to(device)
+    row = {"epoch": 1, "loss": stats.get("quantisation_error"), "lr": None, "val_map": None,
+           "seconds": round(time.time() - started, 3), "images_per_second": None}
+    return [row], model.state_dict(), {"fit": stats, "epochs_run": 0, "selected_epoch": None, "resumed_at_epochs": []}
+
+
+def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet | None, train: Mapping[str, Any],
+                params: Mapping[str, Any], device: str, out: Path, seed: int, fingerprint: str):
+    from tqdm import tqdm
+
+    precision = params["precision"]
+    model.to(device)
+    optimizer = make_optimizer(model, train)
+    partial = Path(str(out) + ".partial")
+    epochs, batch_size = int(train["epochs"]), int(train["batch_size"])
+    history: list[dict[str, Any]] = []
+    best_state, best_score, best_epoch, start_epoch, resumed = None, -1.0, None, 0, []
+    scaler = torch.amp.GradScaler(torch.device(device).type,
+                                  enabled=precision == "fp16" and torch.device(device).type == "cuda")
+    restored = ckpt.latest_checkpoint(partial, fingerprint)
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        optimizer.load_state_dict(restored["optimizer"])
+        state = restored["state"]
+        start_epoch, history = int(state["epoch"]), state["history"]
+        best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], restored["best"]
+        resumed = state.get("resumed_at_epochs", []) + [start_epoch]
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng(restored["rng_tensors"], state["rng"])
+        log.info("resuming %s from %s (epoch %d of %d)", out, restored["folder"], start_epoch, epochs)
+    elif partial.exists():
+        shutil.rmtree(partial)
+
+    accelerator, wrapped, shard = None, model, (0, 1)
+    if params["distributed"] == "accelerate":
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+        shard = (accelerator.process_index, accelerator.num_processes)
+    is_main = accelerator is None or accelerator.is_main_process
+
+    n = len(train_set)
+    steps_per_epoch = len(epoch_batches(n, batch_size, seed, 0, shard))
+    total_steps = max(steps_per_epoch * epochs, 1)
+    warmup = int(train["warmup_epochs"]) * steps_per_epoch
+    base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    images_all = torch.from_numpy(train_set.images)
+    labels_all = torch.from_numpy(train_set.labels)
+    for epoch in range(start_epoch, epochs):
+        tic = time.time()
+        model.on_epoch_start(lambda: ordered_batches(train_set.images, train_set.labels, EVAL_BATCH, device))
+        wrapped.train()
+        generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 505]).integers(2**62)))
+        batches = epoch_batches(n, batch_size, seed, epoch, shard)
+        losses, seen = [], 0
+        bar = tqdm(batches, desc=f"{model.name} epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False,
+                   mininterval=2.0, disable=not is_main)
+        for step, index in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step
+            factor = lr_factor(global_step, total_steps, warmup, train["scheduler"])
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
+            x = to_float(images_all[index])
+            if train["augment"]:
+                x = augment(x, generator)
+            x, y = x.to(device), labels_all[index].to(device)
+            with autocast(device, precision):
+                output = wrapped(x)
+            loss = model.loss(output, y)
+            optimizer.zero_grad(set_to_none=True)
+            if accelerator is not None:
+                accelerator.backward(scaler.scale(loss))
+            else:
+                scaler.scale(loss).backward()
+            if train["grad_clip"]:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(train["grad_clip"]))
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            seen += len(index)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.close()
+        seconds = time.time() - tic
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+               "lr": optimizer.param_groups[-1]["lr"], "val_map": None, "seconds": round(seconds, 3),
+               "images_per_second": round(seen / max(seconds, 1e-9), 1)}
+        if val_set is not None and len(val_set):
+            row["val_map"] = validation_map(model, train_set, val_set, device, precision, seed)
+            if row["val_map"] > best_score:
+                best_score, best_epoch = row["val_map"], epoch + 1
+                best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        history.append(row)
+        log.info("%s epoch %d/%d loss %.4f%s (%.1f s)", model.name, epoch + 1, epochs, row["loss"] or float("nan"),
+                 f" val mAP {row['val_map']:.4f}" if row["val_map"] is not None else "", seconds)
+        if is_main:
+            state = {"fingerprint": fingerprint, "history": history, "best_score": best_score, "best_epoch": best_epoch,
+                     "resumed_at_epochs": resumed, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            keep_best = best_state if train["select"] == "best" else None
+            ckpt.save_checkpoint(partial, epoch + 1, model, optimizer, state, keep_best, int(train["keep_checkpoints"]))
+    if train["select"] == "best" and best_state is not None:
+        final_state, selected = best_state, best_epoch
+    else:
+        final_state, selected = model.state_dict(), epochs
+    speeds = [row["images_per_second"] for row in history if row.get("images_per_second")]
+    extra = {"epochs_run": epochs, "selected_epoch": selected, "select": train["select"],
+             "best_val_map": best_score if best_epoch else None, "resumed_at_epochs": resumed,
+             "train_images_per_second": float(np.median(speeds)) if speeds else None,
+             "final_loss": history[-1]["loss"] if history else None}
+    return history, final_state, extra
+
+
+def _write_run(out: Path, model: HashMethod, state: Mapping[str, torch.Tensor], history, record: dict[str, Any],
+               backbone: str, input_shape, seed: int, params: Mapping[str, Any]) -> None:
+    """Write the run folder beside ``out`` and rename it into place; then drop the checkpoints."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        meta = model_metadata(model, backbone, input_shape, seed, params)
+        save_safetensors(tmp / MODEL_FILE, {k: v.detach().cpu() for k, v in state.items()}, metadata=meta)
+        write_history(tmp / "history.csv", history)
+        plot_curves(tmp / "curves.png", history, f"{record['method']} / {backbone} / {record['bits']} bits ({record['mode']})")
+        write_json(tmp / "run.json", record)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(Path(str(out) + ".partial"), ignore_errors=True)
