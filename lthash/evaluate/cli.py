@@ -1,4 +1,4 @@
-"""Subcommands of this stage group (filled in as the stage lands)."""
+"""Subcommands of the evaluation stage: ``score`` and ``search``."""
 
 from __future__ import annotations
 
@@ -6,4 +6,73 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this group's subcommands to the ``lthash`` parser."""
+    """Add ``score`` and ``search`` to the ``lthash`` parser."""
+    from lthash.cli import add_common_arguments
+
+    score = subparsers.add_parser(
+        "score", help="exact mAP@R (index-order and tie-averaged), curves, head/medium/tail breakdown",
+        description="Score a codes file: metrics JSON, CSV rows (one per R x tie policy) and PNG plots.")
+    score.add_argument("--codes", required=True, help="codes file (HDF5, groups database and query)")
+    counts = score.add_mutually_exclusive_group(required=True)
+    counts.add_argument("--split", help="split file; its train group's 'counts' give head/medium/tail classes")
+    counts.add_argument("--counts", help="training class counts as a comma-separated list (instead of --split)")
+    score.add_argument("--out", required=True, help="metrics JSON")
+    score.add_argument("--csv", default=None, help="CSV rows for the report stage")
+    score.add_argument("--plots", default=None, help="folder for pr_radius.png and precision_at_k.png")
+    score.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra column of every CSV row (repeatable), e.g. method=csq")
+    add_common_arguments(score)
+    score.set_defaults(func=_score)
+
+    search = subparsers.add_parser(
+        "search", help="top-k database items by Hamming distance (exact scan, or faiss)",
+        description="Return the nearest database items (row, index, label, distance) of each query as JSON.")
+    search.add_argument("--codes", required=True, help="codes file holding the database")
+    source = search.add_mutually_exclusive_group(required=True)
+    source.add_argument("--query-index", help="comma-separated rows of the codes file's query set")
+    source.add_argument("--query-codes", help="codes file (its --group set) or .npy of query codes")
+    source.add_argument("--model", help="trained model folder; encodes the images of --images")
+    search.add_argument("--images", help="image-set file (HDF5) of query images, with --model")
+    search.add_argument("--group", default="query", help="set to read from --query-codes / --images (default query)")
+    search.add_argument("--k", type=int, default=None, help="items per query (default: params search.k, 10)")
+    search.add_argument("--backend", choices=("exact", "faiss"), default=None,
+                        help="exact scan (default) or faiss IndexBinaryFlat")
+    search.add_argument("--device", default="cpu", help="device for --model encoding (cpu, cuda, auto)")
+    search.add_argument("--out", required=True, help="results JSON")
+    add_common_arguments(search)
+    search.set_defaults(func=_search)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from lthash.config import parse_params
+    from lthash.errors import LthashError
+    from lthash.evaluate.score import parse_tags, run_score
+
+    counts = None
+    if args.counts is not None:
+        try:
+            counts = [int(c) for c in args.counts.split(",") if c.strip()]
+        except ValueError as exc:
+            raise LthashError(f"--counts must be comma-separated integers, got {args.counts!r}") from exc
+    params = parse_params(args.params)
+    params = params.get("evaluate", params) if isinstance(params.get("evaluate"), dict) else params
+    run_score(args.codes, args.out, params, split=args.split, counts=counts, csv_path=args.csv,
+              plots=args.plots, tags=parse_tags(args.tag), threads=args.threads)
+
+
+def _search(args: argparse.Namespace) -> None:
+    from lthash.config import parse_params
+    from lthash.evaluate.score import validate_params
+    from lthash.evaluate.search import run_search
+
+    params = parse_params(args.params)
+    params = params.get("evaluate", params) if isinstance(params.get("evaluate"), dict) else params
+    settings = validate_params(params)["search"]
+    device = args.device
+    if args.model is not None and device == "auto":
+        from lthash.runtime import select_device
+
+        device = select_device("auto")
+    run_search(args.codes, args.out, k=args.k or settings["k"], backend=args.backend or settings["backend"],
+               query_index=args.query_index, query_codes=args.query_codes, model=args.model, images=args.images,
+               group=args.group, device=device, threads=args.threads)
