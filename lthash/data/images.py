@@ -2,12 +2,14 @@
 
 Contract: images are uint8 arrays H x W x C with C = 1 (grey) or 3 (RGB). Resizing to a
 square ``size`` scales the shorter side to ``size`` (bicubic) and centre-crops the longer
-one, so aspect ratio is kept; a grey image stays one channel.
+one, so aspect ratio is kept; a grey image stays one channel. A JPEG much larger than
+``size`` is first decoded at a reduced DCT scale (PIL ``draft``, never below the target).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -58,14 +60,12 @@ def _as_array(pil, channels: int) -> np.ndarray:
     return array
 
 
-def resize_stack(images: np.ndarray, size: int | None) -> np.ndarray:
+def resize_stack(images: np.ndarray, size: int | None, threads: int = 1) -> np.ndarray:
     """Resize every image of an N x H x W x C stack; ``None`` or the same size is a no-op."""
     if size is None or images.shape[1:3] == (size, size):
         return images
-    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
-    for i, image in enumerate(images):
-        out[i] = resize_image(image, size)
-    return out
+    resized = parallel_map(lambda image: resize_image(image, size), list(images), threads, desc="resize")
+    return np.stack(resized) if resized else np.zeros((0, size, size, images.shape[3]), dtype=np.uint8)
 
 
 def probe_image(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
@@ -87,7 +87,11 @@ def decode_image(path: str | os.PathLike, channels: int, size: int | None) -> np
 
     try:
         with Image.open(path) as pil:
-            pil = pil.convert("L" if channels == 1 else "RGB")
+            mode = "L" if channels == 1 else "RGB"
+            if size is not None and pil.format == "JPEG":
+                scale = size / min(pil.size)
+                pil.draft(mode, (max(size, round(pil.size[0] * scale)), max(size, round(pil.size[1] * scale))))
+            pil = pil.convert(mode)
             if size is not None:
                 pil = _resize_pil(pil, size)
             return _as_array(pil, channels)
@@ -100,12 +104,27 @@ def channels_for_modes(modes: Iterable[str]) -> int:
     return 1 if all(mode in GREY_MODES for mode in modes) else 3
 
 
-def parallel_map(func: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
-    """``[func(x) for x in items]`` on ``threads`` threads (PIL decoding releases the GIL)."""
-    if threads <= 1 or len(items) < 64:
-        return [func(item) for item in items]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(func, items))
+def parallel_map(func: Callable[[T], R], items: Sequence[T], threads: int, desc: str = "") -> list[R]:
+    """``[func(x) for x in items]`` on ``threads`` threads (PIL decoding releases the GIL).
+
+    Shows a progress bar on stderr for long runs (1000 items or more) when ``desc`` is given.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, file=sys.stderr, mininterval=2.0,
+               disable=not desc or len(items) < 1000)
+    results: list[R] = []
+    with bar:
+        if threads <= 1 or len(items) < 64:
+            for item in items:
+                results.append(func(item))
+                bar.update()
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for result in pool.map(func, items):
+                    results.append(result)
+                    bar.update()
+    return results
 
 
 def is_image_file(path: Path) -> bool:

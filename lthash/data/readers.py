@@ -85,7 +85,7 @@ def load_dataset(cfg: Mapping[str, Any], threads: int = 1) -> Dataset:
     else:
         raise LthashError(f"config key 'dataset.name': unknown dataset {name!r}")
     if dataset.images is not None and cfg.get("image_size") is not None:
-        dataset.images = resize_stack(dataset.images, cfg["image_size"])
+        dataset.images = resize_stack(dataset.images, cfg["image_size"], threads)
     if dataset.images is not None:
         dataset.image_shape = tuple(int(s) for s in dataset.images.shape[1:])
     _check_classes(dataset)
@@ -188,9 +188,10 @@ _CIFAR_LAYOUT = {
 class _Files:
     """Regular files of one folder or of one tar archive, by base name."""
 
-    def __init__(self, where: str, readers: dict[str, Callable[[], bytes]]) -> None:
+    def __init__(self, where: str, readers: dict[str, Callable[[], bytes]], closer: Callable[[], None] | None = None) -> None:
         self.where = where
         self.readers = readers
+        self.close = closer or (lambda: None)
 
     def has(self, name: str) -> bool:
         return name in self.readers
@@ -222,14 +223,18 @@ class _Files:
                     raise LthashError(f"{archive}: cannot read {member.name}: {exc}") from exc
             return read
 
-        return cls(str(archive), {Path(m.name).name: reader(m) for m in members})
+        return cls(str(archive), {Path(m.name).name: reader(m) for m in members}, tar.close)
 
 
 def _cifar_files(root: Path, name: str) -> tuple[_Files, str]:
     """Find a CIFAR python or binary version at ``root`` (archive, folder, or parent folder)."""
     if root.is_file():
         files = _Files.from_archive(root)
-        return files, _cifar_version(files, name, root)
+        try:
+            return files, _cifar_version(files, name, root)
+        except LthashError:
+            files.close()
+            raise
     candidates = [root]
     for version in ("python", "binary"):
         layout = _CIFAR_LAYOUT[(name, version)]
@@ -258,6 +263,13 @@ def _cifar_version(files: _Files, name: str, where: Path) -> str:
 def read_cifar(root: str, name: str) -> Dataset:
     """CIFAR-10/100 (fine labels), train then test pooled; python batches via the safe unpickler."""
     files, version = _cifar_files(Path(root), name)
+    try:
+        return _read_cifar_files(files, version, name, root)
+    finally:
+        files.close()
+
+
+def _read_cifar_files(files: _Files, version: str, name: str, root: str) -> Dataset:
     layout = _CIFAR_LAYOUT[(name, version)]
     class_names = _cifar_class_names(files, layout["meta"], name, version)
     images, labels, official, start = [], [], {}, 0
@@ -342,7 +354,7 @@ def _read_files(root: Path, rel_paths: list[str], image_size: int | None, on_cor
         except UnreadableImage as exc:
             return str(exc)
 
-    probes = parallel_map(probe, rel_paths, threads)
+    probes = parallel_map(probe, rel_paths, threads, desc="check images")
     bad = {i: p for i, p in enumerate(probes) if isinstance(p, str)}
     _handle_corrupt(root, rel_paths, bad, on_corrupt)
     keep = np.array([i not in bad for i in range(len(rel_paths))], dtype=bool)
@@ -368,7 +380,7 @@ def _read_files(root: Path, rel_paths: list[str], image_size: int | None, on_cor
             return str(exc)
 
     kept_idx = np.flatnonzero(keep)
-    decoded = parallel_map(decode, [rel_paths[i] for i in kept_idx], threads)
+    decoded = parallel_map(decode, [rel_paths[i] for i in kept_idx], threads, desc="read images")
     late_bad = {int(kept_idx[j]): d for j, d in enumerate(decoded) if isinstance(d, str)}
     _handle_corrupt(root, rel_paths, late_bad, on_corrupt)
     keep[list(late_bad)] = False
