@@ -74,3 +74,32 @@ def shell_json(**parts: Any) -> str:
 def read_plan(path: str | Path) -> dict:
     """The balancing plan written by ``lthash plan``."""
     return json.loads(Path(path).read_text())
+
+
+GENERATE_READS: dict[str, tuple[str, ...]] = {
+    "base": ("seed", "base", "categories"),
+    "plan": ("seed", "synthesis"),
+    "personalize": ("seed", "categories", "personalize"),
+    "synthesize": ("seed", "categories", "synthesis"),
+    "quality": ("seed", "quality"),
+}
+
+
+def generate_params(config: Mapping[str, Any], stage: str, generator: str | None = None) -> dict:
+    """The parts of the ``generate`` section one generation stage reads (narrow, for reruns).
+
+    Personalisation reads only its own generator's settings, so tuning DreamBooth never
+    reruns AttnDreamBooth.
+    """
+    generate = config["generate"]
+    picked = {key: generate[key] for key in GENERATE_READS[stage] if key in generate}
+    if stage == "personalize" and generator is not None and "personalize" in picked:
+        personalize = picked["personalize"]
+        picked["personalize"] = {
+            key: value for key, value in personalize.items()
+            if not isinstance(value, Mapping) or key == generator or key not in _GENERATOR_KEYS
+        }
+    return {"generate": picked}
+
+
+_GENERATOR_KEYS = ("attndreambooth", "dreambooth", "textual_inversion")

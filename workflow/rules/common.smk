@@ -4,7 +4,7 @@ import os
 
 RUNS = lw.runs(config)
 GENERATORS = config["experiment"]["generators"] if lw.uses_synthetic(config) else []
-BASE_IS_TINY = config["generate"]["base"]["model"] == "tiny"
+BASE_IS_TINY = config["generate"].get("base", {}).get("model", "tiny") == "tiny"
 BASE_DIR = f"{R}/generate/base" if BASE_IS_TINY else config["generate"]["base"]["model"]
 HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
 

@@ -1,0 +1,33 @@
+# Report stage: the papers' tables and figures from every run, as Markdown and for
+# `snakemake --report report.html`.
+
+
+rule report:
+    input:
+        metrics=[f"{run.directory(R)}/metrics.json" for run in RUNS],
+        models=[f"{run.directory(R)}/model" for run in RUNS],
+        quality=(
+            expand(f"{R}/generate/{{generator}}/quality.json", generator=GENERATORS)
+            if config["experiment"]["quality"]
+            else []
+        ),
+        summary=rules.split.output.summary,
+        figure=rules.split.output.figure,
+    output:
+        markdown=report(f"{R}/report.md", caption="../report/report.rst", category="Report"),
+        table=report(f"{R}/tables/map.csv", caption="../report/map_table.rst", category="Report"),
+    params:
+        config=lw.shell_json(report=config["report"], experiment=config["experiment"]),
+        results=R,
+    log:
+        f"{R}/logs/report.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "lthash report --results {params.results} --metrics {input.metrics} --models {input.models}"
+        " --quality {input.quality} --split-summary {input.summary} --out {output.markdown}"
+        " --table {output.table} --params {params.config} 2> {log}"
