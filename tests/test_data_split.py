@@ -108,6 +108,9 @@ def test_lists_protocol_checks_train_inside_database():
     lists["train"] = np.array([0, 4, 6, 7])
     with pytest.raises(LthashError, match="train list are not in the database list"):
         plan_split(labels, NAMES[:2], split_cfg(protocol="lists"), lists=lists)
+    lists["train"] = np.array([0, 1])
+    with pytest.raises(LthashError, match="class 'c1' has no images in the train list"):
+        plan_split(labels, NAMES[:2], split_cfg(protocol="lists"), lists=lists)
     with pytest.raises(LthashError, match="dataset.name: list"):
         plan_split(labels, NAMES[:2], split_cfg(protocol="lists"))
 
@@ -178,6 +181,44 @@ def test_split_property(counts, query, train, cap, profile, factor, seed):
     got = per_class(plan, labels, "train", classes)
     assert [got[c] for c in plan.class_order] == sizes
     assert sorted(plan.class_order.tolist()) == list(range(classes))
+    assert_invariants(plan, labels)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    train_counts=st.lists(st.integers(1, 30), min_size=2, max_size=6),
+    test_counts=st.lists(st.integers(1, 10), min_size=6, max_size=6),
+    query=st.none() | st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_split_property_dataset_protocol(train_counts, test_counts, query, seed):
+    classes = len(train_counts)
+    test_counts = test_counts[:classes]
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.concatenate([np.repeat(np.arange(classes), train_counts),
+                                             np.repeat(np.arange(classes), test_counts)]))
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c, n in enumerate(test_counts):
+        is_test[np.flatnonzero(labels == c)[:n]] = True
+    official = {"train": np.flatnonzero(~is_test), "test": np.flatnonzero(is_test)}
+    train = min(train_counts)
+    cfg = split_cfg(seed=seed, protocol="dataset", query_per_class=query, train_per_class=train,
+                    longtail={"profile": "exponential", "imbalance_factor": 1.0 + (seed % 5)})
+    if query is not None and min(test_counts) < query:
+        with pytest.raises(LthashError, match="in the test split"):
+            plan_split(labels, NAMES[:classes], cfg, official=official)
+        return
+    sizes, _ = profile_sizes("exponential", train, classes, 1.0 + (seed % 5), None)
+    if min(sizes) < 1:
+        with pytest.raises(LthashError, match="no images"):
+            plan_split(labels, NAMES[:classes], cfg, official=official)
+        return
+    plan = plan_split(labels, NAMES[:classes], cfg, official=official)
+    assert set(plan.indices["query"]) <= set(official["test"].tolist())
+    assert plan.indices["database"].tolist() == official["train"].tolist()
+    assert per_class(plan, labels, "query", classes) == (test_counts if query is None else [query] * classes)
+    got = per_class(plan, labels, "train", classes)
+    assert [got[c] for c in plan.class_order] == sizes
     assert_invariants(plan, labels)
 
 

@@ -120,6 +120,9 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
 
     if protocol == "lists":
         balanced = _by_class(lists["train"], labels, num_classes)
+        for c in range(num_classes):
+            if not len(balanced[c]):
+                raise LthashError(f"class '{class_names[c]}' has no images in the train list")
         train_n = None
     else:
         if train_n is None:
