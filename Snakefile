@@ -21,7 +21,7 @@ except LthashError as error:
     raise WorkflowError(str(error)) from None
 
 R = config["results"]
-ENV = "envs/lthash.yaml"
+ENV = "../../envs/lthash.yaml"  # relative to the rule files
 DEVICE = config["device"]
 
 

@@ -5,7 +5,6 @@
 rule report:
     input:
         metrics=[f"{run.directory(R)}/metrics.json" for run in RUNS],
-        models=[f"{run.directory(R)}/model" for run in RUNS],
         quality=(
             expand(f"{R}/generate/{{generator}}/quality.json", generator=GENERATORS)
             if config["experiment"]["quality"]
@@ -18,7 +17,6 @@ rule report:
         table=report(f"{R}/tables/map.csv", caption="../report/map_table.rst", category="Report"),
     params:
         config=lw.shell_json(report=config["report"], experiment=config["experiment"]),
-        results=R,
     log:
         f"{R}/logs/report.log",
     conda:
@@ -28,6 +26,6 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "lthash report --results {params.results} --metrics {input.metrics} --models {input.models}"
+        "lthash report --metrics {input.metrics}"
         " --quality {input.quality} --split-summary {input.summary} --out {output.markdown}"
         " --table {output.table} --params {params.config} 2> {log}"
