@@ -180,6 +180,20 @@ def test_safe_unpickler_reads_numpy_arrays_of_every_protocol():
         safe_loads(pickle.dumps(Path("/etc")), "path")
 
 
+def test_safe_unpickler_reads_a_python2_cifar_style_pickle():
+    # The official CIFAR batches were written by Python 2's cPickle: str opcodes, not bytes.
+    data = bytes(range(6))
+    python2 = (b"\x80\x02}q\x00(U\x04data"
+               b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85U\x01b\x87R"
+               b"(K\x01K\x02K\x03\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+               b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+               b"\x89U\x06" + data + b"tb"
+               b"U\x06labels](K\x01K\x02eu.")
+    loaded = safe_loads(python2, "py2")
+    assert loaded["labels"] == [1, 2]
+    assert loaded["data"].dtype == np.uint8 and loaded["data"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_cifar_truncated_binary_batch_is_named(tmp_path):
     write_cifar(tmp_path, "cifar10", "binary", archive=False)
     batch = tmp_path / "cifar-10-batches-bin" / "data_batch_2.bin"
