@@ -288,6 +288,7 @@ STATE = Path(@STATE@)
 argv = sys.argv[1:]
 with open(STATE / "lthash.jsonl", "a") as f:
     f.write(json.dumps({"argv": argv, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                         "t": time.time()}) + "\n")
 for i, arg in enumerate(argv[:-1]):
     if arg in ("--out", "--summary", "--figure"):
@@ -307,17 +308,19 @@ def _render(template: str, state: Path, accounts: list[str]) -> str:
             .replace("@ACCOUNTS@", repr(list(accounts))))
 
 
-def make_fake_slurm(root: Path, accounts: list[str], with_lthash: bool = True) -> tuple[Path, Path]:
+def make_fake_slurm(root: Path, accounts: list[str], with_lthash: bool = True,
+                    with_slurm: bool = True) -> tuple[Path, Path]:
     """Write the stand-in commands into root/bin; return (bin folder, state folder)."""
     bin_dir, state = root / "bin", root / "state"
     bin_dir.mkdir(parents=True)
     state.mkdir(parents=True)
-    tool = bin_dir / "fake_slurm.py"
-    tool.write_text(_render(FAKE_SLURM, state, accounts))
-    tool.chmod(0o755)
-    for name in ("sbatch", "srun", "sacct", "squeue", "sacctmgr", "sshare", "sinfo",
-                 "scontrol", "scancel"):
-        (bin_dir / name).symlink_to(tool.name)
+    if with_slurm:
+        tool = bin_dir / "fake_slurm.py"
+        tool.write_text(_render(FAKE_SLURM, state, accounts))
+        tool.chmod(0o755)
+        for name in ("sbatch", "srun", "sacct", "squeue", "sacctmgr", "sshare", "sinfo",
+                     "scontrol", "scancel"):
+            (bin_dir / name).symlink_to(tool.name)
     if with_lthash:
         lthash = bin_dir / "lthash"
         lthash.write_text(_render(FAKE_LTHASH, state, accounts))
@@ -503,10 +506,41 @@ def test_slurm_profile_rejects_unknown_account(tmp_path):
 SLURM_UP = Path(os.environ.get("LTHASH_SLURM_UP", "/work/shared/tools/slurm-up.sh"))
 
 
+def sacct_row(job_id: str, env: dict) -> list[str]:
+    """The finished job's accounting row (slurmdbd may lag a little behind slurmctld)."""
+    fmt = ("--format=JobID,Partition,Account,State,ExitCode,Timelimit,ReqMem,ReqCPUS,"
+           "AllocTRES%80")
+    for _ in range(60):
+        sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, fmt],
+                               capture_output=True, text=True, env=env)
+        if "COMPLETED" in sacct.stdout or "FAILED" in sacct.stdout:
+            break
+        time.sleep(0.5)
+    print(sacct.stdout.strip())
+    rows = sacct.stdout.strip().splitlines()
+    assert rows, f"sacct knows no job {job_id}: {sacct.stderr}"
+    return rows[0].split("|")
+
+
+def submitted(result: subprocess.CompletedProcess) -> dict[str, tuple[str, str]]:
+    """rule -> (sbatch line without --wrap, SLURM job id), from snakemake --verbose output."""
+    out, line = {}, None
+    for text in (result.stdout + result.stderr).splitlines():
+        if "sbatch call:" in text:
+            line = text[text.index("sbatch call:") + len("sbatch call:"):text.index("--wrap")].split()
+        elif "has been submitted with SLURM jobid" in text and line is not None:
+            rule = line[line.index("--comment") + 1].removeprefix("rule_").split("_wildcards_")[0]
+            out[rule] = (" ".join(line), text.split("SLURM jobid ")[1].split()[0])
+            line = None
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("LTHASH_TEST_SLURM") != "1",
                     reason="real SLURM test: set LTHASH_TEST_SLURM=1 (root; installs and starts SLURM)")
 def test_slurm_profile_real_cluster(tmp_path):
+    """split (CPU, the real `lthash split`) and train_real (GPU, stand-in `lthash`) through
+    the profile on a real single-node SLURM with partitions cpu and gpu, account harness."""
     if os.geteuid() != 0:
         pytest.skip("slurm-up.sh must run as root")
     if not SLURM_UP.exists():
@@ -517,29 +551,49 @@ def test_slurm_profile_real_cluster(tmp_path):
     if subprocess.run(["lthash", "split", "--help"], env=env, capture_output=True).returncode != 0:
         pytest.skip("`lthash split` does not exist yet")
 
-    workdir = copy_workflow(tmp_path / "wf", "harness",
-                            profile_overrides={"retries": 0, "latency-wait": 10})
-    target = "results/data/split.h5"
-    result = run_snakemake(workdir, [target], env, timeout=900, extra=["--verbose"])
+    # The GPU rule asks for more memory than this one node may have: cap it at the
+    # node's memory in the copy (everything else exactly as the profile says).
+    node_mem = int(subprocess.run(["sinfo", "-h", "-p", "gpu", "-o", "%m"], env=env,
+                                  capture_output=True, text=True).stdout.split()[0].rstrip("+"))
+    profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
+    set_resources = profile["set-resources"]
+    gpu_mem = min(int(set_resources["train_real"]["mem_mb"]), node_mem)
+    set_resources["train_real"]["mem_mb"] = gpu_mem
+    workdir = copy_workflow(tmp_path / "wf", "harness", profile_overrides={
+        "retries": 0, "latency-wait": 10, "set-resources": set_resources})
+
+    # 1. split, CPU partition, the real command
+    result = run_snakemake(workdir, ["results/data/split.h5"], env, timeout=900,
+                           extra=["--verbose"])
     assert result.returncode == 0, show(result)
     for name in ("split.h5", "split.json", "class_distribution.png"):
         assert (workdir / "results/data" / name).stat().st_size > 0, name
-
-    log = result.stdout + result.stderr
-    sbatch_line = next(line for line in log.splitlines() if "sbatch call:" in line)
-    print(sbatch_line[:sbatch_line.index("--wrap")] + "--wrap=...")
+    line, job_id = submitted(result)["split"]
+    print(line, "--wrap=...")
     for option in ("-A harness", "-p cpu", "-t 60", "--mem 8000", "--cpus-per-task=1"):
-        assert f" {option} " in sbatch_line, (option, sbatch_line)
-    assert "--gpus" not in sbatch_line and "--gres" not in sbatch_line, sbatch_line
-    job_id = log.split("has been submitted with SLURM jobid ")[1].split()[0]
-    fmt = "--format=JobID,JobName%60,Partition,Account,State,ExitCode,Timelimit,ReqMem,ReqCPUS"
-    for _ in range(40):  # slurmdbd may lag a little behind slurmctld
-        sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, fmt],
-                               capture_output=True, text=True, env=env)
-        if "COMPLETED" in sacct.stdout:
-            break
-        time.sleep(0.5)
-    print(sacct.stdout)
-    fields = sacct.stdout.strip().splitlines()[0].split("|")
-    assert fields[0] == job_id and fields[2:6] == ["cpu", "harness", "COMPLETED", "0:0"], sacct.stdout
-    assert fields[6:9] == ["01:00:00", "8000M", "1"], sacct.stdout
+        assert f" {option} " in f"{line} ", (option, line)
+    assert "--gpus" not in line and "--gres" not in line, line
+    row = sacct_row(job_id, env)
+    assert row[:8] == [job_id, "cpu", "harness", "COMPLETED", "0:0", "01:00:00", "8000M", "1"], row
+    assert "gres/gpu" not in row[8], row
+
+    # 2. train_real, GPU partition; its command is the stand-in (training has its own tests)
+    # only lthash is stood in; sbatch, sacct ... are the real ones
+    bin_dir, state = make_fake_slurm(tmp_path / "standin", [], with_slurm=False)
+    target = first_real_run_model(workdir)
+    result = run_snakemake(workdir, [target], clean_env(bin_dir), timeout=900,
+                           extra=["--verbose"])
+    assert result.returncode == 0, show(result)
+    assert (workdir / target).is_dir()
+    line, job_id = submitted(result)["train_real"]
+    print(line, "--wrap=...")
+    for option in ("-A harness", "-p gpu", "-t 480", f"--mem {gpu_mem}", "--cpus-per-task=8",
+                   "--gpus=1"):
+        assert f" {option} " in f"{line} ", (option, line)
+    assert "--gres" not in line, line
+    row = sacct_row(job_id, env)
+    assert row[:8] == [job_id, "gpu", "harness", "COMPLETED", "0:0", "08:00:00", f"{gpu_mem}M", "8"], row
+    assert "gres/gpu=1" in row[8], row
+    (call,) = read_jsonl(state / "lthash.jsonl")
+    assert call["argv"][0] == "train" and call["slurm_job_id"] == job_id, call
+    assert call["cuda_visible_devices"] not in (None, ""), "the job got no GPU"
