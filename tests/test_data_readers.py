@@ -401,6 +401,23 @@ def test_cli_bad_list_exits_2_without_output(tmp_path, capsys, bad_line):
     assert_no_output(out)
 
 
+@pytest.mark.parametrize(
+    ("list_name", "line", "message"),
+    [
+        ("test", "img/c1_0.png 0 1 0", "also in the database list (first: img/c1_0.png)"),
+        ("train", "img/c2_3.png 0 0 1", "not in the database list (first: img/c2_3.png)"),
+    ],
+)
+def test_cli_lists_that_break_disjointness_name_the_image(tmp_path, capsys, list_name, line, message):
+    _list_dataset(tmp_path / "data")
+    with open(tmp_path / "data" / f"{list_name}.txt", "a") as handle:
+        handle.write(line + "\n")
+    code, out = run_split_cli(tmp_path, '{"dataset": {"name": "list", "root": "%s"}, "split": {"protocol": "lists"}}'
+                              % (tmp_path / "data"))
+    assert code == 2 and message in capsys.readouterr().err
+    assert_no_output(out)
+
+
 def test_cli_bad_pickle_exits_2_without_output(tmp_path, capsys):
     write_cifar(tmp_path / "data", "cifar10", "python", archive=False)
     (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").write_bytes(

@@ -51,6 +51,11 @@ class Dataset:
     lists: dict[str, np.ndarray] | None = None
     skipped: list[str] = field(default_factory=list)
     image_shape: tuple[int, int, int] = (0, 0, 0)
+    files: list[str] | None = None
+
+    def describe(self, index: int) -> str:
+        """How an error message names image ``index``: its file when there is one."""
+        return self.files[index] if self.files is not None else f"image {index} of {self.name}"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -426,7 +431,7 @@ def read_imagefolder(root: str, image_size: int | None, on_corrupt: str, store: 
     kept_paths = [p for p, k in zip(rel_paths, keep) if k]
     return Dataset(name="imagefolder", labels=label_array, class_names=classes, images=images,
                    paths=kept_paths if store == "paths" else None, root=str(folder.resolve()),
-                   skipped=skipped, image_shape=shape)
+                   skipped=skipped, image_shape=shape, files=kept_paths)
 
 
 def _parse_label(values: list[str], width: int | None, where: str) -> tuple[int, int | None]:
@@ -518,7 +523,8 @@ def read_lists(root: str, list_files: Mapping[str, str], class_names: list[str] 
     for split, members in kept_lists.items():
         if not len(members):
             raise LthashError(f"list {split}: every listed image is unreadable")
+    kept_paths = [p for p, k in zip(rel_paths, keep) if k]
     return Dataset(name="list", labels=labels[keep], class_names=names, images=images,
-                   paths=[p for p, k in zip(rel_paths, keep) if k] if store == "paths" else None,
+                   paths=kept_paths if store == "paths" else None,
                    root=str(folder), official={"train": kept_lists["database"], "test": kept_lists["test"]},
-                   lists=kept_lists, skipped=skipped, image_shape=shape)
+                   lists=kept_lists, skipped=skipped, image_shape=shape, files=kept_paths)

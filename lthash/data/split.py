@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -64,12 +64,13 @@ def _by_class(indices: np.ndarray, labels: np.ndarray, num_classes: int) -> list
 def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[str, Any],
                official: Mapping[str, np.ndarray] | None = None,
                lists: Mapping[str, np.ndarray] | None = None,
-               dataset_name: str = "dataset") -> SplitPlan:
+               dataset_name: str = "dataset", describe: Callable[[int], str] | None = None) -> SplitPlan:
     """Draw the four groups from ``labels`` (class index per pooled image).
 
     A request for more images than a class has raises :class:`LthashError` naming the class
-    and both numbers.
+    and both numbers; ``describe(i)`` names image i in errors (default: its pooled index).
     """
+    describe = describe or (lambda i: f"pooled index {i}")
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = len(class_names)
     rng = np.random.default_rng(split_cfg.get("seed", 0))
@@ -111,10 +112,14 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
             raise LthashError("config key 'split.protocol': lists needs config key 'dataset.name: list'")
         query = _by_class(lists["test"], labels, num_classes)
         database = _by_class(lists["database"], labels, num_classes)
+        overlap = np.intersect1d(lists["test"], lists["database"])
+        if len(overlap):
+            raise LthashError(f"{len(overlap)} image(s) of the test list are also in the database list "
+                              f"(first: {describe(int(overlap[0]))}); query and database must be disjoint")
         outside = np.setdiff1d(lists["train"], lists["database"])
         if len(outside):
             raise LthashError(f"{len(outside)} image(s) of the train list are not in the database list "
-                              f"(first: pooled index {int(outside[0])}); train must lie inside the database")
+                              f"(first: {describe(int(outside[0]))}); train must lie inside the database")
     else:
         raise LthashError(f"config key 'split.protocol': unknown protocol {protocol!r}")
 
@@ -166,22 +171,24 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                               "database": join(database), "query": join(query)},
                      class_order=order, profile=profile, s1=int(s1), mu=mu, train_per_class=train_n,
                      sizes_by_rank=[int(s) for s in sizes])
-    check_disjoint(plan, source_name)
+    check_disjoint(plan, source_name, describe)
     return plan
 
 
-def check_disjoint(plan: SplitPlan, source: str = "train_balanced") -> None:
+def check_disjoint(plan: SplitPlan, source: str = "train_balanced",
+                   describe: Callable[[int], str] | None = None) -> None:
     """Raise unless train ⊂ train_balanced (or database) ⊂ database and query ∩ database = ∅."""
+    describe = describe or (lambda i: f"pooled index {i}")
     idx = plan.indices
     overlap = np.intersect1d(idx["query"], idx["database"])
     if len(overlap):
         raise LthashError(f"{len(overlap)} image(s) are in both the query set and the database "
-                          f"(first: pooled index {int(overlap[0])})")
+                          f"(first: {describe(int(overlap[0]))})")
     for inner, outer in (("train", source), ("train_balanced", "database")):
         outside = np.setdiff1d(idx[inner], idx[outer])
         if len(outside):
             raise LthashError(f"{len(outside)} image(s) of {inner} are not in {outer} "
-                              f"(first: pooled index {int(outside[0])})")
+                              f"(first: {describe(int(outside[0]))})")
     for name, values in idx.items():
         if len(np.unique(values)) != len(values):
             raise LthashError(f"group {name} holds an image twice")
@@ -276,7 +283,7 @@ def run_split(dataset_cfg: Mapping[str, Any], split_cfg: Mapping[str, Any], out:
     log.info("read %s: %d images, %d classes in %.1f s", dataset.name, len(dataset),
              len(dataset.class_names), time.perf_counter() - start)
     plan = plan_split(dataset.labels, dataset.class_names, split_cfg, dataset.official, dataset.lists,
-                      dataset.name)
+                      dataset.name, dataset.describe)
     summary = summarise(dataset, plan, params)
     attrs: dict[str, Any] = {
         "class_names": dataset.class_names,
