@@ -40,6 +40,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     except OSError as exc:
         raise LthashError(f"cannot write in {final.parent}: {exc.strerror or exc}") from exc
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
         _fsync_file(tmp_path)
@@ -50,6 +51,12 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

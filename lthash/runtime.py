@@ -21,22 +21,20 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Match torch's intra-op threads to the job's share of cores (Snakemake ``threads``).
+    """Match the math libraries' threads to the job's share of cores (Snakemake ``threads``).
 
-    Oversubscription is costly here: two jobs each using every core ran 4-5x slower.
+    Oversubscription is costly here: two jobs each using every core ran 4-5x slower. The
+    count goes into OMP_NUM_THREADS / MKL_NUM_THREADS, which torch and numpy read when they
+    load, so stages that never import torch do not pay for importing it; if torch is loaded
+    already its thread pool is resized directly.
     """
     n = threads or int(os.environ.get("LTHASH_THREADS", 0)) or os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    try:
-        import torch
-
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if threads or variable not in os.environ:
+            os.environ[variable] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(n)
-        try:
-            torch.set_num_interop_threads(max(1, min(n, 2)))
-        except RuntimeError:
-            pass
-    except ImportError:
-        pass
     return n
 
 
