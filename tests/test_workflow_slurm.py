@@ -19,9 +19,12 @@ Two tests:
   ``train_real`` (GPU) once split's outputs exist; the test asserts on both sbatch lines.
 
 * ``test_slurm_profile_real_cluster`` (opt-in: ``LTHASH_TEST_SLURM=1 pytest -m slow``,
-  root only): starts a real single-node SLURM with ``/work/shared/tools/slurm-up.sh``
-  (partitions cpu and gpu, account ``harness``), runs ``split`` through the profile with
-  the real ``lthash split``, and checks the outputs and that ``sacct`` says COMPLETED.
+  root only, about 2 minutes): starts a real single-node SLURM with
+  ``/work/shared/tools/slurm-up.sh`` (partitions cpu and gpu, account ``harness``; stopped
+  again afterwards unless it was already up), runs ``split`` through the profile with the
+  real ``lthash split``, then ``train_real`` with the stand-in ``lthash`` (its memory capped
+  at the node's), and checks the outputs and what ``sacct`` recorded: COMPLETED, the
+  partition, time limit, memory, CPUs, and ``gres/gpu=1`` for the GPU rule only.
 
 The account is set the way the profile's header tells users to: in the profile itself
 (a ``--default-resources`` on the command line would replace the profile's whole
@@ -545,8 +548,26 @@ def test_slurm_profile_real_cluster(tmp_path):
         pytest.skip("slurm-up.sh must run as root")
     if not SLURM_UP.exists():
         pytest.skip(f"{SLURM_UP} not found")
+    was_up = _cluster_up()
     up = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=900)
     assert up.returncode == 0, up.stderr[-4000:]
+    try:
+        _run_on_real_cluster(tmp_path)
+    finally:
+        if not was_up:  # leave a cluster someone else started alone
+            subprocess.run(["bash", str(SLURM_UP.with_name("slurm-down.sh"))],
+                           capture_output=True, text=True, timeout=300)
+
+
+def _cluster_up() -> bool:
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "is UP" in ping.stdout
+
+
+def _run_on_real_cluster(tmp_path: Path) -> None:
     env = clean_env()
     if subprocess.run(["lthash", "split", "--help"], env=env, capture_output=True).returncode != 0:
         pytest.skip("`lthash split` does not exist yet")
