@@ -87,8 +87,6 @@ class Backbone(nn.Module):
     def __init__(self, name: str, in_channels: int, native_size: int, image_size: int | None = None,
                  cnn_width: int = 16, cnn_feature_dim: int = 256) -> None:
         super().__init__()
-        import torchvision.models as tvm
-
         if name not in BACKBONES:
             raise LthashError(f"unknown backbone '{name}' (known: {', '.join(BACKBONES)})")
         self.name = name
@@ -100,6 +98,8 @@ class Backbone(nn.Module):
             self.net = SmallCNN(in_channels, cnn_width, cnn_feature_dim)
             self.map_channels, self.out_dim = self.net.map_channels, cnn_feature_dim
             return
+        import torchvision.models as tvm  # slow to import (pulls in torch._dynamo): only when needed
+
         self.pre = Preprocess(in_channels, 3, size, native_size, IMAGENET_MEAN, IMAGENET_STD)
         if name == "alexnet":
             self.net = tvm.alexnet(weights=None)

@@ -3,12 +3,15 @@ backbone's last feature map before the hash layer (CBAM-style, Woo et al. 2018).
 
     F' = F * sigmoid(MLP(avgpool F) + MLP(maxpool F))                      channel attention
     F''= F' * sigmoid(conv7x7([mean_c F'; max_c F']))                      spatial attention
-    u  = tanh(W pool(F'') + b)
-    L  = mean_ij [ log(1 + exp(theta_ij)) - s_ij theta_ij ] + eta * mean((|u| - 1)^2)
-         theta_ij = u_i . u_j / 2,  s_ij = [y_i == y_j]                      (pairwise likelihood)
+    u  = W pool(F'') + b
+    L  = mean_ij [ log(1 + exp(theta_ij)) - s_ij theta_ij ]                  pairwise likelihood (DPSH)
+         + alpha * CE(V u, y)                                               classification on the code
+         + eta * mean((u - sign u)^2)                                       quantisation
+         theta_ij = u_i . u_j / 2,  s_ij = [y_i == y_j]
 
-The paper gives only the architecture idea; the pairwise likelihood loss with a quantisation
-term is the "traditional deep hashing" objective it builds on (DPSH, Li et al. 2016).
+The paper's abstract gives only the architecture idea; the objective is the pairwise-likelihood
+family it builds on (DPSH, Li et al. 2016) with DSDH's classification term on the code, which
+the pairwise term alone needs on small long-tail batches (few positive pairs per batch).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class ChannelSpatialAttention(nn.Module):
 
 @register("adh")
 class ADH(HashMethod):
-    DEFAULTS = {"reduction": 8, "quant_weight": 0.1}
+    DEFAULTS = {"reduction": 8, "quant_weight": 0.1, "class_weight": 1.0}
 
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
@@ -52,15 +55,18 @@ class ADH(HashMethod):
                               f"'{backbone.name}' has no feature map")
         self.attention = ChannelSpatialAttention(backbone.map_channels, int(self.options["reduction"]))
         self.hash = hash_head(backbone.out_dim, bits)
+        self.classifier = nn.Linear(bits, num_classes)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.attention(self.backbone.feature_map(x))
-        return {"code": torch.tanh(self.hash(self.backbone.pool(fmap)))}
+        code = self.hash(self.backbone.pool(fmap))
+        return {"code": code, "logits": self.classifier(code)}
 
     def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         code = out["code"].float()
         similar = (labels[:, None] == labels[None, :]).float()
         theta = code @ code.t() / 2
         likelihood = (F.softplus(theta) - similar * theta).mean()
-        quantisation = (code.abs() - 1).pow(2).mean()
-        return likelihood + self.options["quant_weight"] * quantisation
+        quantisation = (code - code.sign()).pow(2).mean()
+        classification = F.cross_entropy(out["logits"].float(), labels)
+        return likelihood + self.options["class_weight"] * classification + self.options["quant_weight"] * quantisation
