@@ -25,6 +25,11 @@ ENV = "../../envs/lthash.yaml"  # relative to the rule files
 DEVICE = config["device"]
 
 
+localrules:
+    plan,
+    report,
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/generate.smk"
