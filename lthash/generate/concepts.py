@@ -1,0 +1,111 @@
+"""Concept folders: what one personalisation changed in a base model, and how to rebuild it.
+
+A concept folder (``lthash personalize --out CONCEPT_DIR``) holds
+
+- ``concept.json``: method, class index and name, token (``<v3>``), category word, prompt
+  (``a photo of a <v3> <category>``), seed, params, the stage log and the base it was made from;
+- ``token_embedding.safetensors``: the [V] embedding row (key = the token);
+- ``unet/`` (diffusers format, safetensors) when a stage trained UNet weights
+  (AttnDreamBooth stages 2-3, DreamBooth);
+- ``samples/``: a PNG grid of samples at the end of each stage.
+
+:func:`load_concept` rebuilds the personalised model from the base folder and the concept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from lthash.errors import LthashError
+from lthash.generate.models import DiffusionComponents, load_components, replace_folder
+from lthash.io import canonical_json, load_safetensors, read_json, save_safetensors
+
+CONCEPT_FILE = "concept.json"
+EMBEDDING_FILE = "token_embedding.safetensors"
+UNET_FOLDER = "unet"
+SAMPLES_FOLDER = "samples"
+CONCEPT_FORMAT = 1
+
+
+def write_concept(out_dir: str | os.PathLike, record: Mapping[str, Any], token_row: torch.Tensor,
+                  unet: torch.nn.Module | None, samples: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write a concept folder atomically (temporary sibling folder renamed into place).
+
+    ``record`` becomes concept.json; ``unet`` is saved only when given (it changed);
+    ``samples`` maps a file name under samples/ to an existing PNG to copy.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        token = record["token"]
+        save_safetensors(tmp / EMBEDDING_FILE, {token: token_row.detach().float()},
+                         {"token": token, "category": record["category"]})
+        if unet is not None:
+            unet.save_pretrained(tmp / UNET_FOLDER, safe_serialization=True)
+        if samples:
+            (tmp / SAMPLES_FOLDER).mkdir()
+            for name, source in samples.items():
+                shutil.copyfile(source, tmp / SAMPLES_FOLDER / name)
+        full = dict(record, format=CONCEPT_FORMAT, has_unet=unet is not None)
+        (tmp / CONCEPT_FILE).write_text(canonical_json(full) + "\n")
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_concept(concept_dir: str | os.PathLike) -> dict[str, Any]:
+    """concept.json of a concept folder, checked for the keys synthesis relies on."""
+    path = Path(concept_dir) / CONCEPT_FILE
+    record = read_json(path)
+    missing = [key for key in ("method", "class_index", "token", "category", "prompt") if key not in record]
+    if missing:
+        raise LthashError(f"{path} is not a concept record: missing {', '.join(missing)}")
+    return record
+
+
+def load_concept(concept_dir: str | os.PathLike, base_dir: str | os.PathLike, device: str = "cpu",
+                 dtype: torch.dtype | None = None) -> tuple[DiffusionComponents, str]:
+    """Base model + concept -> (personalised components, the concept's prompt).
+
+    Adds the token to the tokenizer (growing the embedding table if it has no spare row),
+    writes the learned row, and swaps in the concept's UNet when it has one.
+    """
+    from diffusers import UNet2DConditionModel
+
+    from lthash.generate.personalize.trainer import add_token
+
+    concept_dir = Path(concept_dir)
+    record = read_concept(concept_dir)
+    components = load_components(base_dir, device="cpu")
+    tensors, _ = load_safetensors(concept_dir / EMBEDDING_FILE)
+    token = record["token"]
+    if token not in tensors:
+        raise LthashError(f"{concept_dir / EMBEDDING_FILE} has no row for token {token}")
+    token_id = add_token(components, token)
+    weight = components.text_encoder.get_input_embeddings().weight
+    if tensors[token].shape != weight[token_id].shape:
+        raise LthashError(f"{concept_dir} was made from another base: its embedding has shape "
+                          f"{tuple(tensors[token].shape)}, {base_dir} expects {tuple(weight[token_id].shape)}")
+    with torch.no_grad():
+        weight[token_id] = tensors[token].to(weight.dtype)
+    if record.get("has_unet"):
+        unet_dir = concept_dir / UNET_FOLDER
+        if not (unet_dir / "diffusion_pytorch_model.safetensors").exists():
+            raise LthashError(f"concept {concept_dir} is incomplete: missing {unet_dir}/diffusion_pytorch_model.safetensors")
+        try:
+            unet = UNet2DConditionModel.from_pretrained(unet_dir, use_safetensors=True)
+        except Exception as exc:  # diffusers raises many types for a corrupt folder
+            raise LthashError(f"cannot load the concept UNet from {unet_dir}: {exc}") from exc
+        unet.eval()
+        unet.requires_grad_(False)
+        components.unet = unet
+    return components.to(device, dtype), record["prompt"]

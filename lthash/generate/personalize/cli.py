@@ -1,0 +1,39 @@
+"""``lthash personalize``: one concept (class x method) from the base model and the split."""
+
+from __future__ import annotations
+
+import argparse
+
+METHOD_CHOICES = ("attndreambooth", "dreambooth", "textual_inversion")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``personalize`` subcommand."""
+    from lthash.cli import add_common_arguments
+
+    parser = subparsers.add_parser(
+        "personalize", help="personalise the base model to one class (AttnDreamBooth, DreamBooth, Textual Inversion)",
+        description="Personalise the base text-to-image model to one class of the long-tail training split "
+                    "and write a concept folder (concept.json, [V] embedding, changed UNet, sample grids).")
+    parser.add_argument("--base", required=True, help="base model folder (tiny base or Stable Diffusion, diffusers format)")
+    parser.add_argument("--split", required=True, help="split file (HDF5); only its long-tail 'train' group is read")
+    parser.add_argument("--class", dest="class_index", type=int, required=True, help="class index")
+    parser.add_argument("--method", required=True, help=f"one of {', '.join(METHOD_CHOICES)}")
+    parser.add_argument("--out", required=True, help="concept folder to write")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_common_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from lthash.config import parse_params, validate_config
+    from lthash.generate.personalize.method import get_method
+    from lthash.generate.personalize.runner import personalize
+    from lthash.runtime import select_device
+
+    get_method(args.method)
+    params = parse_params(args.params)
+    generate = params.get("generate", params)
+    config = validate_config({"dataset": {}, "generate": generate})
+    personalize(args.base, args.split, args.class_index, args.method, args.out, config["generate"],
+                device=select_device(args.device))

@@ -1,0 +1,110 @@
+"""The images of one class (long-tail ``train`` group only) and the reference augmentation.
+
+Augmentation follows AttnDreamBooth's (random rotation with p=0.75, resize + random crop,
+horizontal flip with p=0.25), done as one affine warp per image driven by an explicit
+``torch.Generator`` so a resumed run draws exactly the same batches:
+
+    A = R(theta) * S(1/z) * F  + translation,  theta ~ U(-d, d) w.p. p_rot,  z ~ U(1, max_zoom),
+    F = diag(-1, 1) w.p. p_flip,  translation ~ U(-(1 - 1/z), 1 - 1/z)
+
+(zoom z then a random crop of the model resolution == resize by z and random crop). The fill
+outside the image is black (as torchvision's default fill), i.e. -1 in model pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from lthash.errors import LthashError
+
+TRAIN_GROUP = "train"
+
+
+@dataclass(frozen=True)
+class ClassImages:
+    """uint8 N x H x W x C images of one class, with its index and name."""
+
+    images: np.ndarray
+    class_index: int
+    class_name: str
+    class_names: list[str]
+
+
+def load_class_images(split_path: str | os.PathLike, class_index: int) -> ClassImages:
+    """Images of ``class_index`` in the split's long-tail ``train`` group (never query/database)."""
+    from lthash.io import read_attrs, read_image_set
+
+    attrs = read_attrs(split_path)
+    class_names = list(attrs.get("class_names") or [])
+    if not class_names:
+        raise LthashError(f"{split_path} has no 'class_names' attribute")
+    if not 0 <= class_index < len(class_names):
+        raise LthashError(f"class index {class_index} is out of range: {split_path} has "
+                          f"{len(class_names)} classes (0..{len(class_names) - 1})")
+    train = read_image_set(split_path, TRAIN_GROUP)
+    labels = np.asarray(train.labels)
+    member = labels[:, class_index] > 0 if labels.ndim == 2 else labels == class_index
+    name = class_names[class_index]
+    if not member.any():
+        raise LthashError(f"class {class_index} ({name!r}) has no images in the '{TRAIN_GROUP}' group "
+                          f"of {split_path}: nothing to personalise on")
+    if train.images is None:
+        raise LthashError(f"{split_path}: group '{TRAIN_GROUP}' stores paths, not images")
+    return ClassImages(np.asarray(train.images[member]), class_index, name, class_names)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Parameters of the reference augmentation (see module docstring)."""
+
+    rotation_p: float = 0.75
+    rotation_degrees: float = 10.0
+    hflip_p: float = 0.25
+    max_zoom: float = 1.15
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "Augmentation":
+        params = dict(params or {})
+        if params.pop("enabled", True) is False:
+            return cls(rotation_p=0.0, hflip_p=0.0, max_zoom=1.0)
+        return cls(**{key: float(value) for key, value in params.items()})
+
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment ``pixels`` (N x C x H x W in [-1, 1]); random draws come from ``generator``."""
+        if self.rotation_p == 0 and self.hflip_p == 0 and self.max_zoom == 1:
+            return pixels
+        n = pixels.shape[0]
+        draws = torch.rand(n, 6, generator=generator)
+        rotate = draws[:, 0] < self.rotation_p
+        theta = (draws[:, 1] * 2 - 1) * math.radians(self.rotation_degrees) * rotate
+        flip = torch.where(draws[:, 2] < self.hflip_p, -1.0, 1.0)
+        zoom = 1.0 + draws[:, 3] * (self.max_zoom - 1.0)
+        margin = 1.0 - 1.0 / zoom
+        shift_x = (draws[:, 4] * 2 - 1) * margin
+        shift_y = (draws[:, 5] * 2 - 1) * margin
+        cos, sin = torch.cos(theta) / zoom, torch.sin(theta) / zoom
+        matrix = torch.stack([
+            torch.stack([cos * flip, -sin, shift_x], dim=1),
+            torch.stack([sin * flip, cos, shift_y], dim=1),
+        ], dim=1).to(pixels.device, pixels.dtype)
+        grid = torch.nn.functional.affine_grid(matrix, list(pixels.shape), align_corners=False)
+        warped = torch.nn.functional.grid_sample(pixels + 1.0, grid, mode="bilinear",
+                                                 padding_mode="zeros", align_corners=False)
+        return warped - 1.0
+
+
+def sample_batch(count: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one batch: every image once per epoch-sized block, with replacement across blocks.
+
+    With fewer images than ``batch_size`` (a tail class; down to one image) images repeat,
+    each repeat augmented differently.
+    """
+    blocks = math.ceil(batch_size / count)
+    order = torch.cat([torch.randperm(count, generator=generator) for _ in range(blocks)])
+    return order[:batch_size]

@@ -1,0 +1,141 @@
+"""Personalise the base model to one class: run a method's stages and write the concept folder.
+
+Order of work: check inputs (method, class, images) before loading any model; load the base;
+add the [V] token; resume from ``<out>.partial/`` when it holds a checkpoint of the same
+settings; run the remaining stages with a checkpoint and a sample grid after each; write the
+concept folder atomically; remove the partial folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from lthash.errors import LthashError
+from lthash.generate.concepts import write_concept
+from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components
+from lthash.generate.personalize.checkpointing import CheckpointManager, restore_rng
+from lthash.generate.personalize.data import Augmentation, load_class_images
+from lthash.generate.personalize.method import Method, get_method
+from lthash.generate.personalize.sampling import sample_images, save_grid
+from lthash.generate.prompts import class_categories
+from lthash.generate.personalize.trainer import (ConceptToken, StageTrainer, TrainingData, TrainingOptions,
+                                                 concept_prompt, concept_token_name, load_weights)
+from lthash.io import load_safetensors, save_safetensors
+
+log = logging.getLogger("lthash.personalize")
+
+METHOD_IDS = {"attndreambooth": 1, "dreambooth": 2, "textual_inversion": 3}
+
+
+def run_seed(seed: int, class_index: int, method: str) -> int:
+    """One independent seed per (config seed, class, method)."""
+    return int(np.random.SeedSequence([seed, class_index, METHOD_IDS[method]]).generate_state(1)[0])
+
+
+def make_accelerator(device: str, mixed_precision: str):
+    """An Accelerator on ``device``; mixed precision only on CUDA (CPU autocast gave nothing here)."""
+    from accelerate import Accelerator
+
+    cpu = not device.startswith("cuda")
+    if device.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(int(device.split(":")[1]))
+    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mixed_precision)
+
+
+def prior_images(components: DiffusionComponents, prompt: str, count: int, grid: Mapping[str, Any],
+                 seed: int, cache: Path) -> torch.Tensor:
+    """Class-agnostic prior images from the base, as model pixels; cached in the partial folder."""
+    if cache.exists():
+        tensors, _ = load_safetensors(cache)
+        if tensors["pixels"].shape[0] == count:
+            return tensors["pixels"]
+    generator = torch.Generator().manual_seed(seed)
+    images = sample_images(components, [prompt] * count, grid, generator)
+    pixels = images_to_pixels(images, components.image_size, components.channels)
+    save_safetensors(cache, {"pixels": pixels})
+    return pixels
+
+
+def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, class_index: int, method_name: str,
+                out_dir: str | os.PathLike, generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
+    """Personalise ``base_dir`` to class ``class_index`` of the split's long-tail ``train`` group.
+
+    ``generate_params`` is the validated ``generate`` config section (``seed``,
+    ``categories`` = class name -> super-category overrides, ``personalize``). The category
+    word is the class's super-category (:func:`lthash.generate.prompts.class_categories`),
+    the word the base was trained with. Returns the concept folder.
+    """
+    method: Method = get_method(method_name)
+    params = generate_params.get("personalize") or {}
+    data = load_class_images(split_path, class_index)
+    out = Path(out_dir)
+    partial = out.with_name(out.name + ".partial")
+    accelerator = make_accelerator(device, params.get("mixed_precision", "no"))
+    components = load_components(base_dir, device=str(accelerator.device))
+    has_vae = components.vae is not None
+    stages = method.stages(params, has_vae)
+    seed = run_seed(int(generate_params.get("seed", 0)), class_index, method.name)
+    category = class_categories(data.class_names, generate_params.get("categories"))[class_index]
+    token_name = concept_token_name(class_index)
+    token = ConceptToken(components, token_name, category).install()
+    prompt = concept_prompt(token_name, category)
+    token.positions(components, prompt)
+    fingerprint = {
+        "method": method.name, "class_index": class_index, "seed": seed, "category": category,
+        "stages": [stage.as_dict() for stage in stages], "params": params, "images": int(len(data.images)),
+        "base": str(Path(base_dir).resolve()), "processes": accelerator.num_processes,
+    }
+    checkpoints = CheckpointManager(partial, fingerprint, process_index=accelerator.process_index,
+                                    is_main_process=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
+    checkpoints.prepare()
+    accelerator.wait_for_everyone()
+    grid = params.get("sample_grid") or {"images": 8}
+    prior = method.prior_settings(params)
+    training_data = TrainingData(
+        pixels=images_to_pixels(data.images, components.image_size, components.channels),
+        prompt=prompt, augmentation=Augmentation.from_params(params.get("augment")))
+    if prior is not None:
+        training_data.prior_prompt = f"a photo of a {category}"
+        training_data.prior_pixels = prior_images(components, training_data.prior_prompt, int(prior["images"]),
+                                                  grid, seed + 1, partial / "prior.safetensors")
+    generator = torch.Generator().manual_seed(seed + 1_000_003 * accelerator.process_index)
+    trainer = StageTrainer(components, token, training_data, TrainingOptions.from_params(params), accelerator,
+                           generator, checkpoints, stages)
+    resume = checkpoints.load_latest()
+    first = 0
+    if resume is not None:
+        load_weights(components.unet, token, resume.weights)
+        restore_rng(generator, resume.rng)
+        trainer.stage_log = list(resume.stage_log)
+        first = resume.stage_index
+        log.info("resuming %s at stage %d step %d", partial, resume.stage_index, resume.step)
+    grids: dict[str, Path] = {}
+    for index in range(first, len(stages)):
+        trainer.run(index, resume if resume is not None and resume.stage_index == index else None)
+        if accelerator.is_main_process and int(grid["images"]) > 0:
+            path = partial / "samples" / f"stage{index + 1}-{stages[index].name}.png"
+            images = sample_images(components, [prompt] * int(grid["images"]), grid,
+                                   torch.Generator().manual_seed(seed + 17))
+            save_grid(images, path)
+        trainer.save(index + 1, 0)
+    if accelerator.is_main_process:
+        samples_dir = partial / "samples"
+        for path in sorted(samples_dir.glob("*.png")) if samples_dir.exists() else []:
+            grids[path.name] = path
+        unet_changed = any(stage.trains in ("cross_attention", "unet") for stage in stages)
+        record = {
+            "method": method.name, "class_index": class_index, "class_name": data.class_name,
+            "token": token_name, "category": category, "prompt": prompt, "seed": seed,
+            "images": int(len(data.images)), "stages": trainer.stage_log, "params": params,
+            "base": str(base_dir), "base_kind": components.kind,
+        }
+        write_concept(out, record, token.row, accelerator.unwrap_model(components.unet) if unet_changed else None, grids)
+        checkpoints.remove()
+    accelerator.wait_for_everyone()
+    return out

@@ -1,0 +1,112 @@
+"""Stage schedules: what each personalisation stage trains, for how long, with which loss.
+
+A method is a list of :class:`Stage` run in order, each starting from the previous one's
+weights. ``trains`` names the parameter set (see :func:`lthash.generate.personalize.trainer.
+trainable_parameters`): ``embedding`` (the [V] row only), ``cross_attention`` (every UNet
+``attn2`` q, k, v, out) or ``unet`` (all UNet weights). The per-step loss is
+
+    L = || eps - eps_theta(x_t, t, c) ||^2  [+ prior_weight * prior MSE]
+        + L_reg(lambda_mean, lambda_var)        (seed paper eq. 1, when a lambda is non-zero)
+
+Two presets: ``reference`` (AttnDreamBooth's published schedule, for real checkpoints) and
+``tiny`` (scaled for the tiny pixel-space model on one CPU thread). ``auto`` picks ``tiny``
+for a base without a VAE and ``reference`` otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
+
+from lthash.errors import LthashError
+
+METHODS = ("attndreambooth", "dreambooth", "textual_inversion")
+TRAINS = ("embedding", "cross_attention", "unet")
+STAGE_KEYS = ("steps", "lr", "batch_size", "lambda_mean", "lambda_var")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: trained parameter set, steps, constant lr, batch, loss weights."""
+
+    name: str
+    trains: str
+    steps: int
+    lr: float
+    batch_size: int
+    lambda_mean: float = 0.0
+    lambda_var: float = 0.0
+    prior_weight: float = 0.0
+
+    @property
+    def regularized(self) -> bool:
+        return self.lambda_mean != 0.0 or self.lambda_var != 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, dict[str, tuple[Stage, ...]]] = {
+    "reference": {
+        "attndreambooth": (
+            Stage("embedding", "embedding", 60, 1e-3, 8, 0.1, 0.0),
+            Stage("cross_attention", "cross_attention", 100, 2e-5, 8, 2.0, 5.0),
+            Stage("unet", "unet", 500, 2e-6, 8, 2.0, 5.0),
+        ),
+        "dreambooth": (Stage("unet", "unet", 400, 5e-6, 4),),
+        "textual_inversion": (Stage("embedding", "embedding", 500, 5e-3, 8),),
+    },
+    "tiny": {
+        "attndreambooth": (
+            Stage("embedding", "embedding", 40, 1e-2, 16, 0.1, 0.0),
+            Stage("cross_attention", "cross_attention", 40, 1e-3, 16, 2.0, 5.0),
+            Stage("unet", "unet", 60, 2e-4, 16, 2.0, 5.0),
+        ),
+        "dreambooth": (Stage("unet", "unet", 100, 2e-4, 16),),
+        "textual_inversion": (Stage("embedding", "embedding", 100, 1e-2, 16),),
+    },
+}
+
+
+def resolve_preset(schedule: str, has_vae: bool) -> str:
+    """``auto`` -> ``reference`` for a latent (VAE) base, ``tiny`` for a pixel-space one."""
+    if schedule == "auto":
+        return "reference" if has_vae else "tiny"
+    if schedule not in PRESETS:
+        raise LthashError(f"config key 'personalize.schedule': unknown schedule {schedule!r} "
+                          f"(allowed: auto, {', '.join(PRESETS)})")
+    return schedule
+
+
+def method_stages(method: str, params: Mapping[str, Any], has_vae: bool) -> list[Stage]:
+    """The stages of ``method`` from the preset, with the user's per-stage overrides applied.
+
+    ``params`` is the ``personalize`` config section; overrides live in
+    ``params[method]["stages"][stage_name]`` (any of steps, lr, batch_size, lambda_mean,
+    lambda_var; null keeps the preset). DreamBooth's prior preservation weight comes from
+    ``params["dreambooth"]["prior_preservation"]``.
+    """
+    if method not in METHODS:
+        raise LthashError(f"unknown personalisation method {method!r} (allowed: {', '.join(METHODS)})")
+    preset = resolve_preset(params.get("schedule", "auto"), has_vae)
+    method_params = params.get(method) or {}
+    overrides = method_params.get("stages") or {}
+    stages = []
+    known = {stage.name for stage in PRESETS[preset][method]}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise LthashError(f"config key 'personalize.{method}.stages': unknown stage(s) {unknown} "
+                          f"(stages of {method}: {sorted(known)})")
+    for stage in PRESETS[preset][method]:
+        changes = {key: value for key, value in (overrides.get(stage.name) or {}).items()
+                   if value is not None}
+        bad = sorted(set(changes) - set(STAGE_KEYS))
+        if bad:
+            raise LthashError(f"config key 'personalize.{method}.stages.{stage.name}': unknown key(s) {bad}")
+        stage = replace(stage, **changes)
+        if method == "dreambooth":
+            prior = method_params.get("prior_preservation") or {}
+            if prior.get("enabled"):
+                stage = replace(stage, prior_weight=float(prior.get("weight", 1.0)))
+        stages.append(stage)
+    return stages

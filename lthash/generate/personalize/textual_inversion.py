@@ -1,0 +1,14 @@
+"""Textual Inversion (Gal et al., ICLR 2023), the seed paper's table-2 baseline.
+
+Only the [V] embedding row is learned (from the category word's embedding), with the plain
+denoising loss; the UNet and the rest of the text encoder are unchanged.
+"""
+
+from __future__ import annotations
+
+from lthash.generate.personalize.method import Method
+
+METHOD = Method(
+    name="textual_inversion",
+    description="[V] embedding only, plain denoising loss",
+)
