@@ -230,6 +230,11 @@ def score_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray
                     qv = q_words[qi, 0]
                     for j in range(c0, c1):
                         dist[j - c0] = popcount64(qv ^ db_flat[j])
+                elif n_words == 2:
+                    qa = q_words[qi, 0]
+                    qb = q_words[qi, 1]
+                    for j in range(c0, c1):
+                        dist[j - c0] = popcount64(qa ^ db_flat[2 * j]) + popcount64(qb ^ db_flat[2 * j + 1])
                 else:
                     for j in range(c0, c1):
                         s = popcount64(q_words[qi, 0] ^ db_words[j, 0])
@@ -289,13 +294,25 @@ def count_relevant_multilabel(q_masks: np.ndarray, unique_masks: np.ndarray, uni
 def popcount_floor_kernel(q_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
     """Bare XOR + popcount over every (query, item) pair, summed: the hardware floor."""
     n_query = q_words.shape[0]
+    n_db = db_words.shape[0]
     n_words = q_words.shape[1]
+    db_flat = db_words.ravel()
     out = np.zeros(n_query, np.int64)
     for qi in prange(n_query):
         s = 0
-        for j in range(db_words.shape[0]):
-            for w in range(n_words):
-                s += popcount64(q_words[qi, w] ^ db_words[j, w])
+        if n_words == 1:
+            qa = q_words[qi, 0]
+            for j in range(n_db):
+                s += popcount64(qa ^ db_flat[j])
+        elif n_words == 2:
+            qa = q_words[qi, 0]
+            qb = q_words[qi, 1]
+            for j in range(n_db):
+                s += popcount64(qa ^ db_flat[2 * j]) + popcount64(qb ^ db_flat[2 * j + 1])
+        else:
+            for j in range(n_db):
+                for w in range(n_words):
+                    s += popcount64(q_words[qi, w] ^ db_flat[j * n_words + w])
         out[qi] = s
     return out
 

@@ -105,6 +105,8 @@ def code_words(codes: np.ndarray, bits: int | None = None, name: str = "codes") 
         raise LthashError(f"{name} must be a 2-D array (items x bits or items x bytes), got shape {codes.shape}")
     if codes.shape[0] == 0:
         raise LthashError(f"{name} is empty")
+    if codes.shape[1] == 0:
+        raise LthashError(f"{name} have no bits")
     if bits is None:
         if codes.dtype == np.bool_:
             values = np.array([False, True])
@@ -204,6 +206,21 @@ def set_threads(threads: int | None) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
+def _dynamic(kernel):
+    """Run a parallel kernel handing out its loop iterations one at a time, so a thread slowed
+    by other processes on the machine does not hold the others up (static split otherwise)."""
+    import numba
+
+    def call(*args):
+        previous = numba.set_parallel_chunksize(1)
+        try:
+            return kernel(*args)
+        finally:
+            numba.set_parallel_chunksize(previous)
+
+    return call
+
+
 def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,
                 topk: Sequence[int | str | None] | int | str | None = (None,), bits: int | None = None,
                 chunk: int = DEFAULT_CHUNK, threads: int | None = None) -> RetrievalScores:
@@ -230,7 +247,7 @@ def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.
     block = int(max(1, min(32, _BUFFER_ENTRIES // max(1, int(n_relevant.max(initial=0))))))
     if threads is not None:
         set_threads(threads)
-    ap_index, ap_average, hits, hist_all, hist_rel = _kernels.score_kernel(
+    ap_index, ap_average, hits, hist_all, hist_rel = _dynamic(_kernels.score_kernel)(
         q_words, db_words, q_lab.classes, db_lab.classes, q_lab.masks, db_lab.masks, q_lab.multilabel,
         n_relevant, cutoffs, q_bits, block, int(chunk))
     return RetrievalScores(bits=q_bits, n_database=n_db, cutoffs=cutoffs,

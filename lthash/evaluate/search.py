@@ -39,7 +39,9 @@ def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: in
 
     if threads is not None:
         set_threads(threads)
-    return _kernels.topk_kernel(q_words, db_words, k, bits)
+    from lthash.evaluate.metrics import _dynamic
+
+    return _dynamic(_kernels.topk_kernel)(q_words, db_words, k, bits)
 
 
 def _faiss_search(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
