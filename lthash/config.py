@@ -40,6 +40,7 @@ def _load_schemas(schema_dir: str) -> tuple[dict, Any]:
         if path.name == ROOT_SCHEMA:
             root = schema
         resources.append((schema.get("$id", path.name), DRAFT202012.create_resource(schema)))
+        _DOCUMENTS.append(schema)
     return root, Registry().with_resources(resources)
 
 
@@ -83,9 +84,63 @@ def _describe(error, schema_root) -> str:
     if error.validator == "required":
         return f"config key '{key}': {error.message}"
     if error.validator in ("anyOf", "oneOf"):
-        options = [sub.get("type", sub.get("enum", sub.get("const", "?"))) for sub in error.validator_value]
-        return f"config key '{key}': {error.instance!r} must be one of the forms {options}"
+        options = [_form(sub) for sub in error.validator_value]
+        return f"config key '{key}': {error.instance!r} must be one of: {'; or '.join(options)}"
+    if error.validator in ("minItems", "maxItems"):
+        bound = "at least" if error.validator == "minItems" else "at most"
+        return f"config key '{key}': {error.instance!r} must have {bound} {error.validator_value} item(s)"
+    if error.validator == "pattern":
+        return f"config key '{key}': {error.instance!r} does not match the pattern {error.validator_value!r}"
+    if error.validator == "uniqueItems":
+        return f"config key '{key}': {error.instance!r} has repeated items"
     return f"config key '{key}': {error.message}"
+
+
+def _form(subschema: Mapping[str, Any], depth: int = 0) -> str:
+    """A short human form of one alternative: 'integer in [8, 1024]', 'non-empty list of (...)'."""
+    if "$ref" in subschema and depth < 4:
+        subschema = _resolve_ref(subschema["$ref"]) or subschema
+    if "const" in subschema:
+        return repr(subschema["const"])
+    if "enum" in subschema:
+        return "one of " + ", ".join(repr(v) for v in subschema["enum"])
+    kind = subschema.get("type", "value")
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    if kind == "array":
+        items = subschema.get("items")
+        inner = f" of ({_form(items, depth + 1)})" if isinstance(items, Mapping) else ""
+        return f"{'non-empty ' if subschema.get('minItems') == 1 else ''}list{inner}"
+    low = subschema.get("minimum", subschema.get("exclusiveMinimum"))
+    high = subschema.get("maximum", subschema.get("exclusiveMaximum"))
+    if low is not None and high is not None:
+        left = "(" if "exclusiveMinimum" in subschema else "["
+        right = ")" if "exclusiveMaximum" in subschema else "]"
+        return f"{kind} in {left}{low}, {high}{right}"
+    if low is not None:
+        return f"{kind} {'>' if 'exclusiveMinimum' in subschema else '>='} {low}"
+    if high is not None:
+        return f"{kind} {'<' if 'exclusiveMaximum' in subschema else '<='} {high}"
+    description = subschema.get("description", "")
+    return f"{kind} ({description})" if description and depth == 0 else kind
+
+
+def _resolve_ref(ref: str) -> Mapping[str, Any] | None:
+    """A '#/...' reference of an alternative, looked up in the loaded schema parts."""
+    if not ref.startswith("#/"):
+        return None
+    for document in _DOCUMENTS:
+        node: Any = document
+        for part in ref[2:].split("/"):
+            if not isinstance(node, Mapping) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if isinstance(node, Mapping):
+            return node
+    return None
+
+
+_DOCUMENTS: list[Mapping[str, Any]] = []
 
 
 def validate_config(config: Mapping[str, Any], schema_dir: str | os.PathLike | None = None) -> dict:
