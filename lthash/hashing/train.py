@@ -225,6 +225,8 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
 
     n = len(train_set)
     steps_per_epoch = len(epoch_batches(n, batch_size, seed, 0, shard))
+    if train.get("steps"):
+        epochs = max(1, math.ceil(int(train["steps"]) / steps_per_epoch))
     total_steps = max(steps_per_epoch * epochs, 1)
     warmup = int(train["warmup_epochs"]) * steps_per_epoch
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
