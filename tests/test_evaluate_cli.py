@@ -137,6 +137,31 @@ def test_search_faiss_backend_distances(codes_file, tmp_path):
     assert [[r["distance"] for r in q["results"]] for q in result["queries"]] == dist.tolist()
 
 
+def test_search_with_a_trained_model_matches_its_codes(small_split, tmp_path):
+    """A real (LSH) model from the hashing stage: encoding the split's query images and
+    searching gives the same results as searching with the codes it wrote."""
+    from lthash.hashing.cli import hashing_params
+    from lthash.hashing.encode import encode_split
+    from lthash.hashing.train import run_training
+
+    run = tmp_path / "run"
+    run_training(small_split, "train", [], "real", None, run,
+                 hashing_params(json.dumps({"method": "lsh", "bits": 24, "seed": 0})), "cpu")
+    codes = tmp_path / "codes.h5"
+    encode_split(run, small_split, codes, device="cpu")
+    by_model, by_rows = tmp_path / "model.json", tmp_path / "rows.json"
+    assert main(["search", "--codes", str(codes), "--model", str(run), "--images", str(small_split),
+                 "--k", "7", "--out", str(by_model)]) == 0
+    assert main(["search", "--codes", str(codes), "--query-index", "0,1,2,199", "--k", "7",
+                 "--out", str(by_rows)]) == 0
+    model_queries = json.loads(by_model.read_text())["queries"]
+    row_queries = json.loads(by_rows.read_text())["queries"]
+    assert len(model_queries) == 200
+    for entry, row in zip(row_queries, (0, 1, 2, 199)):
+        assert model_queries[row]["results"] == entry["results"]
+        assert model_queries[row]["index"] == entry["index"] and model_queries[row]["label"] == entry["label"]
+
+
 def test_search_bad_inputs(codes_file, small_split, tmp_path, capsys):
     out = tmp_path / "s.json"
     assert main(["search", "--codes", str(codes_file), "--query-index", "0,200", "--out", str(out)]) == 2

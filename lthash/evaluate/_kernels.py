@@ -188,6 +188,72 @@ def _finish_query(hist: np.ndarray, hist_rel: np.ndarray, buf_d: np.ndarray, buf
         ap_average[t] = tie_average_ap(hist, hist_rel, cutoffs[t])
 
 
+@njit(cache=True, inline="always")
+def _scan_fused(qv: np.uint64, label: int, db_flat: np.ndarray, db_labels: np.ndarray, c0: int, c1: int,
+                hist: np.ndarray, buf_d: np.ndarray, buf_p: np.ndarray, k: int) -> int:
+    """One-word codes, class labels: distance, histogram and relevant items in one loop."""
+    for j in range(c0, c1):
+        d = popcount64(qv ^ db_flat[j])
+        c = hist[d]
+        hist[d] = c + 1
+        if db_labels[j] == label:
+            buf_d[k] = d
+            buf_p[k] = c
+            k += 1
+    return k
+
+
+@njit(cache=True, inline="always")
+def _distances(q_words: np.ndarray, qi: int, db_flat: np.ndarray, c0: int, c1: int, dist: np.ndarray) -> None:
+    """Hamming distances of query ``qi`` to database rows c0..c1 (vectorisable loops)."""
+    n_words = q_words.shape[1]
+    if n_words == 1:
+        qa = q_words[qi, 0]
+        for j in range(c0, c1):
+            dist[j - c0] = popcount64(qa ^ db_flat[j])
+    elif n_words == 2:
+        qa = q_words[qi, 0]
+        qb = q_words[qi, 1]
+        for j in range(c0, c1):
+            dist[j - c0] = popcount64(qa ^ db_flat[2 * j]) + popcount64(qb ^ db_flat[2 * j + 1])
+    else:
+        for j in range(c0, c1):
+            s = popcount64(q_words[qi, 0] ^ db_flat[j * n_words])
+            for w in range(1, n_words):
+                s += popcount64(q_words[qi, w] ^ db_flat[j * n_words + w])
+            dist[j - c0] = s
+
+
+@njit(cache=True, inline="always")
+def _scan_buffer(dist: np.ndarray, c0: int, c1: int, multilabel: bool, label: int, db_labels: np.ndarray,
+                 q_mask: np.ndarray, db_masks: np.ndarray, hist: np.ndarray, buf_d: np.ndarray,
+                 buf_p: np.ndarray, k: int) -> int:
+    """Histogram and relevant items of precomputed distances (any code length, any labels)."""
+    if multilabel:
+        for j in range(c0, c1):
+            d = dist[j - c0]
+            c = hist[d]
+            hist[d] = c + 1
+            hit = False
+            for w in range(q_mask.shape[0]):
+                if q_mask[w] & db_masks[j, w]:
+                    hit = True
+            if hit:
+                buf_d[k] = d
+                buf_p[k] = c
+                k += 1
+    else:
+        for j in range(c0, c1):
+            d = dist[j - c0]
+            c = hist[d]
+            hist[d] = c + 1
+            if db_labels[j] == label:
+                buf_d[k] = d
+                buf_p[k] = c
+                k += 1
+    return k
+
+
 @njit(parallel=True, cache=True)
 def score_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
                  q_masks: np.ndarray, db_masks: np.ndarray, multilabel: bool, n_relevant: np.ndarray,
@@ -201,15 +267,14 @@ def score_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray
     """
     n_query = q_words.shape[0]
     n_db = db_words.shape[0]
-    n_words = q_words.shape[1]
-    n_label_words = q_masks.shape[1]
+    fused = q_words.shape[1] == 1 and not multilabel
+    db_flat = db_words.ravel()
     nk = cutoffs.shape[0]
     ap_index = np.zeros((n_query, nk), np.float64)
     ap_average = np.zeros((n_query, nk), np.float64)
     hits = np.zeros((n_query, nk), np.int64)
     hist_all = np.zeros((n_query, bits + 1), np.int64)
     hist_rel = np.zeros((n_query, bits + 1), np.int64)
-    db_flat = db_words.ravel()
     n_blocks = (n_query + block - 1) // block
     for b in prange(n_blocks):
         q0 = b * block
@@ -226,47 +291,13 @@ def score_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray
             c1 = min(n_db, c0 + chunk)
             for i in range(nb):
                 qi = q0 + i
-                if n_words == 1:
-                    qv = q_words[qi, 0]
-                    for j in range(c0, c1):
-                        dist[j - c0] = popcount64(qv ^ db_flat[j])
-                elif n_words == 2:
-                    qa = q_words[qi, 0]
-                    qb = q_words[qi, 1]
-                    for j in range(c0, c1):
-                        dist[j - c0] = popcount64(qa ^ db_flat[2 * j]) + popcount64(qb ^ db_flat[2 * j + 1])
+                if fused:
+                    fill[i] = _scan_fused(q_words[qi, 0], q_labels[qi], db_flat, db_labels, c0, c1,
+                                          hist_all[qi], buf_d, buf_p, fill[i])
                 else:
-                    for j in range(c0, c1):
-                        s = popcount64(q_words[qi, 0] ^ db_words[j, 0])
-                        for w in range(1, n_words):
-                            s += popcount64(q_words[qi, w] ^ db_words[j, w])
-                        dist[j - c0] = s
-                h = hist_all[qi]
-                k = fill[i]
-                if multilabel:
-                    for j in range(c0, c1):
-                        d = dist[j - c0]
-                        c = h[d]
-                        h[d] = c + 1
-                        hit = False
-                        for w in range(n_label_words):
-                            if q_masks[qi, w] & db_masks[j, w]:
-                                hit = True
-                        if hit:
-                            buf_d[k] = d
-                            buf_p[k] = c
-                            k += 1
-                else:
-                    ql = q_labels[qi]
-                    for j in range(c0, c1):
-                        d = dist[j - c0]
-                        c = h[d]
-                        h[d] = c + 1
-                        if db_labels[j] == ql:
-                            buf_d[k] = d
-                            buf_p[k] = c
-                            k += 1
-                fill[i] = k
+                    _distances(q_words, qi, db_flat, c0, c1, dist)
+                    fill[i] = _scan_buffer(dist, c0, c1, multilabel, q_labels[qi], db_labels, q_masks[qi],
+                                           db_masks, hist_all[qi], buf_d, buf_p, fill[i])
         for i in range(nb):
             qi = q0 + i
             _finish_query(hist_all[qi], hist_rel[qi], buf_d, buf_p, offsets[i], offsets[i + 1],

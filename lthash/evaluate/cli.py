@@ -46,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _score(args: argparse.Namespace) -> None:
     from lthash.config import parse_params
     from lthash.errors import LthashError
+    from lthash.evaluate.metrics import set_threads
     from lthash.evaluate.score import parse_tags, run_score
 
+    set_threads(args.threads)
     counts = None
     if args.counts is not None:
         try:
@@ -62,9 +64,11 @@ def _score(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     from lthash.config import parse_params
+    from lthash.evaluate.metrics import set_threads
     from lthash.evaluate.score import validate_params
     from lthash.evaluate.search import run_search
 
+    set_threads(args.threads)
     params = parse_params(args.params)
     params = params.get("evaluate", params) if isinstance(params.get("evaluate"), dict) else params
     settings = validate_params(params)["search"]
