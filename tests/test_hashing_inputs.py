@@ -143,3 +143,15 @@ def test_encode_refuses_images_of_another_shape(small_split, tmp_path):
     run_training(small_split, "train", [], "real", None, run, params(method="lsh"), "cpu")
     with pytest.raises(LthashError, match=r"\(28, 28, 1\)"):
         encode_array(run, np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_shallow_on_features_of_a_backbone_trained_on_the_split(small_split, tmp_path):
+    deep = tmp_path / "deep"
+    run_training(small_split, "train", [], "real", None, deep, params(), "cpu")
+    shallow = params(method="itq", shallow={"features": "backbone"})
+    with pytest.raises(LthashError, match="hashing.pretrained.cnn"):
+        run_training(small_split, "train", [], "real", None, tmp_path / "bad", shallow, "cpu")
+    record = run_training(small_split, "train", [], "real", str(deep), tmp_path / "itq", shallow, "cpu")
+    assert record["init_info"]["loaded"] > 0
+    codes = encode_array(tmp_path / "itq", read_image_set(small_split, "query").images)
+    assert codes.shape == (200, 2) and len(np.unique(codes, axis=0)) > 10

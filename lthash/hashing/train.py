@@ -27,7 +27,7 @@ from lthash.hashing import checkpoint as ckpt
 from lthash.hashing.curves import plot_curves, write_history
 from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_batches, load_training_set,
                                  ordered_batches, to_float)
-from lthash.hashing.methods import HashMethod
+from lthash.hashing.methods import HashMethod, get_method
 from lthash.hashing.metrics import hamming_map
 from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
 from lthash.io import canonical_json, save_safetensors, write_json
@@ -119,6 +119,10 @@ def validation_map(model: HashMethod, train_set: TrainingSet, val_set: TrainingS
     return hamming_map(query, database, val_set.labels, train_set.labels[db_index])
 
 
+def model_is_trainable(method: str) -> bool:
+    return get_method(method).trainable
+
+
 def file_fingerprint(paths: Sequence[str | Path]) -> list[list[Any]]:
     return [[str(Path(p).resolve()), Path(p).stat().st_size if Path(p).exists() else None] for p in paths]
 
@@ -140,6 +144,10 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
     counts = train_set.counts()
     if (counts == 0).any():
         log.warning("classes with no training image: %s", [data.class_names[i] for i in np.flatnonzero(counts == 0)])
+    if not model_is_trainable(method) and params["shallow"]["features"] == "backbone" \
+            and not params["pretrained"].get(backbone) and not init:
+        raise LthashError(f"config key 'hashing.shallow.features' is 'backbone' for {method}: name a weights file in "
+                          f"hashing.pretrained.{backbone} or pass --init RUN_DIR of a run trained on the split")
     model = build_model(params, method, backbone, bits, data.num_classes, data.input_shape, counts, seed)
     init_info = init_from_run(model, init) if init else None
     record: dict[str, Any] = {
@@ -165,8 +173,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
 
 def _fingerprint(split, group, shards, mode, init, params, train) -> str:
     inputs = {"split": file_fingerprint([split]), "group": group, "shards": file_fingerprint(shards), "mode": mode,
-              "init": file_fingerprint([Path(init) / MODEL_FILE]) if init else None, "params": params, "train": train,
-              "threads": torch.get_num_threads()}
+              "init": file_fingerprint([Path(init) / MODEL_FILE]) if init else None, "params": params, "train": train}
     return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
 
 
