@@ -8,6 +8,12 @@ BASE_IS_TINY = config["generate"].get("base", {}).get("model", "tiny") == "tiny"
 BASE_DIR = f"{R}/generate/base" if BASE_IS_TINY else config["generate"]["base"]["model"]
 HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
 
+if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
+    raise WorkflowError(
+        f"config key 'generate.base.model': {BASE_DIR} is not a folder (a local Stable "
+        "Diffusion checkpoint in diffusers format, or 'tiny')"
+    )
+
 
 wildcard_constraints:
     generator="|".join(["attndreambooth", "dreambooth", "textual_inversion"]),
