@@ -56,11 +56,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except LthashError as exc:
         print(f"lthash {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _exit_now_if_a_write_failed(2, argv)
     except KeyboardInterrupt:
         print(f"lthash {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _exit_now_if_a_write_failed(code: int, argv: Sequence[str] | None) -> int:
+    """Exit at once, skipping interpreter teardown, after a failed write on the command line.
+
+    After an HDF5 write fails (full disk, file size limit) the HDF5 library keeps the dead
+    file open with dirty caches and segfaults when Python shuts it down at exit (h5py 3.16,
+    HDF5 2.0): the job would end with SIGSEGV instead of exit 2. Every output is atomic, so
+    skipping teardown loses nothing. Only when run as the ``lthash`` command (argv from
+    sys.argv): a caller of ``main([...])`` in-process gets the code back as usual.
+    """
+    import lthash.io
+
+    if argv is None and lthash.io.WRITE_FAILED:
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,34 +25,132 @@ from lthash.errors import LthashError
 FORMAT_VERSION = 1
 
 
+#: temporary path -> final path of every atomic write in progress, so a writer nested in
+#: another's temporary file (``write_image_sets(tmp, ...)`` inside ``atomic_path(out)``) names
+#: the user's output, not a dot-file, when it fails.
+_PENDING: dict[str, Path] = {}
+
+#: set once a write through :func:`atomic_path` has failed in this process (see
+#: :func:`lthash.cli.main`: HDF5 2.x can crash at interpreter exit after a failed write).
+WRITE_FAILED = False
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it to ``final``.
 
     On an exception the temporary file is removed and ``final`` is left untouched. A full
-    disk or an unwritable folder raises :class:`LthashError` naming the folder.
+    disk or an unwritable folder raises :class:`LthashError` naming the output.
     """
+    global WRITE_FAILED
     final = Path(final)
+    shown = _PENDING.get(str(final), final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(final)
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent
+            prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=suffix or ".tmp", dir=final.parent
         )
         os.close(fd)
     except OSError as exc:
-        raise LthashError(f"cannot write in {final.parent}: {exc.strerror or exc}") from exc
+        WRITE_FAILED = True
+        raise LthashError(f"cannot write {shown}: folder {final.parent} is not writable "
+                          f"({exc.strerror or exc})") from exc
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_current_umask())
+    _PENDING[str(tmp_path)] = shown
     try:
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         yield tmp_path
         _fsync_file(tmp_path)
         os.replace(tmp_path, final)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        reason = _write_failure(exc, tmp_path)
         tmp_path.unlink(missing_ok=True)
-        raise LthashError(f"failed writing {final}: {exc.strerror or exc}") from exc
+        if reason is None:  # a RuntimeError that is not about the disk: a bug, keep it as is
+            raise
+        WRITE_FAILED = True
+        raise LthashError(f"failed writing {shown}: {reason}; nothing was written under that "
+                          f"name (any earlier complete file there is kept)") from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        _PENDING.pop(str(tmp_path), None)
+
+
+#: host and process id in every temporary name: a later writer of the same output removes the
+#: temporaries of a writer that was killed (SIGKILL, node loss) on this host, so repeated
+#: pre-emptions do not fill the disk with half-written copies.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Delete temporaries of ``final`` (and ones nested in them) left by a dead process of this host."""
+    pattern = re.compile(r"^\.+" + re.escape(final.name) + r"\." + re.escape(_HOST) + r"-(\d+)\.")
+    try:
+        candidates = [entry for entry in os.scandir(final.parent) if entry.name.startswith(".")]
+    except OSError:
+        return
+    for entry in candidates:
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_DISK_FULL = "no space left on device (disk or quota full)"
+_TOO_LARGE = "file size limit reached (ulimit -f / RLIMIT_FSIZE)"
+
+
+def _write_failure(exc: BaseException, tmp: Path) -> str | None:
+    """A short reason for a failed write of ``tmp``, or None when ``exc`` is not an I/O failure.
+
+    h5py reports a failed write of the HDF5 library as an OSError or RuntimeError whose
+    message carries the C errno (``errno = 28``) if anything, so the disk and the file size
+    limit are checked too.
+    """
+    import errno as errno_codes
+    import resource
+
+    code = getattr(exc, "errno", None)
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:  # h5py's close error hides the write error in __context__
+        chain.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(chain)
+    if code in (errno_codes.ENOSPC, errno_codes.EDQUOT) or "errno = 28" in text or "No space left" in text:
+        return _DISK_FULL
+    if code == errno_codes.EFBIG or "errno = 27" in text or "File too large" in text:
+        return _TOO_LARGE
+    io_like = isinstance(exc, OSError) or "write failed" in text.lower() or "errno =" in text
+    if not io_like:
+        return None
+    try:
+        disk = os.statvfs(tmp.parent)
+        if disk.f_bavail * disk.f_frsize < 1 << 20:
+            return _DISK_FULL
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= limit - (1 << 16):
+            return _TOO_LARGE
+    except OSError:
+        pass
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc).splitlines()[0]
 
 
 def _current_umask() -> int:

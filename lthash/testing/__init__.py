@@ -1,0 +1,1 @@
+"""Helpers for the reliability tests: fault injection around real ``lthash`` commands."""
