@@ -56,13 +56,17 @@ def unsafe_calls(source: str, filename: str = "<source>", allow_pickle: bool = F
                 found.append(f"{where}: from {module} import {', '.join(names)}")
             if module.split(".")[0] == "torch" and "load" in names:
                 found.append(f"{where}: from {module} import load (not checkable for weights_only)")
+        if isinstance(node, ast.Attribute) and not allow_pickle:
+            # any use, not only a call: `class U(pickle.Unpickler)`, `load = pickle.loads`
+            name = _dotted(node)
+            head, _, tail = name.rpartition(".")
+            if head.split(".")[-1] in PICKLE_MODULES and tail in PICKLE_CALLS:
+                found.append(f"{where}: {name}")
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
         head, _, tail = name.rpartition(".")
-        if head.split(".")[-1:] and head.split(".")[-1] in PICKLE_MODULES and tail in PICKLE_CALLS and not allow_pickle:
-            found.append(f"{where}: {name}(")
-        elif name in ("torch.load",) and not _is_true(_keyword(node, "weights_only")):
+        if name in ("torch.load",) and not _is_true(_keyword(node, "weights_only")):
             found.append(f"{where}: torch.load( without weights_only=True")
         elif tail == "load" and head in ("np", "numpy") and _is_true(_keyword(node, "allow_pickle")):
             found.append(f"{where}: {name}(allow_pickle=True)")
@@ -102,6 +106,9 @@ def test_no_unsafe_deserialisation_in_the_package():
         "import yaml\nc = yaml.unsafe_load(text)",
         "import joblib\nm = joblib.load(p)",
         "import pandas as pd\nd = pd.read_pickle(p)",
+        "import pickle\nclass Loader(pickle.Unpickler):\n    pass",
+        "import pickle\nread = pickle.loads",
+        "import marshal\ncode = marshal.loads(blob)",
     ],
 )
 def test_the_scanner_catches_each_unsafe_form(snippet):
