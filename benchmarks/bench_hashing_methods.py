@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-FAST = {"epochs": 20, "batch_size": 32, "lr": 0.002, "augment": False}
-EXTRA = {"lthnet": {"lthnet": {"feature_dim": 256}}, "lthnet_sq": {"lthnet": {"feature_dim": 256}, "train": {**FAST, "lr": 0.003}},
-         "adh": {"train": {**FAST, "lr": 0.003}}}
+FAST = {"epochs": 15, "batch_size": 32, "lr": 0.003, "augment": False}
+EXTRA = {"lthnet": {"lthnet": {"feature_dim": 256}}, "lthnet_sq": {"lthnet": {"feature_dim": 256}},
+         "dpn": {"train": {**FAST, "epochs": 20}}}
 
 
 def build_small_split(path: Path) -> None:

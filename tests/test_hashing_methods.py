@@ -18,14 +18,14 @@ from lthash.hashing.methods import REGISTRY
 from lthash.hashing.train import run_training
 from lthash.io import read_image_set
 
-FAST = {"epochs": 20, "batch_size": 32, "lr": 0.002, "augment": False}
+FAST = {"epochs": 15, "batch_size": 32, "lr": 0.003, "augment": False}
 BUDGET = {
     "orthohash": {},
     "csq": {},
-    "dpn": {},
+    "dpn": {"train": {**FAST, "epochs": 20}},
     "lthnet": {"lthnet": {"feature_dim": 256}},
-    "lthnet_sq": {"lthnet": {"feature_dim": 256}, "train": {**FAST, "lr": 0.003}},
-    "adh": {"train": {**FAST, "lr": 0.003}},
+    "lthnet_sq": {"lthnet": {"feature_dim": 256}},
+    "adh": {},
     "lsh": {},
     "pcah": {},
     "itq": {},

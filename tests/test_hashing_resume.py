@@ -17,7 +17,8 @@ import torch
 from lthash.io import load_safetensors
 
 PARAMS = {"method": "orthohash", "bits": 16, "seed": 3,
-          "train": {"epochs": 5, "batch_size": 32, "lr": 0.002, "validation_fraction": 0.1, "select": "best"}}
+          "train": {"epochs": 4, "batch_size": 32, "lr": 0.002, "augment": True,
+                    "validation_fraction": 0.1, "select": "best"}}
 
 
 def train_cmd(split: Path, out: Path, params: dict = PARAMS) -> list[str]:

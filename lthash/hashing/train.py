@@ -38,9 +38,13 @@ VALIDATION_DATABASE_MAX = 5000
 EVAL_BATCH = 256
 
 
-def effective_train(params: Mapping[str, Any], mode: str, init: str | None) -> dict[str, Any]:
-    """``train`` with ``pretrain`` overrides for synthetic-only runs and ``finetune`` for --init runs."""
+def effective_train(params: Mapping[str, Any], method: str, mode: str, init: str | None) -> dict[str, Any]:
+    """``train``, then ``method_train[method]``, then ``pretrain`` (synthetic-only runs) or
+    ``finetune`` (runs started with --init) overrides."""
     train = dict(params["train"])
+    for name in params.get("method_train", {}):
+        get_method(name, "hashing.method_train")
+    train.update(params.get("method_train", {}).get(method, {}))
     if mode == "synthetic":
         train.update(params.get("pretrain", {}))
     if init:
@@ -133,7 +137,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
     out = Path(out)
     method, backbone, bits = job_choice(params)
     seed = int(params["seed"])
-    train = effective_train(params, mode, init)
+    train = effective_train(params, method, mode, init)
     if init and not (Path(init) / MODEL_FILE).exists():
         raise LthashError(f"--init {init}: no {MODEL_FILE} there (is the run finished?)")
     seed_everything(seed)

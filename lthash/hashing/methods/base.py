@@ -24,10 +24,10 @@ def register(name: str) -> Callable[[type["HashMethod"]], type["HashMethod"]]:
     return wrap
 
 
-def get_method(name: str) -> type["HashMethod"]:
-    """The method class registered as ``name``; an unknown name lists the known ones."""
+def get_method(name: str, key: str = "hashing.method") -> type["HashMethod"]:
+    """The method class registered as ``name``; an unknown name lists the known ones (and ``key``)."""
     if name not in REGISTRY:
-        raise LthashError(f"config key 'hashing.method': unknown hash method '{name}' "
+        raise LthashError(f"config key '{key}': unknown hash method '{name}' "
                           f"(known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[name]
 
