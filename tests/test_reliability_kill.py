@@ -143,3 +143,55 @@ def test_snakemake_split_killed_mid_job_reruns_to_the_same_split(tmp_path, refer
     assert json.loads(produced.with_suffix(".json").read_text()) == json.loads(expected.with_suffix(".json").read_text())
     assert hidden(produced.parent) == []
     assert not (work / ".snakemake" / "incomplete").exists() or not any((work / ".snakemake" / "incomplete").iterdir())
+
+
+TRAIN_CONFIG = {
+    "dataset": {"name": "digits", "image_size": 16},
+    "split": SPLIT,
+    "experiment": {"arms": ["balanced"], "methods": ["orthohash"], "backbones": ["cnn"], "bits": [16]},
+    "hashing": {"seed": 1, "cnn": {"width": 8, "feature_dim": 32},
+                "train": {"epochs": 6, "batch_size": 32, "lr": 0.002}},
+}
+
+
+@pytest.mark.slow
+def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL snakemake while `train_real` runs (after its first checkpoint), then --unlock and
+    --rerun-incomplete: training resumes from <model>.partial and ends with the weights of an
+    uninterrupted `lthash train` run with the same params (bit-identical on CPU)."""
+    import torch
+
+    from lthash.config import load_config
+    from lthash.io import load_safetensors
+    from lthash.workflow import hashing_params
+
+    target = "results/runs/balanced/orthohash-cnn-16/model"
+    work = copy_workflow(tmp_path / "killed")
+    (work / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
+    process = start_in_new_group(snakemake_command("--cores", "1", target, "--configfile", "train.yaml"),
+                                 work, tmp_path / "snakemake-killed.log")
+    checkpoint = work / (target + ".partial") / "epoch-0001" / "state.json"
+    wait_for(lambda: checkpoint.exists() or process.poll() is not None, timeout=300, what="a training checkpoint")
+    kill_group(process)
+    log = (tmp_path / "snakemake-killed.log").read_text()
+    assert checkpoint.exists() and not (work / target).exists(), log
+
+    assert _snakemake(work, target, "--configfile", "train.yaml", "--unlock").returncode == 0
+    again = _snakemake(work, target, "--configfile", "train.yaml", "--rerun-incomplete", timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    record = json.loads((work / target / "run.json").read_text())
+    assert record["resumed_at_epochs"] and record["resumed_at_epochs"][0] >= 1, record.get("resumed_at_epochs")
+    assert not (work / (target + ".partial")).exists()
+
+    config = load_config(work / "config.yaml", TRAIN_CONFIG)
+    params = hashing_params(config, "orthohash", "cnn", 16)
+    reference = tmp_path / "reference"
+    done = run(lthash_command("train", "--split", str(work / "results/data/split.h5"), "--group", "train_balanced",
+                              "--mode", "real", "--out", str(reference), "--params", json.dumps(params),
+                              "--threads", "1", "--device", "cpu"), timeout=600)
+    assert done.returncode == 0, done.stderr
+    resumed, expected = load_safetensors(work / target / "model.safetensors")[0], load_safetensors(
+        reference / "model.safetensors")[0]
+    assert resumed.keys() == expected.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], expected[key]), key
