@@ -279,7 +279,8 @@ def open_complete_h5(path: str | os.PathLike):
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
-        raise LthashError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from exc
+        raise LthashError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}; "
+                          "delete it and rerun the stage that wrote it") from exc
     if int(h5.attrs.get("complete", 0)) != 1:
         h5.close()
         raise LthashError(f"{path} is incomplete (no 'complete' mark): delete it and rerun the stage")
