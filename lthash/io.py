@@ -63,10 +63,10 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         yield tmp_path
         _fsync_file(tmp_path)
         os.replace(tmp_path, final)
-    except (OSError, RuntimeError) as exc:
-        reason = _write_failure(exc, tmp_path)
+    except Exception as exc:  # h5py and safetensors wrap OS errors in their own types
+        reason = None if isinstance(exc, LthashError) else _write_failure(exc, tmp_path)
         tmp_path.unlink(missing_ok=True)
-        if reason is None:  # a RuntimeError that is not about the disk: a bug, keep it as is
+        if reason is None:  # not about the disk (a user error, a bug): keep it as it is
             raise
         WRITE_FAILED = True
         raise LthashError(f"failed writing {shown}: {reason}; nothing was written under that "
@@ -134,11 +134,15 @@ def _write_failure(exc: BaseException, tmp: Path) -> str | None:
         chain.append(str(seen))
         seen = seen.__cause__ or seen.__context__
     text = "\n".join(chain)
+    if code is None:  # safetensors: "I/O error: File too large (os error 27)"
+        found = re.search(r"os error (\d+)", text)
+        code = int(found.group(1)) if found else None
     if code in (errno_codes.ENOSPC, errno_codes.EDQUOT) or "errno = 28" in text or "No space left" in text:
         return _DISK_FULL
     if code == errno_codes.EFBIG or "errno = 27" in text or "File too large" in text:
         return _TOO_LARGE
-    io_like = isinstance(exc, OSError) or "write failed" in text.lower() or "errno =" in text
+    io_like = (isinstance(exc, OSError) or code is not None or "write failed" in text.lower()
+               or "errno =" in text or "I/O error" in text)
     if not io_like:
         return None
     try:
@@ -150,7 +154,11 @@ def _write_failure(exc: BaseException, tmp: Path) -> str | None:
             return _TOO_LARGE
     except OSError:
         pass
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc).splitlines()[0]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if code is not None:
+        return os.strerror(code)
+    return str(exc).splitlines()[0]
 
 
 def _current_umask() -> int:

@@ -275,3 +275,30 @@ def test_malicious_pth_pretrained_weights_are_refused(tmp_path):
     import os
 
     assert not os.path.exists("/tmp/lthash-pwned")
+
+
+def test_weights_over_the_file_size_limit_keep_the_earlier_file(tmp_path):
+    """safetensors reports a failed write as its own error type; it still becomes the clear message."""
+    good = _weights(tmp_path)
+    before = snapshot(tmp_path)
+    code = ("import sys, torch; from lthash.io import save_safetensors\n"
+            "save_safetensors(sys.argv[1], {'w': torch.zeros(100000)})")
+    import sys
+
+    result = run([sys.executable, "-c", code, str(good)], fsize_limit=50_000)
+    assert result.returncode == 1
+    assert (f"LthashError: failed writing {good}: file size limit reached" in result.stderr), result.stderr[-800:]
+    assert snapshot(tmp_path) == before and load_safetensors(good)[0]["w"].shape == (4096,)
+
+
+@pytest.mark.slow
+def test_training_on_a_full_disk_exits_2_naming_the_checkpoint(small_split, tmp_path):
+    out = tmp_path / "run"
+    params = json.dumps({"method": "orthohash", "bits": 16, "cnn": {"width": 8, "feature_dim": 32},
+                         "train": {"epochs": 2}})
+    result = run(lthash_command("train", "--split", str(small_split), "--group", "train", "--mode", "real",
+                                "--out", str(out), "--device", "cpu", "--threads", "1", "--params", params),
+                 fsize_limit=30_000)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"failed writing {out}.partial/epoch-0001/model.safetensors: file size limit reached" in last_line(result)
+    assert not out.exists()
