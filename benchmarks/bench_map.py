@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_average, make_codes, random_centres  # noqa: E402
+from bench_map_common import load_average, make_codes, random_centres  # noqa: E402
 
 from lthash.evaluate import _kernels  # noqa: E402
 from lthash.evaluate.codes import as_words, unpack_codes  # noqa: E402

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import flip_mask, load_average, peak_rss_mb, random_centres  # noqa: E402
+from bench_map_common import flip_mask, load_average, peak_rss_mb, random_centres  # noqa: E402
 
 from lthash.evaluate.metrics import score_codes, set_threads  # noqa: E402
 
