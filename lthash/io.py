@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -93,13 +94,16 @@ def _remove_stale_temporaries(final: Path) -> None:
         return
     for entry in candidates:
         match = pattern.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
+        if match is None or entry.is_symlink():
             continue
         pid = int(match.group(1))
         if pid == os.getpid() or _alive(pid):
             continue
         try:
-            os.unlink(entry.path)
+            if entry.is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
         except OSError:
             pass
 
@@ -159,6 +163,46 @@ def _write_failure(exc: BaseException, tmp: Path) -> str | None:
     if code is not None:
         return os.strerror(code)
     return str(exc).splitlines()[0]
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success it replaces ``final`` whole.
+
+    The folder counterpart of :func:`atomic_path` (a diffusers model, a run folder): on an
+    exception the temporary folder is removed and ``final`` is left as it was; temporaries of
+    a killed writer are removed by the next writer of the same output. A folder already at
+    ``final`` is moved aside, the new one renamed in, then the old one deleted.
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".tmp",
+                                    dir=final.parent))
+    except OSError as exc:
+        raise LthashError(f"cannot write {final}: folder {final.parent} is not writable "
+                          f"({exc.strerror or exc})") from exc
+    os.chmod(tmp, 0o777 & ~_current_umask())
+    old = final.parent / f".{final.name}.{_HOST}-{os.getpid()}.old"
+    try:
+        yield tmp
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except Exception as exc:
+        reason = None if isinstance(exc, LthashError) else _write_failure(exc, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        if reason is None:
+            raise
+        raise LthashError(f"failed writing {final}: {reason}; nothing was written under that "
+                          f"name (any earlier complete folder there is kept)") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _current_umask() -> int:

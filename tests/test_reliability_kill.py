@@ -195,3 +195,42 @@ def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weight
     assert resumed.keys() == expected.keys()
     for key in resumed:
         assert torch.equal(resumed[key], expected[key]), key
+
+
+def test_atomic_dir_replaces_a_folder_whole_and_cleans_up_after_a_killed_writer(tmp_path):
+    """lthash.io.atomic_dir, the folder counterpart of atomic_path (model folders, run folders)."""
+    from lthash.errors import LthashError
+    from lthash.io import atomic_dir
+
+    final = tmp_path / "model"
+    with atomic_dir(final) as tmp:
+        (tmp / "weights.safetensors").write_bytes(b"first")
+    assert (final / "weights.safetensors").read_bytes() == b"first"
+
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_dir(final) as tmp:
+            (tmp / "weights.safetensors").write_bytes(b"half")
+            raise RuntimeError("crash")
+    assert (final / "weights.safetensors").read_bytes() == b"first" and hidden(tmp_path) == []
+
+    code = ("import sys, time; from lthash.io import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'big.bin').write_bytes(b'x' * 1000); print(tmp, flush=True); time.sleep(60)")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(final)], stdout=subprocess.PIPE, text=True,
+                              env=child_env())
+    killed_tmp = Path(writer.stdout.readline().strip())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert killed_tmp.is_dir() and (final / "weights.safetensors").read_bytes() == b"first"
+
+    with atomic_dir(final) as tmp:
+        (tmp / "weights.safetensors").write_bytes(b"second")
+    assert sorted(p.name for p in final.iterdir()) == ["weights.safetensors"]
+    assert (final / "weights.safetensors").read_bytes() == b"second"
+    assert hidden(tmp_path) == []  # the killed writer's folder and the replaced one are gone
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LthashError, match=f"cannot write {blocker / 'model'}: folder {blocker} is not writable"):
+        with atomic_dir(blocker / "model"):
+            pass
