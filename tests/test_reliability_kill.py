@@ -128,7 +128,7 @@ def test_snakemake_split_killed_mid_job_reruns_to_the_same_split(tmp_path, refer
     process = start_in_new_group(snakemake_command("--cores", "1", target, "--configfile", "digits.yaml"),
                                  work, tmp_path / "snakemake-killed.log")
     wait_for(lambda: (work / "results" / "logs" / "split.log").exists(), timeout=120, what="the split job")
-    delay = random.Random(os.environ.get("LTHASH_KILL_SEED", "7")).uniform(0.0, 1.5)
+    delay = random.Random(os.environ.get("LTHASH_KILL_SEED", "7")).uniform(0.0, 1.0)
     time.sleep(delay)  # the job itself takes several seconds (imports, reading digits, writing)
     kill_group(process)
     log = (tmp_path / "snakemake-killed.log").read_text()
