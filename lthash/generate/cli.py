@@ -1,9 +1,127 @@
-"""Subcommands of this stage group (filled in as the stage lands)."""
+"""Subcommands of the generation group: base, plan, personalize, synthesize, quality.
+
+``--params`` carries the ``generate`` section, either as ``{"generate": {...}}`` (what the
+workflow passes) or bare; it is validated against the schema so defaults are filled.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+
+def generate_params(text: str | None) -> dict[str, Any]:
+    """The validated ``generate`` section from a ``--params`` argument."""
+    from lthash.config import parse_params, validate_config
+
+    params = parse_params(text)
+    section = params.get("generate", params)
+    return validate_config({"dataset": {}, "generate": section})["generate"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this group's subcommands to the ``lthash`` parser."""
+    from lthash.cli import add_common_arguments
+
+    base = subparsers.add_parser(
+        "base", help="train the tiny text-to-image base model with class-agnostic prompts",
+        description="Train the tiny pixel-space text-to-image model from scratch on the split's long-tail "
+                    "'train' group, prompted only with 'a photo of a <super-category>'. Resumes from "
+                    "<out>.partial/ after a kill.")
+    base.add_argument("--split", required=True, help="split file (HDF5)")
+    base.add_argument("--out", required=True, help="model folder to write (diffusers format)")
+    base.add_argument("--samples", default=None, help="also write the sample grid PNG here")
+    base.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_common_arguments(base)
+    base.set_defaults(func=run_base)
+
+    plan = subparsers.add_parser(
+        "plan", help="balancing plan: synthetic images per class and purpose, cut into shards",
+        description="From the long-tail class counts, how many synthetic images every class needs for the "
+                    "balanced pretraining set and for the balanced synthetic+real mix, and their shards.")
+    plan.add_argument("--split-summary", required=True, help="split.json (or the split HDF5 file)")
+    plan.add_argument("--out", required=True, help="plan JSON to write")
+    add_common_arguments(plan)
+    plan.set_defaults(func=run_plan)
+
+    synth = subparsers.add_parser(
+        "synthesize", help="draw one shard of synthetic images of one class",
+        description="Draw one shard of the plan from a concept folder (lthash personalize) or, with "
+                    "--model = the base folder, from the base with the class's super-category prompt "
+                    "(generator 'base-category'). A complete shard is never redrawn.")
+    synth.add_argument("--model", required=True, help="concept folder, or a model folder")
+    synth.add_argument("--base", default=None, help="base model folder the concept was made from")
+    synth.add_argument("--class", dest="class_index", type=int, required=True, help="class index")
+    synth.add_argument("--purpose", required=True, choices=("pretrain", "mix"))
+    synth.add_argument("--shard", type=int, required=True, help="shard number within (class, purpose)")
+    synth.add_argument("--plan", required=True, help="plan JSON (lthash plan)")
+    synth.add_argument("--split", required=True, help="split file (HDF5): shards take its image size")
+    synth.add_argument("--out", required=True, help="shard file to write (HDF5)")
+    synth.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_common_arguments(synth)
+    synth.set_defaults(func=run_synthesize)
+
+    quality = subparsers.add_parser(
+        "quality", help="class fidelity and diversity of synthetic shards, and a real-vs-synthetic grid",
+        description="Judge synthetic images with a classifier trained on the real balanced training set: "
+                    "class fidelity, category fidelity, diversity and closeness to the training images, per "
+                    "generator and class.")
+    quality.add_argument("--split", required=True, help="split file (HDF5)")
+    quality.add_argument("--shards", nargs="+", required=True, help="shard files")
+    quality.add_argument("--generator", default=None, help="keep only shards of this generator")
+    quality.add_argument("--out", required=True, help="metrics JSON to write")
+    quality.add_argument("--grid", default=None, help="real-vs-synthetic PNG to write")
+    add_common_arguments(quality)
+    quality.set_defaults(func=run_quality)
+
+    from lthash.generate.personalize.cli import register as register_personalize
+
+    register_personalize(subparsers)
+
+
+def run_base(args: argparse.Namespace) -> None:
+    from lthash.generate.base import run_base as train
+    from lthash.runtime import select_device
+
+    train(args.split, args.out, generate_params(args.params), device=select_device(args.device),
+          samples_png=args.samples)
+
+
+def run_plan(args: argparse.Namespace) -> None:
+    import logging
+
+    from lthash.generate.plan import plan_from_params, read_summary
+    from lthash.io import write_json
+
+    params = generate_params(args.params)
+    plan = plan_from_params(read_summary(args.split_summary), params["synthesis"])
+    plan["seed"] = params["seed"]
+    write_json(args.out, plan)
+    logging.getLogger("lthash.plan").info(
+        "plan: target %d per class, %d pretrain + %d mix synthetic images", plan["target"],
+        plan["totals"]["pretrain"], plan["totals"]["mix"])
+
+
+def run_synthesize(args: argparse.Namespace) -> None:
+    from lthash.generate.synthesize import read_plan, synthesize_shard
+    from lthash.runtime import select_device
+
+    synthesize_shard(args.model, args.base, args.class_index, args.purpose, args.shard, read_plan(args.plan),
+                     args.split, args.out, generate_params(args.params), device=select_device(args.device))
+
+
+def run_quality(args: argparse.Namespace) -> None:
+    from lthash.errors import LthashError
+    from lthash.generate.quality import evaluate_quality, save_real_vs_synthetic_grid
+    from lthash.io import read_attrs, write_json
+
+    params = generate_params(args.params)
+    shards = list(args.shards)
+    if args.generator is not None:
+        shards = [path for path in shards if str(read_attrs(path, "synthetic").get("generator")) == args.generator]
+        if not shards:
+            raise LthashError(f"no shard of generator {args.generator!r} among {len(args.shards)} file(s)")
+    metrics, grid = evaluate_quality(args.split, shards, params)
+    write_json(args.out, metrics)
+    if args.grid:
+        save_real_vs_synthetic_grid(args.grid, grid, params["quality"]["grid_images"])

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,9 @@ class TinyModelConfig:
     """Architecture of the tiny pixel-space text-to-image model.
 
     Cross-attention sits only at the lowest UNet resolution and in the mid block (attention
-    at higher resolutions costs 2x-20x on CPU for little gain at this size).
+    at higher resolutions costs 2x-20x on CPU for little gain at this size). The noise
+    schedule clips predicted images to [-1, 1] (pixel space): without it, few-step DDIM
+    sampling of an under-trained model drifts to grey noise.
     """
 
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -238,7 +240,7 @@ def build_tiny_components(
         norm_num_groups=cfg.norm_num_groups,
     )
     scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                              prediction_type=cfg.prediction_type, clip_sample=False)
+                              prediction_type=cfg.prediction_type, clip_sample=True, clip_sample_range=1.0)
     info = {"kind": "tiny", "image_size": image_size, "channels": channels, "config": _jsonable(asdict(cfg))}
     return DiffusionComponents(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                                noise_scheduler=scheduler, vae=None, image_size=image_size,
@@ -249,8 +251,12 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=list))
 
 
-def save_components(components: DiffusionComponents, path: str | os.PathLike) -> Path:
-    """Save in diffusers folder format, atomically (temporary sibling folder, then rename)."""
+def save_components(components: DiffusionComponents, path: str | os.PathLike,
+                    extras: Callable[[Path], None] | None = None) -> Path:
+    """Save in diffusers folder format, atomically (temporary sibling folder, then rename).
+
+    ``extras(folder)`` may add files (figures, logs) to the folder before it is published.
+    """
     import diffusers
 
     path = Path(path)
@@ -276,6 +282,8 @@ def save_components(components: DiffusionComponents, path: str | os.PathLike) ->
         info = dict(components.info, kind=components.kind, image_size=components.image_size,
                     channels=components.channels)
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        if extras is not None:
+            extras(tmp)
         replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

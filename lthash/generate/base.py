@@ -1,0 +1,401 @@
+"""Base training: the tiny text-to-image model learned from scratch with class-agnostic prompts.
+
+Every training image is paired with "a photo of a <super-category>" (never its class name)
+and, with probability ``cfg_dropout``, the empty prompt for classifier-free guidance. The UNet
+and (for the tiny model) the text encoder are trained jointly with AdamW (warm-up, then cosine
+decay); an exponential moving average of the weights is what gets saved.
+
+Checkpoints (``ckpt-NNNNNN/`` in the partial folder) hold the weights, the EMA, the
+optimiser state, the run generator's state and the loss history; a resumed run replays the
+same batches and ends with bit-identical weights on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from lthash.errors import LthashError
+from lthash.generate.models import DiffusionComponents, encode_images, tokenize
+from lthash.io import canonical_json, load_safetensors, save_safetensors
+
+log = logging.getLogger("lthash.base")
+
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{6})$")
+
+
+@dataclass
+class BaseTrainingConfig:
+    """Optimisation settings of the base stage (``generate.base`` in the config)."""
+
+    steps: int = 1200
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-2
+    ema_decay: float = 0.995
+    cfg_dropout: float = 0.1
+    checkpoint_every: int = 200
+    train_text_encoder: bool | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], seed: int = 0) -> "BaseTrainingConfig":
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in params.items() if key in fields}, seed=seed)
+
+
+class ExponentialMovingAverage:
+    """Shadow copies of parameters, updated with decay min(decay, (1 + n) / (10 + n))."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float):
+        self.parameters = parameters
+        self.decay = decay
+        self.shadow = {name: param.detach().clone() for name, param in parameters.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, param in self.parameters.items():
+            self.shadow[name].mul_(decay).add_(param.detach(), alpha=1 - decay)
+
+    @torch.no_grad()
+    def copy_to_parameters(self) -> None:
+        for name, param in self.parameters.items():
+            param.copy_(self.shadow[name])
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides tensors."""
+
+    step: int = 0
+    losses: list[float] | None = None
+    seconds: float = 0.0
+
+
+def trainable_parameters(components: DiffusionComponents, train_text_encoder: bool) -> dict[str, torch.nn.Parameter]:
+    """Named parameters trained by the base stage (``unet.*`` and optionally ``text_encoder.*``)."""
+    params = {f"unet.{name}": p for name, p in components.unet.named_parameters()}
+    if train_text_encoder:
+        params.update({f"text_encoder.{name}": p for name, p in components.text_encoder.named_parameters()})
+    return params
+
+
+def learning_rate(config: BaseTrainingConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 0 at ``steps``."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors = {f"optim.{pid}.{key}": value for pid, entries in state["state"].items()
+               for key, value in entries.items() if isinstance(value, torch.Tensor)}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: ExponentialMovingAverage,
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainingState,
+                    fingerprint: str, keep: int = 2) -> Path:
+    """Write ``ckpt-<step>`` atomically and keep only the newest ``keep`` checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"ckpt-{state.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", suffix=".tmp", dir=folder))
+    try:
+        tensors = {f"param.{name}": p.detach() for name, p in params.items()}
+        tensors.update({f"ema.{name}": value for name, value in ema.shadow.items()})
+        optim_tensors, optim_meta = _flatten_optimizer(optimizer)
+        tensors.update(optim_tensors)
+        tensors["rng.generator"] = generator.get_state()
+        tensors["rng.torch_cpu"] = torch.get_rng_state()
+        save_safetensors(tmp / "weights.safetensors", tensors, {"optimizer": optim_meta})
+        (tmp / "state.json").write_text(canonical_json({**asdict(state), "fingerprint": fingerprint}))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(checkpoints(folder))[:-keep]:
+        shutil.rmtree(old[1], ignore_errors=True)
+    return final
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def restore_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: ExponentialMovingAverage,
+                       optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                       fingerprint: str) -> TrainingState | None:
+    """Load the newest valid checkpoint of this run (same fingerprint); None when there is none."""
+    for step, path in reversed(checkpoints(folder)):
+        try:
+            record = json.loads((path / "state.json").read_text())
+            tensors, meta = load_safetensors(path / "weights.safetensors")
+        except (OSError, ValueError, LthashError) as exc:
+            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+            continue
+        if record.get("fingerprint") != fingerprint:
+            log.warning("ignoring checkpoint %s: it belongs to a run with other settings", path)
+            continue
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[f"param.{name}"])
+                ema.shadow[name].copy_(tensors[f"ema.{name}"])
+        optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        optimizer.load_state_dict(_unflatten_optimizer(optim, json.loads(meta["optimizer"])))
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+        log.info("resuming base training from %s (step %d)", path, step)
+        return TrainingState(step=record["step"], losses=record["losses"], seconds=record["seconds"])
+    return None
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def train_base(
+    components: DiffusionComponents,
+    images: np.ndarray,
+    prompts: Sequence[str],
+    config: BaseTrainingConfig,
+    partial_dir: str | os.PathLike | None = None,
+    fingerprint: str = "",
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainingState:
+    """Train ``components`` in place on ``images`` (uint8 NHWC) paired with ``prompts``.
+
+    At the end the EMA weights are copied into the modules. With ``partial_dir`` the run
+    checkpoints every ``checkpoint_every`` steps and resumes from the newest checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    if len(images) == 0:
+        raise LthashError("base training needs at least one training image (group 'train' is empty)")
+    if len(images) != len(prompts):
+        raise ValueError("one prompt per image")
+    train_text = components.kind == "tiny" if config.train_text_encoder is None else config.train_text_encoder
+    device = components.device
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad():
+        data = torch.cat([encode_images(components, images[i:i + 256], sample=False)
+                          for i in range(0, len(images), 256)]).float().cpu()
+    unique = sorted(set(prompts)) + [""]
+    prompt_ids = tokenize(components, unique).cpu()
+    prompt_index = torch.tensor([unique.index(p) for p in prompts])
+    empty = len(unique) - 1
+
+    components.unet.train().requires_grad_(True)
+    components.text_encoder.train(train_text).requires_grad_(train_text)
+    if components.vae is not None:
+        components.vae.requires_grad_(False)
+    params = trainable_parameters(components, train_text)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    ema = ExponentialMovingAverage(params, config.ema_decay)
+    partial = Path(partial_dir) if partial_dir else None
+    state = (restore_checkpoint(partial, params, ema, optimizer, generator, fingerprint) if partial else None) \
+        or TrainingState(losses=[])
+    scheduler = components.noise_scheduler
+    timesteps_total = scheduler.config.num_train_timesteps
+    bar = tqdm(total=config.steps, initial=state.step, desc="base", disable=not progress, mininterval=5)
+    started = time.perf_counter() - state.seconds
+    while state.step < config.steps:
+        step = state.step
+        batch = torch.randint(len(data), (config.batch_size,), generator=generator)
+        x0 = data[batch]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(timesteps_total, (config.batch_size,), generator=generator)
+        drop = torch.rand(config.batch_size, generator=generator) < config.cfg_dropout
+        ids = prompt_ids[torch.where(drop, torch.full_like(batch, empty), prompt_index[batch])]
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        hidden = components.text_encoder(ids.to(device))[0]
+        pred = components.unet(noisy.to(device, components.dtype), t.to(device), encoder_hidden_states=hidden).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        optimizer.step()
+        ema.update(step)
+        state.step += 1
+        state.losses.append(float(loss.detach()))
+        state.seconds = time.perf_counter() - started
+        bar.update(1)
+        if on_step is not None:
+            on_step(state.step, state.losses[-1])
+        if partial and config.checkpoint_every and state.step % config.checkpoint_every == 0 \
+                and state.step < config.steps:
+            save_checkpoint(partial, params, ema, optimizer, generator, state, fingerprint)
+    bar.close()
+    ema.copy_to_parameters()
+    components.unet.eval().requires_grad_(False)
+    components.text_encoder.eval().requires_grad_(False)
+    return state
+
+
+
+# --- the stage ---------------------------------------------------------------------------
+
+
+def model_image_size(height: int, width: int, levels: int, requested: int | None) -> int:
+    """The tiny model's square resolution: ``requested``, else the split's size rounded up."""
+    factor = 2 ** (levels - 1)
+    size = requested or max(height, width)
+    return int(math.ceil(size / factor) * factor)
+
+
+def split_fingerprint(images: np.ndarray, index: np.ndarray) -> str:
+    """Identity of the training data, so a checkpoint of another split is never resumed."""
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(index).tobytes())
+    digest.update(repr(images.shape).encode())
+    digest.update(np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def write_loss_curve(folder: Path, losses: Sequence[float], config: BaseTrainingConfig) -> None:
+    """loss.csv (step, loss, learning rate) and loss.png (raw and smoothed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ["step,loss,learning_rate"] + [f"{i + 1},{loss:.6f},{learning_rate(config, i):.6g}"
+                                          for i, loss in enumerate(losses)]
+    (folder / "loss.csv").write_text("\n".join(rows) + "\n")
+    values = np.asarray(losses)
+    window = max(1, len(values) // 50)
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(values) + 1), values, alpha=0.3, lw=0.8, label="loss")
+    ax.plot(np.arange(window, len(values) + 1), smooth, lw=1.5, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def sample_grid(components: DiffusionComponents, words: Sequence[str], per_word: int, seed: int,
+                size: tuple[int, int, int]) -> np.ndarray:
+    """One row per super-category of samples of "a photo of a <word>" (uint8 grid image)."""
+    from lthash.generate.pipeline import SamplerConfig, generate
+    from lthash.generate.prompts import category_prompt
+
+    prompts = [category_prompt(word) for word in words for _ in range(per_word)]
+    images = generate(components, prompts, torch.Generator().manual_seed(seed),
+                      SamplerConfig.for_model(components), size=size)
+    height, width, channels = size
+    rows = images.reshape(len(words), per_word, height, width, channels)
+    return rows.transpose(0, 2, 1, 3, 4).reshape(len(words) * height, per_word * width, channels)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray, scale: int = 2) -> None:
+    """Write a uint8 H x W x C image as PNG (nearest-neighbour upscaled), atomically."""
+    from PIL import Image
+
+    from lthash.io import atomic_path
+
+    picture = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    with atomic_path(path, suffix=".png") as tmp:
+        picture.save(tmp, format="PNG")
+
+
+def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict[str, Any],
+             device: str = "cpu", samples_png: str | os.PathLike | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """The ``lthash base`` stage: train the tiny model on the long-tail ``train`` group.
+
+    ``params`` is the validated ``generate`` section. Writes the model folder ``out``
+    (diffusers format plus loss.csv, loss.png, samples.png and base.json) atomically.
+    """
+    from lthash.generate.models import TinyModelConfig, build_tiny_components, save_components
+    from lthash.generate.prompts import category_prompt, class_categories
+    from lthash.io import read_attrs, read_image_set
+
+    base = params["base"]
+    if base["model"] != "tiny":
+        raise LthashError(f"config key 'generate.base.model' is {base['model']!r}: the base stage trains only "
+                          f"the tiny model; a Stable Diffusion folder is used as it is")
+    out = Path(out)
+    class_names = list(read_attrs(split_path)["class_names"])
+    train = read_image_set(split_path, "train")
+    if train.labels.ndim != 1:
+        raise LthashError("the base stage needs single-label classes: group 'train' has one-hot labels")
+    categories = class_categories(class_names, params.get("categories"))
+    words = sorted(set(categories))
+    arch = TinyModelConfig.from_dict(base["architecture"])
+    height, width, channels = train.images.shape[1:]
+    size = model_image_size(height, width, len(arch.block_out_channels), base.get("image_size"))
+    seed = int(params.get("seed", 0))
+    components = build_tiny_components(words, size, channels, seed, arch).to(device)
+    config = BaseTrainingConfig.from_params(base, seed=seed)
+    fingerprint = canonical_json({"base": base, "categories": categories, "seed": seed,
+                                  "data": split_fingerprint(train.images, train.index)})
+    prompts = [category_prompt(categories[label]) for label in train.labels]
+    partial = out.with_name(out.name + ".partial")
+    cpu_started = time.process_time()
+    state = train_base(components, train.images, prompts, config, partial, fingerprint, progress)
+    grid = sample_grid(components, words, base.get("samples_per_category", 8), seed, (height, width, channels))
+    report = {
+        "steps": state.step, "seconds": round(state.seconds, 1),
+        "cpu_seconds_this_process": round(time.process_time() - cpu_started, 1),
+        "final_loss": float(np.mean(state.losses[-50:])), "train_images": int(len(train.images)),
+        "categories": dict(zip(class_names, categories)), "prompts": sorted(set(prompts)),
+        "model_image_size": size, "image_shape": [height, width, channels],
+        "unet_parameters": sum(p.numel() for p in components.unet.parameters()),
+        "text_encoder_parameters": sum(p.numel() for p in components.text_encoder.parameters()),
+        "params": params,
+    }
+
+    def extras(folder: Path) -> None:
+        write_loss_curve(folder, state.losses, config)
+        save_png(folder / "samples.png", grid)
+        (folder / "base.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    components.info["categories"] = dict(zip(class_names, categories))
+    save_components(components, out, extras)
+    if samples_png is not None:
+        save_png(samples_png, grid)
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info("base model written to %s: %d steps in %.0f s, final loss %.4f", out, state.step,
+             state.seconds, report["final_loss"])
+    return report

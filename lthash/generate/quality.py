@@ -1,0 +1,272 @@
+"""How good synthetic images are: class fidelity, diversity, closeness to the training images.
+
+A judge classifier is trained on the real balanced training set (``train_balanced``; never the
+query set for training) and its accuracy on the real query set is reported, so its verdicts can
+be weighed. For every generator and class:
+
+- ``class_fidelity``: fraction of synthetic images the judge assigns to their class;
+- ``category_fidelity``: fraction assigned to a class of the same super-category (what a
+  class-agnostic generator such as ``base-category`` can at best achieve);
+- ``diversity``: mean pairwise distance of the synthetic images in the judge's feature space,
+  and ``diversity_ratio`` = that over the same figure for as many real images of the class;
+- ``nearest_train_ratio``: mean distance from a synthetic image to its nearest long-tail
+  training image of the class, over the same for real query images (well below 1 = copies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lthash.errors import LthashError
+from lthash.io import atomic_path, read_attrs, read_image_set
+
+log = logging.getLogger("lthash.quality")
+
+
+@dataclass
+class Judge:
+    """A classifier of uint8 images plus the feature map used for distances."""
+
+    kind: str
+    model: Any
+    scaler: Any
+    pca: Any
+
+    def _flat(self, images: np.ndarray) -> np.ndarray:
+        return self.scaler.transform(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        if self.kind == "cnn":
+            return self.model.predict(images)
+        return self.model.predict(self.pca.transform(self._flat(images)))
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        if self.kind == "cnn":
+            return self.model.features(images)
+        return self.pca.transform(self._flat(images))
+
+
+class SmallCNN:
+    """Two conv layers and a linear head, trained with Adam for a few epochs (torch, CPU)."""
+
+    def __init__(self, channels: int, classes: int, seed: int):
+        import torch
+
+        torch.manual_seed(seed)
+        self.torch = torch
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(64 * 16, 128), nn.ReLU())
+        self.head = nn.Linear(128, classes)
+        self.seed = seed
+
+    def _tensor(self, images: np.ndarray):
+        return self.torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def fit(self, images: np.ndarray, labels: np.ndarray, epochs: int = 8, batch: int = 128) -> "SmallCNN":
+        torch = self.torch
+        x, y = self._tensor(images), torch.as_tensor(labels)
+        params = list(self.body.parameters()) + list(self.head.parameters())
+        opt = torch.optim.Adam(params, lr=2e-3)
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=gen).split(batch):
+                loss = torch.nn.functional.cross_entropy(self.head(self.body(x[idx])), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return self
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            chunks = [self.body(self._tensor(images[i:i + 512])).numpy() for i in range(0, len(images), 512)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 128), dtype=np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.head(self.torch.as_tensor(self.features(images))).argmax(1).numpy()
+
+
+def train_judge(images: np.ndarray, labels: np.ndarray, kind: str = "logistic", feature_dim: int = 50,
+                seed: int = 0) -> Judge:
+    """Fit the judge on real images (uint8 NHWC) with integer labels."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if len(images) == 0:
+        raise LthashError("the judge classifier needs real images (group 'train_balanced' is empty)")
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    scaler = StandardScaler().fit(flat)
+    scaled = scaler.transform(flat)
+    pca = PCA(n_components=min(feature_dim, *scaled.shape), random_state=seed).fit(scaled)
+    if kind == "cnn":
+        model: Any = SmallCNN(images.shape[-1], int(labels.max()) + 1, seed).fit(images, labels)
+    elif kind == "logistic":
+        model = LogisticRegression(max_iter=500, random_state=seed).fit(pca.transform(scaled), labels)
+    else:
+        raise LthashError(f"config key 'generate.quality.classifier': unknown judge {kind!r}")
+    return Judge(kind=kind, model=model, scaler=scaler, pca=pca)
+
+
+def mean_pairwise_distance(features: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs (0 for fewer than two points)."""
+    n = len(features)
+    if n < 2:
+        return 0.0
+    sq = (features ** 2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * features @ features.T, 0.0)
+    return float(np.sqrt(d2)[np.triu_indices(n, 1)].mean())
+
+
+def mean_nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
+    """Mean distance from each query point to its nearest reference point."""
+    if len(queries) == 0 or len(references) == 0:
+        return float("nan")
+    sq = (queries ** 2).sum(1)[:, None] + (references ** 2).sum(1)[None, :] - 2 * queries @ references.T
+    return float(np.sqrt(np.maximum(sq, 0.0)).min(1).mean())
+
+
+def read_shards(paths: Sequence[str | os.PathLike]) -> dict[str, dict[int, np.ndarray]]:
+    """Synthetic images by generator and class, from shard files."""
+    found: dict[str, dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for path in paths:
+        shard = read_image_set(path, "synthetic")
+        generator = str(shard.attrs.get("generator", "unknown"))
+        for cls in np.unique(shard.labels):
+            found[generator][int(cls)].append(shard.images[shard.labels == cls])
+    return {gen: {cls: np.concatenate(parts) for cls, parts in sorted(by_class.items())}
+            for gen, by_class in sorted(found.items())}
+
+
+def _subset(images: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if len(images) <= limit:
+        return images
+    return images[np.sort(rng.choice(len(images), limit, replace=False))]
+
+
+def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | os.PathLike],
+                     params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics JSON, material for the grid) from the split and the shards.
+
+    ``params`` is the ``generate`` section (``seed``, ``categories``, ``quality``).
+    """
+    from lthash.generate.prompts import class_categories
+
+    settings = dict(params.get("quality", {}))
+    seed = int(params.get("seed", 0))
+    rng = np.random.default_rng(seed)
+    class_names = list(read_attrs(split_path)["class_names"])
+    categories = class_categories(class_names, params.get("categories"))
+    balanced = read_image_set(split_path, "train_balanced")
+    query = read_image_set(split_path, "query")
+    train = read_image_set(split_path, "train")
+    if balanced.labels.ndim != 1:
+        raise LthashError("quality needs single-label classes (the split has one-hot labels)")
+    judge = train_judge(balanced.images, balanced.labels, settings.get("classifier", "logistic"),
+                        settings.get("feature_dim", 50), seed)
+    query_pred = judge.predict(query.images)
+    category_of = np.array(categories)
+    synthetic = read_shards(shard_paths)
+    limit = int(settings.get("max_per_class", 500))
+    train_counts = np.bincount(train.labels, minlength=len(class_names))
+    order = np.argsort(-train_counts, kind="stable")
+    tail = set(order[len(order) - max(1, len(order) // 3):].tolist())
+    generators: dict[str, Any] = {}
+    for generator, by_class in synthetic.items():
+        per_class = {}
+        for cls, images in by_class.items():
+            if not 0 <= cls < len(class_names):
+                raise LthashError(f"a {generator} shard has class {cls}, the split has {len(class_names)} classes")
+            images = _subset(images, limit, rng)
+            pred = judge.predict(images)
+            feats = judge.features(images)
+            real = _subset(balanced.images[balanced.labels == cls], len(images), rng)
+            real_feats = judge.features(real)
+            train_feats = judge.features(train.images[train.labels == cls])
+            query_feats = judge.features(query.images[query.labels == cls])
+            diversity, real_diversity = mean_pairwise_distance(feats), mean_pairwise_distance(real_feats)
+            near_synth = mean_nearest_distance(feats, train_feats)
+            near_real = mean_nearest_distance(query_feats, train_feats)
+            per_class[class_names[cls]] = {
+                "class_index": cls,
+                "images": int(len(images)),
+                "real_train_images": int(train_counts[cls]),
+                "tail": cls in tail,
+                "class_fidelity": float((pred == cls).mean()),
+                "category_fidelity": float((category_of[pred] == categories[cls]).mean()),
+                "diversity": diversity,
+                "real_diversity": real_diversity,
+                "diversity_ratio": diversity / real_diversity if real_diversity > 0 else float("nan"),
+                "nearest_train_ratio": near_synth / near_real if near_real > 0 else float("nan"),
+            }
+        values = list(per_class.values())
+        generators[generator] = {
+            "classes": per_class,
+            "mean_class_fidelity": float(np.mean([v["class_fidelity"] for v in values])),
+            "mean_category_fidelity": float(np.mean([v["category_fidelity"] for v in values])),
+            "tail_class_fidelity": float(np.mean([v["class_fidelity"] for v in values if v["tail"]]))
+            if any(v["tail"] for v in values) else None,
+            "mean_diversity_ratio": float(np.nanmean([v["diversity_ratio"] for v in values])),
+        }
+    metrics = {
+        "judge": {
+            "classifier": judge.kind,
+            "trained_on": "train_balanced",
+            "query_accuracy": float((query_pred == query.labels).mean()),
+            "query_accuracy_per_class": {class_names[c]: float((query_pred[query.labels == c] == c).mean())
+                                         for c in range(len(class_names)) if (query.labels == c).any()},
+        },
+        "class_names": class_names,
+        "categories": categories,
+        "tail_classes": [class_names[c] for c in sorted(tail)],
+        "generators": generators,
+    }
+    grid = {"class_names": class_names, "real": {c: train.images[train.labels == c] for c in range(len(class_names))},
+            "synthetic": synthetic}
+    return metrics, grid
+
+
+def save_real_vs_synthetic_grid(path: str | os.PathLike, grid: Mapping[str, Any], per_row: int = 8) -> None:
+    """One row per class: real training images, then each generator's synthetic images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = grid["class_names"]
+    generators = list(grid["synthetic"])
+    blocks = ["real (long-tail train)"] + generators
+    sample = next(iter(grid["real"].values()))
+    height, width, channels = sample.shape[1:]
+    fig, axes = plt.subplots(len(names), len(blocks), squeeze=False,
+                             figsize=(1.6 + 0.42 * per_row * len(blocks), 0.5 + 0.42 * len(names)))
+    for row, name in enumerate(names):
+        for col, block in enumerate(blocks):
+            images = grid["real"].get(row) if col == 0 else grid["synthetic"][block].get(row)
+            tile = np.zeros((height, width * per_row, channels), dtype=np.uint8)
+            if images is not None:
+                for k, image in enumerate(images[:per_row]):
+                    tile[:, k * width:(k + 1) * width] = image
+            ax = axes[row][col]
+            ax.imshow(tile.squeeze(-1) if channels == 1 else tile, cmap="gray" if channels == 1 else None,
+                      vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(block, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path), suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,148 @@
+"""Sharded synthesis: one (generator, class, purpose, shard) file of synthetic images.
+
+Every shard has its own seed, derived from (generate.seed, generator, class, purpose, shard),
+so shards are distinct and each is reproducible on its own. A shard file appears atomically;
+a complete shard already in place is never redrawn, and a killed job leaves nothing but
+stale temporary files, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from lthash.errors import LthashError
+from lthash.generate.models import DiffusionComponents, load_components
+from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.plan import shard_entry
+from lthash.generate.prompts import category_prompt, class_categories
+from lthash.io import ImageSet, canonical_json, open_complete_h5, read_json, write_image_sets
+
+log = logging.getLogger("lthash.synthesize")
+
+BASE_GENERATOR = "base-category"
+
+
+def shard_seed(seed: int, generator: str, class_index: int, purpose: str, shard: int) -> int:
+    """A 63-bit seed unique to one shard (SHA-256 of its coordinates)."""
+    key = canonical_json([int(seed), str(generator), int(class_index), str(purpose), int(shard)])
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) >> 1
+
+
+def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
+    """(H, W, C) of the split's images, which synthetic shards must match."""
+    with open_complete_h5(split_path) as h5:
+        for group in ("train", "train_balanced", "database", "query"):
+            if group in h5 and "images" in h5[group]:
+                return tuple(int(v) for v in h5[group]["images"].shape[1:])
+    raise LthashError(f"{split_path} holds no images to take the shard size from")
+
+
+def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | None, class_index: int,
+                   class_names: list[str], categories: Mapping[str, str] | None,
+                   device: str = "cpu") -> tuple[DiffusionComponents, str, str]:
+    """(components, prompt, generator name) for one class.
+
+    ``model_dir`` is a concept folder (``concept.json``, from ``lthash personalize``) or a
+    model folder itself; the latter is the non-personalised generator ``base-category``,
+    prompted with the class's super-category ("a photo of a <word>").
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / "concept.json").exists():
+        from lthash.generate.concepts import load_concept, read_concept
+
+        record = read_concept(model_dir)
+        if int(record["class_index"]) != int(class_index):
+            raise LthashError(f"concept {model_dir} is for class {record['class_index']}, not class {class_index}")
+        if base_dir is None:
+            raise LthashError(f"concept {model_dir} needs --base (the model it was personalised from)")
+        components, prompt = load_concept(model_dir, base_dir, device=device)
+        return components, prompt, str(record["method"])
+    words = class_categories(class_names, categories)
+    return load_components(model_dir, device=device), category_prompt(words[class_index]), BASE_GENERATOR
+
+
+def shard_is_complete(path: str | os.PathLike, expected: Mapping[str, Any]) -> bool:
+    """True when ``path`` is a finished shard with the same coordinates and settings."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        with open_complete_h5(path) as h5:
+            attrs = dict(h5["synthetic"].attrs)
+    except (LthashError, KeyError, OSError):
+        return False
+    return all(str(attrs.get(key)) == str(value) for key, value in expected.items())
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files a killed writer of ``path`` left behind."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.*"):
+            stale.unlink(missing_ok=True)
+
+
+def synthesize_shard(
+    model_dir: str | os.PathLike,
+    base_dir: str | os.PathLike | None,
+    class_index: int,
+    purpose: str,
+    shard: int,
+    plan: Mapping[str, Any],
+    split_path: str | os.PathLike,
+    out: str | os.PathLike,
+    params: Mapping[str, Any],
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Draw one shard of the plan and write it to ``out``; returns a summary (images, seconds, images/s).
+
+    ``params`` is the ``generate`` section (``seed``, ``categories``, ``synthesis``).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    entry = shard_entry(plan, class_index, purpose, shard)
+    class_names = list(plan["class_names"])
+    components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
+                                                        params.get("categories"), device)
+    synthesis = dict(params.get("synthesis", {}))
+    sampler = SamplerConfig.for_model(components, synthesis)
+    seed = shard_seed(params.get("seed", 0), generator_name, class_index, purpose, shard)
+    expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
+                "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__)}
+    if shard_is_complete(out, expected):
+        log.info("%s is complete already: not redrawn", out)
+        return {"images": entry["count"], "seconds": 0.0, "skipped": True}
+    remove_stale_temporaries(out)
+    size = split_image_shape(split_path)
+    started = time.perf_counter()
+    with tqdm(total=entry["count"], desc=f"class {class_index} {purpose} shard {shard}",
+              disable=not progress, mininterval=5) as bar:
+        images = generate(components, [prompt] * entry["count"], torch.Generator().manual_seed(seed),
+                          sampler, size=size, on_batch=bar.update)
+    seconds = time.perf_counter() - started
+    attrs = dict(expected, class_name=class_names[class_index], prompt=prompt, start=entry["start"])
+    write_image_sets(out, {"synthetic": ImageSet(
+        images=images,
+        labels=np.full(len(images), class_index, dtype=np.int64),
+        index=entry["start"] + np.arange(len(images), dtype=np.int64),
+        attrs=attrs,
+    )}, attrs={"generator": generator_name, "params": canonical_json(dict(params))})
+    rate = len(images) / seconds if seconds > 0 else float("inf")
+    log.info("%s: %d images in %.1f s (%.1f images/s)", out, len(images), seconds, rate)
+    return {"images": len(images), "seconds": seconds, "images_per_second": rate, "skipped": False}
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    plan = read_json(path)
+    if "classes" not in plan or "class_names" not in plan:
+        raise LthashError(f"{path} is not a balancing plan (written by lthash plan)")
+    return plan

@@ -1,0 +1,44 @@
+"""Quality: real images judged faithful, noise not; JSON and grid through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lthash.cli import main
+from lthash.io import ImageSet, read_image_set, write_image_sets
+
+
+def shard(path, images, labels, generator):
+    write_image_sets(path, {"synthetic": ImageSet(images=images, labels=labels, index=np.arange(len(labels)),
+                                                  attrs={"generator": generator})})
+    return str(path)
+
+
+def test_real_is_faithful_and_noise_is_not(small_split, tmp_path):
+    query = read_image_set(small_split, "query")
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, query.images.shape, dtype=np.uint8)
+    shards = [shard(tmp_path / "real.h5", query.images, query.labels, "real"),
+              shard(tmp_path / "noise.h5", noise, query.labels, "noise")]
+    out, grid = tmp_path / "quality.json", tmp_path / "grid.png"
+    params = json.dumps({"generate": {"quality": {"grid_images": 4}}})
+    assert main(["quality", "--split", str(small_split), "--shards", *shards, "--out", str(out),
+                 "--grid", str(grid), "--params", params, "--threads", "1"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["judge"]["query_accuracy"] > 0.6
+    real, fake = metrics["generators"]["real"], metrics["generators"]["noise"]
+    assert real["mean_class_fidelity"] == metrics["judge"]["query_accuracy"]
+    assert real["mean_category_fidelity"] >= real["mean_class_fidelity"]
+    assert fake["mean_class_fidelity"] < 0.3
+    assert 0.7 < real["mean_diversity_ratio"] < 1.3 and fake["mean_diversity_ratio"] > 1.5
+    assert len(real["classes"]) == 10 and real["tail_class_fidelity"] is not None
+    assert grid.stat().st_size > 1000
+
+    only = tmp_path / "only.json"
+    assert main(["quality", "--split", str(small_split), "--shards", *shards, "--generator", "noise",
+                 "--out", str(only), "--params", params]) == 0
+    assert list(json.loads(only.read_text())["generators"]) == ["noise"]
+    assert main(["quality", "--split", str(small_split), "--shards", *shards, "--generator", "nope",
+                 "--out", str(only), "--params", params]) == 2
