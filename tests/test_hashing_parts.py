@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lthash.hashing.centers import bernoulli_codes, hadamard, hadamard_codes, min_hamming, rejection_codes
+from lthash.hashing.centers import (bernoulli_codes, hadamard, hadamard_codes, min_hamming, rejection_codes,
+                                    spread_codes)
 from lthash.hashing.checkpoint import flatten_optimizer, unflatten_optimizer
 from lthash.hashing.dpp import greedy_map_dpp, quality_diversity_kernel
 from lthash.hashing.methods.lthnet import build_memory, class_balanced_weights
@@ -71,6 +72,7 @@ def test_centres():
     assert min_hamming(beyond) >= 4 and np.all(beyond.sum(axis=1) == 0)
     assert min_hamming(rejection_codes(20, 32, rng, min_distance=10)) >= 10
     assert set(np.unique(bernoulli_codes(5, 8, rng))) == {-1.0, 1.0}
+    assert min_hamming(spread_codes(10, 32, np.random.default_rng(1))) > min_hamming(bernoulli_codes(10, 32, np.random.default_rng(1)))
 
 
 def test_optimizer_state_round_trip():

@@ -51,6 +51,18 @@ def rejection_codes(classes: int, bits: int, rng: np.random.Generator, min_dista
     return np.stack(codes).astype(np.float32)
 
 
+def spread_codes(classes: int, bits: int, rng: np.random.Generator, candidates: int = 200) -> np.ndarray:
+    """The Bernoulli codebook with the largest minimum Hamming distance among ``candidates`` draws
+    (rejection sampling without a fixed floor: it adapts to any class count and code length)."""
+    best, best_distance = None, -1
+    for _ in range(candidates):
+        codes = bernoulli_codes(classes, bits, rng)
+        distance = min_hamming(codes)
+        if distance > best_distance:
+            best, best_distance = codes, distance
+    return best  # type: ignore[return-value]
+
+
 def hadamard(n: int) -> np.ndarray:
     """Sylvester's Hadamard matrix of order ``n`` (a power of two): H_{2n} = [[H, H], [H, -H]]."""
     if n < 1 or n & (n - 1):

@@ -169,9 +169,11 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
                                                   _fingerprint(split, group, shards, mode, init, params, train))
     else:
         history, final_state, extra = _fit_shallow(model, train_set, device, params["precision"])
+    is_main = extra.pop("is_main", True)
     record.update(extra)
     record["seconds"] = round(time.time() - started, 3)
-    _write_run(out, model, final_state, history, record, backbone, data.input_shape, seed, params)
+    if is_main:
+        _write_run(out, model, final_state, history, record, backbone, data.input_shape, seed, params)
     return record
 
 
@@ -232,6 +234,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
         wrapped, optimizer = accelerator.prepare(model, optimizer)
         shard = (accelerator.process_index, accelerator.num_processes)
+        device = str(accelerator.device)
     is_main = accelerator is None or accelerator.is_main_process
 
     n = len(train_set)
@@ -304,7 +307,9 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     extra = {"epochs_run": epochs, "selected_epoch": selected, "select": train["select"],
              "best_val_map": best_score if best_epoch else None, "resumed_at_epochs": resumed,
              "train_images_per_second": float(np.median(speeds)) if speeds else None,
-             "final_loss": history[-1]["loss"] if history else None}
+             "final_loss": history[-1]["loss"] if history else None, "is_main": is_main}
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return history, final_state, extra
 
 

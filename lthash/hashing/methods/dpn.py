@@ -3,7 +3,8 @@
     v = W f(x) + b,   t_y in {-1, +1}^bits = random target code of class y
     L = mean over the batch of  sum_k max(0, m - v_k * t_{y,k}),   m = 1
 
-Targets are Bernoulli +-1 per class, or rejection-sampled to a minimum Hamming distance.
+Targets are Bernoulli +-1 per class, or (``distance``) the best of 200 draws by minimum Hamming
+distance, or rejection-sampled to a given ``min_distance``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lthash.hashing.centers import bernoulli_codes, rejection_codes
+from lthash.hashing.centers import bernoulli_codes, rejection_codes, spread_codes
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 
@@ -27,7 +28,8 @@ class DPN(HashMethod):
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)
         self.hash = hash_head(backbone.out_dim, bits)
         if self.options["targets"] == "distance":
-            targets = rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
+            targets = spread_codes(num_classes, bits, self.rng) if self.options["min_distance"] is None \
+                else rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
         else:
             targets = bernoulli_codes(num_classes, bits, self.rng)
         self.register_buffer("targets", torch.from_numpy(targets))

@@ -4,7 +4,8 @@
     logit_c = s * (cos(u, o_c) - m * [c == y])          (CosFace margin on the true class)
     L = CE(logits, y) + lambda_q * mean((|u| - 1)^2)    (quantisation term off by default)
 
-Codebook o: Bernoulli +-1 (default) or rejection-sampled to a minimum Hamming distance.
+Codebook o: Bernoulli +-1 (default), or ``distance``: the best of 200 Bernoulli codebooks by
+minimum Hamming distance, or rejection-sampled to a given ``min_distance``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lthash.hashing.centers import bernoulli_codes, rejection_codes
+from lthash.hashing.centers import bernoulli_codes, rejection_codes, spread_codes
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 
@@ -30,7 +31,8 @@ class OrthoHash(HashMethod):
         self.hash = hash_head(backbone.out_dim, bits)
         self.bn = nn.BatchNorm1d(bits)
         if self.options["codebook"] == "distance":
-            codes = rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
+            codes = spread_codes(num_classes, bits, self.rng) if self.options["min_distance"] is None \
+                else rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
         else:
             codes = bernoulli_codes(num_classes, bits, self.rng)
         self.register_buffer("codebook", torch.from_numpy(codes))
