@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from lthash.errors import LthashError
-from lthash.generate.models import DiffusionComponents, load_components, replace_folder
-from lthash.io import canonical_json, load_safetensors, read_json, save_safetensors
+from lthash.generate.models import DiffusionComponents, load_components
+from lthash.io import atomic_dir, canonical_json, load_safetensors, read_json, save_safetensors
 
 CONCEPT_FILE = "concept.json"
 EMBEDDING_FILE = "token_embedding.safetensors"
@@ -35,15 +34,13 @@ CONCEPT_FORMAT = 1
 
 def write_concept(out_dir: str | os.PathLike, record: Mapping[str, Any], token_row: torch.Tensor,
                   unet: torch.nn.Module | None, samples: Mapping[str, str | os.PathLike] | None = None) -> Path:
-    """Write a concept folder atomically (temporary sibling folder renamed into place).
+    """Write a concept folder atomically (:func:`lthash.io.atomic_dir`: temporary sibling, renamed).
 
     ``record`` becomes concept.json; ``unet`` is saved only when given (it changed);
     ``samples`` maps a file name under samples/ to an existing PNG to copy.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         token = record["token"]
         save_safetensors(tmp / EMBEDDING_FILE, {token: token_row.detach().float()},
                          {"token": token, "category": record["category"]})
@@ -55,10 +52,6 @@ def write_concept(out_dir: str | os.PathLike, record: Mapping[str, Any], token_r
                 shutil.copyfile(source, tmp / SAMPLES_FOLDER / name)
         full = dict(record, format=CONCEPT_FORMAT, has_unet=unet is not None)
         (tmp / CONCEPT_FILE).write_text(canonical_json(full) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -25,7 +25,7 @@ from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
 from lthash.generate.prompts import class_categories
 from lthash.generate.personalize.trainer import (ConceptToken, StageTrainer, TrainingData, TrainingOptions,
-                                                 concept_prompt, concept_token_name, load_weights)
+                                                 changed_weights, concept_prompt, concept_token_name, load_weights)
 from lthash.io import load_safetensors, save_safetensors
 
 log = logging.getLogger("lthash.personalize")
@@ -46,6 +46,16 @@ def make_accelerator(device: str, mixed_precision: str):
     if device.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.cuda.set_device(int(device.split(":")[1]))
     return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mixed_precision)
+
+
+def check_replicas_agree(accelerator, weights: Mapping[str, torch.Tensor]) -> None:
+    """Under several processes, every replica must hold the same trained weights (a checksum per tensor)."""
+    if accelerator.num_processes == 1:
+        return
+    sums = torch.stack([value.detach().double().sum() for _, value in sorted(weights.items())]).to(accelerator.device)
+    gathered = accelerator.gather(sums[None]).reshape(accelerator.num_processes, -1)
+    if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+        raise RuntimeError("replicas diverged: the trained weights differ between processes")
 
 
 def prior_images(components: DiffusionComponents, prompt: str, count: int, grid: Mapping[str, Any],
@@ -124,6 +134,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
                                    torch.Generator().manual_seed(seed + 17))
             save_grid(images, path)
         trainer.save(index + 1, 0)
+    check_replicas_agree(accelerator, changed_weights(components.unet, token, stages))
     if accelerator.is_main_process:
         samples_dir = partial / "samples"
         for path in sorted(samples_dir.glob("*.png")) if samples_dir.exists() else []:
@@ -133,7 +144,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
             "method": method.name, "class_index": class_index, "class_name": data.class_name,
             "token": token_name, "category": category, "prompt": prompt, "seed": seed,
             "images": int(len(data.images)), "stages": trainer.stage_log, "params": params,
-            "base": str(base_dir), "base_kind": components.kind,
+            "base": str(base_dir), "base_kind": components.kind, "processes": accelerator.num_processes,
         }
         write_concept(out, record, token.row, accelerator.unwrap_model(components.unet) if unet_changed else None, grids)
         checkpoints.remove()
