@@ -3,7 +3,6 @@ centres, the class-balanced weights, optimiser-state flattening, and backbone sh
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ the same final weights; the finished folder is written beside RUN_DIR and rename
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
 import math
