@@ -316,6 +316,8 @@ class StageTrainer:
                 if self.options.checkpoint_every and done % self.options.checkpoint_every == 0 and done < stage.steps:
                     self.save(stage_index, done, optimizer)
         store.reset()
+        del optimizer
+        accelerator.free_memory()  # drop this stage's optimiser state before the next stage
         if self.options.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
         unet.eval()
@@ -330,13 +332,21 @@ class StageTrainer:
         self.stage_log.append(entry)
         log.info("stage %s done: %s", stage.name, entry)
 
-    def _sync_gradients(self, params) -> None:
-        """Average gradients over processes (no-op for one process)."""
+    def _sync_gradients(self, params, bucket: int = 2 ** 24) -> None:
+        """Average gradients over processes in flat buckets of ~``bucket`` values (no-op for one process)."""
         if self.accelerator.num_processes == 1:
             return
-        for p in params:
-            if p.grad is not None:
-                p.grad.copy_(self.accelerator.reduce(p.grad, reduction="mean"))
+        grads = [p.grad for p in params if p.grad is not None]
+        while grads:
+            group, size = [], 0
+            while grads and (not group or size + grads[0].numel() <= bucket):
+                size += grads[0].numel()
+                group.append(grads.pop(0))
+            flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in group]), reduction="mean")
+            offset = 0
+            for g in group:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
 
     def save(self, next_stage_or_current: int, step: int, optimizer=None) -> None:
         """Checkpoint the run: at ``step`` of stage ``next_stage_or_current`` (step 0 = its start)."""
