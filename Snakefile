@@ -3,6 +3,8 @@
 #       snakemake --cores all --configfile workflow/configs/<experiment>.yaml
 # Rules only wire `lthash <stage>` commands; the logic lives in the lthash package.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -21,6 +23,12 @@ except LthashError as error:
     raise WorkflowError(str(error)) from None
 
 R = config["results"]
+try:
+    os.makedirs(R, exist_ok=True)
+except OSError as error:
+    raise WorkflowError(
+        f"config key 'results': cannot create the results folder {R}: {error.strerror}"
+    ) from None
 ENV = "../../envs/lthash.yaml"  # relative to the rule files
 DEVICE = config["device"]
 

@@ -119,9 +119,6 @@ def test_score_over_the_file_size_limit_keeps_the_earlier_metrics(codes_file, tm
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bug reported to the evaluate owner: run_score renames the CSV (and "
-                                       "plots) into place before writing the JSON, so a failed JSON write "
-                                       "leaves the new CSV beside the old metrics")
 def test_failed_score_leaves_no_mix_of_old_and_new_outputs(codes_file, tmp_path):
     out = tmp_path / "scores" / "metrics.json"
     assert run(score_command(codes_file, out, "a")).returncode == 0

@@ -8,6 +8,7 @@ curve over the radius and the (tie-averaged) precision@k curve.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -18,7 +19,7 @@ import numpy as np
 
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, read_codes
-from lthash.io import atomic_path, read_attrs, write_json
+from lthash.io import atomic_dir, atomic_path, read_attrs, write_json
 
 METRIC_COLUMNS = ("R", "R_effective", "ties", "bits", "n_query", "n_database", "seed", "map", "map_head",
                   "map_medium", "map_tail", "precision_at_R", "radius", "precision_within_radius")
@@ -218,10 +219,13 @@ def run_score(codes: str | os.PathLike, out: str | os.PathLike, params: Mapping[
     metrics["codes"] = str(codes)
     metrics["split"] = None if split is None else str(split)
     metrics["tags"] = dict(tags or {})
-    if plots is not None:
-        title = " ".join(f"{k}={v}" for k, v in (tags or {}).items())
-        metrics["plots"] = [str(p) for p in write_plots(plots, metrics, title)]
-    if csv_path is not None:
-        write_csv(csv_path, metrics["results"], tags or {})
-    write_json(out, metrics)
+    with contextlib.ExitStack() as outputs:
+        if plots is not None:
+            title = " ".join(f"{k}={v}" for k, v in (tags or {}).items())
+            folder = outputs.enter_context(atomic_dir(plots))
+            written = write_plots(folder, metrics, title)
+            metrics["plots"] = [str(Path(plots) / p.name) for p in written]
+        if csv_path is not None:
+            write_csv(outputs.enter_context(atomic_path(csv_path, suffix=".csv")), metrics["results"], tags or {})
+        write_json(outputs.enter_context(atomic_path(out, suffix=".json")), metrics)
     return metrics

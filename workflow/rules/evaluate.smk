@@ -47,5 +47,5 @@ rule score:
         "lthash score --codes {input.codes} --split {input.split} --out {output.metrics}"
         " --csv {output.table} --plots {output.plots} --params {params.config}"
         " --tag arm={wildcards.arm} --tag method={wildcards.method}"
-        " --tag backbone={wildcards.backbone} --tag bits={wildcards.bits}"
+        " --tag backbone={wildcards.backbone}"
         " --threads {threads} 2> {log}"

@@ -1,0 +1,35 @@
+"""The workflow's config surface: experiment names match the registries, shipped configs validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lthash.config import load_config
+from lthash.workflow import runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_experiment_enums_equal_the_registries():
+    from lthash.hashing.backbones import BACKBONES
+    from lthash.hashing.methods import REGISTRY
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/experiment.schema.yaml").read_text())
+    assert set(schema["properties"]["methods"]["items"]["enum"]) == set(REGISTRY)
+    assert set(schema["properties"]["backbones"]["items"]["enum"]) == set(BACKBONES)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflow/configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_configs_validate(path):
+    config = load_config(path)
+    assert runs(config), f"{path.name} asks for no runs"
+
+
+def test_default_config_asks_for_the_three_arms_at_32_and_64_bits():
+    config = load_config(ROOT / "config.yaml")
+    labels = {(run.arm_label, run.bits) for run in runs(config)}
+    assert labels == {(arm, bits) for arm in ("balanced", "longtail", "augmented-attndreambooth")
+                      for bits in (32, 64)}
