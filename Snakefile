@@ -31,6 +31,24 @@ except OSError as error:
     ) from None
 ENV = "../../envs/lthash.yaml"  # relative to the rule files
 DEVICE = config["device"]
+# Jobs read the device from the environment (not params), so moving a run from CPU to GPU
+# does not invalidate finished results.
+os.environ["LTHASH_DEVICE"] = DEVICE
+
+
+envvars:
+    "LTHASH_DEVICE",
+
+
+wildcard_constraints:
+    generator="|".join(["attndreambooth", "dreambooth", "textual_inversion"]),
+    purpose="pretrain|mix",
+    cls=r"\d+",
+    shard=r"\d+",
+    real_arm="balanced|longtail",
+    method=r"[a-z0-9_]+",
+    backbone=r"[a-z0-9_]+",
+    bits=r"\d+",
 
 
 localrules:

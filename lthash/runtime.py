@@ -53,12 +53,16 @@ def seed_everything(seed: int) -> None:
 def select_device(preference: str = "auto") -> str:
     """Resolve ``auto``/``cpu``/``cuda``/``cuda:N`` to a usable device string.
 
+    ``auto`` first defers to LTHASH_DEVICE (the workflow sets it from the config's
+    ``device``, outside the rules' params, so a device change reruns nothing).
     ``auto`` takes a GPU when one is visible. On a workstation with several GPUs, where
     Snakemake does not set CUDA_VISIBLE_DEVICES, a free GPU is picked and locked (see
     :func:`claim_gpu`) so concurrent jobs do not pile onto device 0.
     """
     import torch
 
+    if preference == "auto":
+        preference = os.environ.get("LTHASH_DEVICE", "auto") or "auto"
     if preference == "cpu":
         return "cpu"
     if preference.startswith("cuda"):

@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: run matrix, plan-driven shard lists, wildcard limits.
+# Helpers shared by all stages: run matrix, plan-driven shard lists, paths.
 
 import os
 
@@ -15,15 +15,6 @@ if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
     )
 
 
-wildcard_constraints:
-    generator="|".join(["attndreambooth", "dreambooth", "textual_inversion"]),
-    purpose="pretrain|mix",
-    cls=r"\d+",
-    shard=r"\d+",
-    real_arm="balanced|longtail",
-    method=r"[a-z0-9_]+",
-    backbone=r"[a-z0-9_]+",
-    bits=r"\d+",
 
 
 def plan_file():
@@ -52,3 +43,11 @@ def run_dir(w):
 
 def run_params(w):
     return lw.shell_json(**lw.hashing_params(config, w.method, w.backbone, w.bits))
+
+
+def mix_shards(w):
+    return shard_files(w.generator, "mix")
+
+
+def pretrain_shards(w):
+    return shard_files(w.generator, "pretrain")

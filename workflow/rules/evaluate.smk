@@ -22,7 +22,7 @@ rule encode:
         **HEAVY,
     shell:
         "lthash encode --model {input.model} --split {input.split} --out {output.codes}"
-        " --threads {threads} --device {DEVICE} 2> {log}"
+        " --threads {threads} 2> {log}"
 
 
 rule score:

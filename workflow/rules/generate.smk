@@ -29,7 +29,7 @@ rule base:
         **HEAVY,
     shell:
         "lthash base --split {input.split} --out {output.model} --samples {output.samples}"
-        " --params {params.config} --threads {threads} --device {DEVICE} 2> {log}"
+        " --params {params.config} --threads {threads} 2> {log}"
 
 
 checkpoint plan:
@@ -74,7 +74,7 @@ rule personalize:
     shell:
         "lthash personalize --base {input.base} --split {input.split} --class {wildcards.cls}"
         " --method {wildcards.generator} --out {output.concept} --params {params.config}"
-        " --threads {threads} --device {DEVICE} 2> {log}"
+        " --threads {threads} 2> {log}"
 
 
 rule synthesize:
@@ -102,7 +102,7 @@ rule synthesize:
         "lthash synthesize --model {input.concept} --base {input.base} --class {wildcards.cls}"
         " --purpose {wildcards.purpose} --shard {wildcards.shard} --plan {input.plan}"
         " --split {input.split} --out {output.shard} --params {params.config}"
-        " --threads {threads} --device {DEVICE} 2> {log}"
+        " --threads {threads} 2> {log}"
 
 
 rule quality:

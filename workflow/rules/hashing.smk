@@ -4,14 +4,6 @@
 MODEL = "{method}-{backbone}-{bits}"
 
 
-def mix_shards(w):
-    return shard_files(w.generator, "mix")
-
-
-def pretrain_shards(w):
-    return shard_files(w.generator, "pretrain")
-
-
 rule train_real:
     input:
         split=rules.split.output.split,
@@ -33,7 +25,7 @@ rule train_real:
         **HEAVY,
     shell:
         "lthash train --split {input.split} --group {params.group} --mode real"
-        " --out {output.model} --params {params.config} --threads {threads} --device {DEVICE} 2> {log}"
+        " --out {output.model} --params {params.config} --threads {threads} 2> {log}"
 
 
 rule pretrain:
@@ -57,7 +49,7 @@ rule pretrain:
         **HEAVY,
     shell:
         "lthash train --split {input.split} --group train --mode synthetic --synthetic {input.shards}"
-        " --out {output.model} --params {params.config} --threads {threads} --device {DEVICE} 2> {log}"
+        " --out {output.model} --params {params.config} --threads {threads} 2> {log}"
 
 
 rule finetune:
@@ -83,7 +75,7 @@ rule finetune:
     shell:
         "lthash train --split {input.split} --group train --mode mix --synthetic {input.shards}"
         " --init {input.init} --out {output.model} --params {params.config}"
-        " --threads {threads} --device {DEVICE} 2> {log}"
+        " --threads {threads} 2> {log}"
 
 
 rule pretrain_then_longtail:
@@ -105,7 +97,7 @@ rule pretrain_then_longtail:
         **HEAVY,
     shell:
         "lthash train --split {input.split} --group train --mode real --init {input.init}"
-        " --out {output.model} --params {params.config} --threads {threads} --device {DEVICE} 2> {log}"
+        " --out {output.model} --params {params.config} --threads {threads} 2> {log}"
 
 
 rule mix_from_scratch:
@@ -127,4 +119,4 @@ rule mix_from_scratch:
         **HEAVY,
     shell:
         "lthash train --split {input.split} --group train --mode mix --synthetic {input.shards}"
-        " --out {output.model} --params {params.config} --threads {threads} --device {DEVICE} 2> {log}"
+        " --out {output.model} --params {params.config} --threads {threads} 2> {log}"
