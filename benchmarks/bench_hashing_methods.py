@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-FAST = {"epochs": 15, "batch_size": 32, "lr": 0.003, "augment": False}
+FAST = {"epochs": 12, "batch_size": 32, "lr": 0.003, "augment": False}
 EXTRA = {"lthnet": {"lthnet": {"feature_dim": 256}}, "lthnet_sq": {"lthnet": {"feature_dim": 256}},
          "dpn": {"train": {**FAST, "epochs": 20}}}
 
@@ -94,7 +94,7 @@ def main() -> None:
               f"tail classes {tail.tolist()}, {args.threads} thread(s)")
         reference = None
         for method in methods:
-            spec = {"method": method, "bits": 32, "seed": 0, "train": dict(FAST), **EXTRA.get(method, {})}
+            spec = {"method": method, "bits": 32, "seed": 0, "cnn": {"width": 8}, "train": dict(FAST), **EXTRA.get(method, {})}
             tic = time.perf_counter()
             run_training(split, "train", [], "real", None, Path(tmp) / method, hashing_params(json.dumps(spec)), "cpu")
             seconds = time.perf_counter() - tic
@@ -102,7 +102,7 @@ def main() -> None:
             reference = reference or mean_ap
             print(f"{method:10s} mAP {mean_ap:.3f} (x{mean_ap / reference:.2f} of orthohash)  tail mAP {tail_ap:.3f}  "
                   f"train {seconds:5.1f} s")
-        spec = {"method": "orthohash", "bits": 32, "seed": 0, "train": {**FAST, "epochs": 12}}
+        spec = {"method": "orthohash", "bits": 32, "seed": 0, "cnn": {"width": 8}, "train": dict(FAST)}
         for group in ("train", "train_balanced"):
             run_training(split, group, [], "real", None, Path(tmp) / group, hashing_params(json.dumps(spec)), "cpu")
             mean_ap, tail_ap = evaluate(Path(tmp) / group, split, tail)

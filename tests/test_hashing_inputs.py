@@ -23,8 +23,19 @@ from lthash.io import ImageSet, read_image_set, write_image_sets
 TINY = {"epochs": 2, "batch_size": 32, "lr": 0.002}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these tiny batches gain little from two, and lose 4-5x when the
+    machine is busy (docs: oversubscription); restored afterwards for other groups' tests."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def params(**spec) -> dict:
     spec.setdefault("bits", 16)
+    spec.setdefault("cnn", {"width": 8})
     spec.setdefault("train", TINY)
     return hashing_params(json.dumps(spec))
 
@@ -121,13 +132,13 @@ def test_pretrained_file_is_loaded(small_split, tmp_path):
     source = Backbone("cnn", 1, 28)
     weights = tmp_path / "cnn.safetensors"
     save_safetensors(weights, source.net.state_dict())
-    model = build_model(params(pretrained={"cnn": str(weights)}), "orthohash", "cnn", 16, 10, (28, 28, 1),
+    model = build_model(params(pretrained={"cnn": str(weights)}, cnn={"width": 16}), "orthohash", "cnn", 16, 10, (28, 28, 1),
                         np.ones(10), seed=5)
     for key, value in source.net.state_dict().items():
         assert torch.equal(model.backbone.net.state_dict()[key], value)
     pth = tmp_path / "cnn.pth"
     torch.save(source.net.state_dict(), pth)
-    build_model(params(pretrained={"cnn": str(pth)}), "dpn", "cnn", 16, 10, (28, 28, 1), np.ones(10), seed=5)
+    build_model(params(pretrained={"cnn": str(pth)}, cnn={"width": 16}), "dpn", "cnn", 16, 10, (28, 28, 1), np.ones(10), seed=5)
 
 
 def test_shard_with_wrong_image_shape_is_refused(small_split, tmp_path):

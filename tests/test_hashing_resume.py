@@ -15,7 +15,7 @@ import torch
 
 from lthash.io import load_safetensors
 
-PARAMS = {"method": "orthohash", "bits": 16, "seed": 3,
+PARAMS = {"method": "orthohash", "bits": 16, "seed": 3, "cnn": {"width": 8},
           "train": {"epochs": 4, "batch_size": 32, "lr": 0.002, "augment": True,
                     "validation_fraction": 0.1, "select": "best"}}
 
