@@ -9,7 +9,9 @@ trainable_parameters`): ``embedding`` (the [V] row only), ``cross_attention`` (e
         + L_reg(lambda_mean, lambda_var)        (seed paper eq. 1, when a lambda is non-zero)
 
 Two presets: ``reference`` (AttnDreamBooth's published schedule, for real checkpoints) and
-``tiny`` (scaled for the tiny pixel-space model on one CPU thread). ``auto`` picks ``tiny``
+``tiny`` (scaled for the tiny pixel-space model on one CPU thread: ~15 s of training per class,
+the three stages in the reference's order with fewer steps and larger learning rates, chosen
+by class fidelity on Fashion-MNIST tail classes; see benchmarks/bench_personalize_quality.py). ``auto`` picks ``tiny``
 for a base without a VAE and ``reference`` otherwise.
 """
 
@@ -58,12 +60,12 @@ PRESETS: dict[str, dict[str, tuple[Stage, ...]]] = {
     },
     "tiny": {
         "attndreambooth": (
-            Stage("embedding", "embedding", 40, 1e-2, 16, 0.1, 0.0),
-            Stage("cross_attention", "cross_attention", 40, 1e-3, 16, 2.0, 5.0),
-            Stage("unet", "unet", 60, 2e-4, 16, 2.0, 5.0),
+            Stage("embedding", "embedding", 20, 1e-2, 16, 0.1, 0.0),
+            Stage("cross_attention", "cross_attention", 20, 2e-3, 16, 2.0, 5.0),
+            Stage("unet", "unet", 30, 5e-4, 16, 2.0, 5.0),
         ),
-        "dreambooth": (Stage("unet", "unet", 100, 2e-4, 16),),
-        "textual_inversion": (Stage("embedding", "embedding", 100, 1e-2, 16),),
+        "dreambooth": (Stage("unet", "unet", 50, 5e-4, 16),),
+        "textual_inversion": (Stage("embedding", "embedding", 60, 1e-2, 16),),
     },
 }
 
