@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -29,7 +28,7 @@ from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_b
 from lthash.hashing.methods import HashMethod, get_method
 from lthash.hashing.metrics import hamming_map
 from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
-from lthash.io import canonical_json, save_safetensors, write_json
+from lthash.io import atomic_dir, canonical_json, save_safetensors, write_json
 from lthash.runtime import seed_everything
 
 log = logging.getLogger("lthash.hashing")
@@ -314,24 +313,11 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
 
 def _write_run(out: Path, model: HashMethod, state: Mapping[str, torch.Tensor], history, record: dict[str, Any],
                backbone: str, input_shape, seed: int, params: Mapping[str, Any]) -> None:
-    """Write the run folder beside ``out`` and rename it into place; then drop the checkpoints."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    """Write the run folder through :func:`lthash.io.atomic_dir`; then drop the checkpoints."""
+    with atomic_dir(out) as tmp:
         meta = model_metadata(model, backbone, input_shape, seed, params)
         save_safetensors(tmp / MODEL_FILE, {k: v.detach().cpu() for k, v in state.items()}, metadata=meta)
         write_history(tmp / "history.csv", history)
         plot_curves(tmp / "curves.png", history, f"{record['method']} / {backbone} / {record['bits']} bits ({record['mode']})")
         write_json(tmp / "run.json", record)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(Path(str(out) + ".partial"), ignore_errors=True)
