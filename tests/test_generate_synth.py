@@ -17,6 +17,7 @@ from lthash.generate.cli import generate_params
 from lthash.generate.models import build_tiny_components, save_components
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import BASE_GENERATOR, shard_seed, synthesize_shard
+from lthash import io
 from lthash.io import read_attrs, read_image_set, write_json
 
 TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "text_hidden_size": 16, "text_heads": 2}
@@ -78,9 +79,9 @@ def test_killed_shard_restarts_cleanly(setup, small_split, tmp_path):
     root, base, plan = setup
     reference = tmp_path / "reference.h5"
     slow = {"seed": 3, "synthesis": {"steps": 40, "batch_size": 4}}
-    draw(setup, small_split, reference, cls=0, purpose="mix", shard=1, params=slow)
+    draw(setup, small_split, reference, cls=9, purpose="mix", shard=1, params=slow)
     out = tmp_path / "killed.h5"
-    cmd = [sys.executable, "-m", "lthash.cli", "synthesize", "--model", str(base), "--class", "0",
+    cmd = [sys.executable, "-m", "lthash.cli", "synthesize", "--model", str(base), "--class", "9",
            "--purpose", "mix", "--shard", "1", "--plan", str(root / "plan.json"), "--split", str(small_split),
            "--out", str(out), "--params", json.dumps({"generate": slow}),
            "--threads", os.environ.get("LTHASH_THREADS", "2"), "--device", "cpu"]
@@ -90,7 +91,7 @@ def test_killed_shard_restarts_cleanly(setup, small_split, tmp_path):
     proc.wait()
     assert not out.exists() or read_image_set(out, "synthetic").images.shape[0] == 16
     out.unlink(missing_ok=True)
-    stale = tmp_path / f".{out.name}.abc123.h5"
+    stale = tmp_path / f".{out.name}.{io._HOST}-{proc.pid}.abc123.h5"
     stale.write_bytes(b"half a shard")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert not stale.exists()

@@ -259,10 +259,10 @@ def save_components(components: DiffusionComponents, path: str | os.PathLike,
     """
     import diffusers
 
+    from lthash.io import atomic_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         components.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         components.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
         components.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -284,10 +284,6 @@ def save_components(components: DiffusionComponents, path: str | os.PathLike,
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
         if extras is not None:
             extras(tmp)
-        replace_folder(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -507,13 +503,9 @@ def save_tiny_stable_diffusion(path: str | os.PathLike, seed: int = 0, image_siz
     pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                                    unet=parts.unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
+    from lthash.io import atomic_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        replace_folder(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

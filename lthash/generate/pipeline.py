@@ -30,7 +30,7 @@ class SamplerConfig:
     """How images are drawn: scheduler name, denoising steps, guidance scale, batch size."""
 
     scheduler: str = "ddim"
-    steps: int = 10
+    steps: int = 6
     guidance: float = 3.0
     batch_size: int = 256
     timestep_spacing: str = "trailing"
@@ -38,10 +38,15 @@ class SamplerConfig:
 
     @classmethod
     def for_model(cls, components: DiffusionComponents, params: dict | None = None) -> "SamplerConfig":
-        """Defaults by model kind (tiny: DDIM 10 / guidance 3; SD: DPM-Solver 50 / 7.5), then ``params``."""
+        """Defaults by model kind, then ``params``.
+
+        Tiny: DDIM 6 steps, guidance 3 (measured on the default base: as faithful as DDIM 10 at
+        1.7x the speed; more steps score worse on an under-trained model). Stable Diffusion: the
+        reference's DPM-Solver multistep, 50 steps, guidance 7.5.
+        """
         params = {key: value for key, value in (params or {}).items() if value is not None}
         if components.kind == "tiny":
-            base = cls(scheduler="ddim", steps=10, guidance=3.0)
+            base = cls(scheduler="ddim", steps=6, guidance=3.0)
         else:
             base = cls(scheduler="dpm", steps=50, guidance=7.5, batch_size=8, timestep_spacing="leading")
         fields = set(cls.__dataclass_fields__)

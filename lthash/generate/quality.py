@@ -7,7 +7,8 @@ be weighed. For every generator and class:
 - ``class_fidelity``: fraction of synthetic images the judge assigns to their class;
 - ``category_fidelity``: fraction assigned to a class of the same super-category (what a
   class-agnostic generator such as ``base-category`` can at best achieve);
-- ``diversity``: mean pairwise distance of the synthetic images in the judge's feature space,
+- ``diversity``: mean pairwise distance of the synthetic images in a PCA space of the real
+  images' standardised pixels,
   and ``diversity_ratio`` = that over the same figure for as many real images of the class;
 - ``nearest_train_ratio``: mean distance from a synthetic image to its nearest long-tail
   training image of the class, over the same for real query images (well below 1 = copies).
@@ -32,7 +33,7 @@ log = logging.getLogger("lthash.quality")
 
 @dataclass
 class Judge:
-    """A classifier of uint8 images plus the feature map used for distances."""
+    """A classifier of uint8 images plus the PCA feature map used for distances."""
 
     kind: str
     model: Any
@@ -48,8 +49,7 @@ class Judge:
         return self.model.predict(self.pca.transform(self._flat(images)))
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        if self.kind == "cnn":
-            return self.model.features(images)
+        """PCA of standardised pixels (fitted on the real images): the same space for every judge."""
         return self.pca.transform(self._flat(images))
 
 
@@ -72,7 +72,7 @@ class SmallCNN:
     def _tensor(self, images: np.ndarray):
         return self.torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
-    def fit(self, images: np.ndarray, labels: np.ndarray, epochs: int = 8, batch: int = 128) -> "SmallCNN":
+    def fit(self, images: np.ndarray, labels: np.ndarray, epochs: int = 6, batch: int = 128) -> "SmallCNN":
         torch = self.torch
         x, y = self._tensor(images), torch.as_tensor(labels)
         params = list(self.body.parameters()) + list(self.head.parameters())
@@ -96,7 +96,7 @@ class SmallCNN:
             return self.head(self.torch.as_tensor(self.features(images))).argmax(1).numpy()
 
 
-def train_judge(images: np.ndarray, labels: np.ndarray, kind: str = "logistic", feature_dim: int = 50,
+def train_judge(images: np.ndarray, labels: np.ndarray, kind: str = "cnn", feature_dim: int = 50,
                 seed: int = 0) -> Judge:
     """Fit the judge on real images (uint8 NHWC) with integer labels."""
     from sklearn.decomposition import PCA
@@ -172,7 +172,7 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     train = read_image_set(split_path, "train")
     if balanced.labels.ndim != 1:
         raise LthashError("quality needs single-label classes (the split has one-hot labels)")
-    judge = train_judge(balanced.images, balanced.labels, settings.get("classifier", "logistic"),
+    judge = train_judge(balanced.images, balanced.labels, settings.get("classifier", "cnn"),
                         settings.get("feature_dim", 50), seed)
     query_pred = judge.predict(query.images)
     category_of = np.array(categories)

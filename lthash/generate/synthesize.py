@@ -2,8 +2,8 @@
 
 Every shard has its own seed, derived from (generate.seed, generator, class, purpose, shard),
 so shards are distinct and each is reproducible on its own. A shard file appears atomically;
-a complete shard already in place is never redrawn, and a killed job leaves nothing but
-stale temporary files, which the next run removes.
+a complete shard already in place is never redrawn, and a killed job leaves nothing but a
+temporary file, which the next writer of the same shard removes (``lthash.io.atomic_path``).
 """
 
 from __future__ import annotations
@@ -82,13 +82,6 @@ def shard_is_complete(path: str | os.PathLike, expected: Mapping[str, Any]) -> b
     return all(str(attrs.get(key)) == str(value) for key, value in expected.items())
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files a killed writer of ``path`` left behind."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{path.name}.*"):
-            stale.unlink(missing_ok=True)
-
-
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -121,7 +114,6 @@ def synthesize_shard(
     if shard_is_complete(out, expected):
         log.info("%s is complete already: not redrawn", out)
         return {"images": entry["count"], "seconds": 0.0, "skipped": True}
-    remove_stale_temporaries(out)
     size = split_image_shape(split_path)
     started = time.perf_counter()
     with tqdm(total=entry["count"], desc=f"class {class_index} {purpose} shard {shard}",
