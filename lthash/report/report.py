@@ -223,29 +223,34 @@ class Report:
 
 
 def quality_section(paths: Sequence[str | os.PathLike], report_path: Path) -> str:
-    """Class fidelity and diversity of each generator's synthetic images."""
+    """Class fidelity and diversity of each generator's synthetic images (``lthash quality``)."""
     if not paths:
         return "_quality scoring is off in this config_"
     parts = []
     for path in paths:
         data = read_json(path)
-        generator = data.get("generator", Path(path).parent.name)
-        per_class = data.get("per_class", [])
-        header = ["class", "real train images", "class fidelity", "diversity (synthetic / real)"]
-        rows = []
-        for entry in per_class:
-            ratio = entry.get("diversity_ratio")
-            rows.append([entry.get("name", entry.get("class")), entry.get("train_count", "–"),
-                         _fmt(entry.get("fidelity")), "–" if ratio is None else f"{float(ratio):.2f}"])
-        summary = data.get("summary", {})
-        text = [f"**{generator}**"]
-        if summary:
-            text.append(", ".join(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
-                                  for key, value in summary.items()))
-        grid = Path(path).parent / "real_vs_synthetic.png"
-        if grid.exists():
-            text.append(f"![real vs synthetic, {generator}]({os.path.relpath(grid, report_path.parent)})")
-        parts.append("\n\n".join(text) + "\n\n" + _markdown_table(header, rows))
+        judge = data.get("judge", {})
+        intro = (f"Judge: a {judge.get('classifier', '?')} classifier trained on "
+                 f"{judge.get('trained_on', 'the real training set')}, "
+                 f"{_fmt(judge.get('query_accuracy'))}% accurate on the real query set. "
+                 f"Class fidelity = share of synthetic images of a class the judge assigns to it; "
+                 f"diversity = mean pairwise distance of synthetic images over that of the real ones.")
+        for generator, result in data.get("generators", {}).items():
+            summary = ", ".join(f"{key.replace('_', ' ')} {_fmt(value) if 'fidelity' in key else f'{value:.2f}'}"
+                                for key, value in sorted(result.items()) if isinstance(value, (int, float)))
+            header = ["class", "real train images", "judge accuracy on real", "class fidelity",
+                      "category fidelity", "diversity ratio"]
+            classes = sorted(result.get("classes", {}).items(), key=lambda item: -item[1].get("real_train_images", 0))
+            rows = [[name, entry.get("real_train_images", "–"),
+                     _fmt(judge.get("query_accuracy_per_class", {}).get(name)),
+                     _fmt(entry.get("class_fidelity")), _fmt(entry.get("category_fidelity")),
+                     f"{entry['diversity_ratio']:.2f}" if entry.get("diversity_ratio") is not None else "–"]
+                    for name, entry in classes]
+            text = [f"**{generator}**: {summary}", intro]
+            grid = Path(path).parent / "real_vs_synthetic.png"
+            if grid.exists():
+                text.append(f"![real vs synthetic, {generator}]({os.path.relpath(grid, report_path.parent)})")
+            parts.append("\n\n".join(text) + "\n\n" + _markdown_table(header, rows))
     return "\n\n".join(parts)
 
 
