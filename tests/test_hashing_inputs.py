@@ -107,7 +107,7 @@ def test_unknown_method_lists_the_registry(small_split, tmp_path):
                              "--out", str(tmp_path / "run"), "--params", '{"method": "hashnet"}', "--device", "cpu"],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert "unknown hash method 'hashnet'" in result.stderr
+    assert "config key 'hashing.method': 'hashnet'" in result.stderr
     assert all(name in result.stderr for name in REGISTRY)
     assert not (tmp_path / "run").exists()
 

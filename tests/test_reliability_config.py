@@ -283,7 +283,7 @@ _LEFT_TO_RUN_TIME = pytest.mark.xfail(strict=True, reason="schema gap: this name
     [
         ({"experiment": {"methods": ["orthohsh"]}}, "experiment.methods"),
         ({"experiment": {"backbones": ["resnet9"]}}, "experiment.backbones"),
-        pytest.param({"hashing": {"method": "orthohsh"}}, "hashing.method", marks=_LEFT_TO_RUN_TIME),
+        ({"hashing": {"method": "orthohsh"}}, "hashing.method"),
         pytest.param({"generate": {"personalize": {"attndreambooth": {"stages": {"uneet": {"steps": 3}}}}}},
                      "generate.personalize.attndreambooth.stages", marks=_LEFT_TO_RUN_TIME),
     ],

@@ -20,6 +20,9 @@ def test_experiment_enums_equal_the_registries():
     schema = yaml.safe_load((ROOT / "workflow/schemas/experiment.schema.yaml").read_text())
     assert set(schema["properties"]["methods"]["items"]["enum"]) == set(REGISTRY)
     assert set(schema["properties"]["backbones"]["items"]["enum"]) == set(BACKBONES)
+    hashing = yaml.safe_load((ROOT / "workflow/schemas/hashing.schema.yaml").read_text())
+    assert set(hashing["$defs"]["method_name"]["enum"]) == set(REGISTRY)
+    assert set(hashing["$defs"]["backbone_name"]["enum"]) == set(BACKBONES)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "workflow/configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lthash.errors import LthashError
+from lthash.provenance import code_version
 from lthash.hashing import checkpoint as ckpt
 from lthash.hashing.curves import plot_curves, write_history
 from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_batches, load_training_set,
@@ -157,6 +158,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
         "split": str(split), "synthetic": [str(s) for s in shards], "init": str(init) if init else None,
         "init_info": init_info, "params": dict(params), "train": train, "device": device,
         "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+        "code_version": code_version(),
         "num_classes": data.num_classes, "input_shape": list(data.input_shape),
         "train_counts": counts.tolist(), "validation_counts": val_set.counts().tolist() if val_set else None,
         "data": data.info,
