@@ -37,8 +37,13 @@ class ClassImages:
 
 
 def load_class_images(split_path: str | os.PathLike, class_index: int) -> ClassImages:
-    """Images of ``class_index`` in the split's long-tail ``train`` group (never query/database)."""
-    from lthash.io import read_attrs, read_image_set
+    """Images of ``class_index`` in the split's long-tail ``train`` group (never query/database).
+
+    Works for splits storing pixels and for ``store: paths`` splits (only the class's files
+    are decoded, through :class:`lthash.data.lazy.SplitImages`).
+    """
+    from lthash.data.lazy import SplitImages
+    from lthash.io import read_attrs
 
     attrs = read_attrs(split_path)
     class_names = list(attrs.get("class_names") or [])
@@ -47,16 +52,14 @@ def load_class_images(split_path: str | os.PathLike, class_index: int) -> ClassI
     if not 0 <= class_index < len(class_names):
         raise LthashError(f"class index {class_index} is out of range: {split_path} has "
                           f"{len(class_names)} classes (0..{len(class_names) - 1})")
-    train = read_image_set(split_path, TRAIN_GROUP)
+    train = SplitImages(split_path, TRAIN_GROUP)
     labels = np.asarray(train.labels)
     member = labels[:, class_index] > 0 if labels.ndim == 2 else labels == class_index
     name = class_names[class_index]
     if not member.any():
         raise LthashError(f"class {class_index} ({name!r}) has no images in the '{TRAIN_GROUP}' group "
                           f"of {split_path}: nothing to personalise on")
-    if train.images is None:
-        raise LthashError(f"{split_path}: group '{TRAIN_GROUP}' stores paths, not images")
-    return ClassImages(np.asarray(train.images[member]), class_index, name, class_names)
+    return ClassImages(np.asarray(train[np.flatnonzero(member)]), class_index, name, class_names)
 
 
 @dataclass(frozen=True)
