@@ -78,7 +78,7 @@ def test_complete_shard_is_never_redone_but_a_broken_one_is(setup, small_split, 
 def test_killed_shard_restarts_cleanly(setup, small_split, tmp_path):
     root, base, plan = setup
     reference = tmp_path / "reference.h5"
-    slow = {"seed": 3, "synthesis": {"steps": 40, "batch_size": 4}}
+    slow = {"seed": 3, "synthesis": {"steps": 20, "batch_size": 8}}
     draw(setup, small_split, reference, cls=9, purpose="mix", shard=1, params=slow)
     out = tmp_path / "killed.h5"
     cmd = [sys.executable, "-m", "lthash.cli", "synthesize", "--model", str(base), "--class", "9",
