@@ -60,9 +60,9 @@ PRESETS: dict[str, dict[str, tuple[Stage, ...]]] = {
     },
     "tiny": {
         "attndreambooth": (
-            Stage("embedding", "embedding", 20, 1e-2, 16, 0.1, 0.0),
-            Stage("cross_attention", "cross_attention", 20, 2e-3, 16, 2.0, 5.0),
-            Stage("unet", "unet", 30, 5e-4, 16, 2.0, 5.0),
+            Stage("embedding", "embedding", 15, 1e-2, 16, 0.1, 0.0),
+            Stage("cross_attention", "cross_attention", 15, 2e-3, 16, 2.0, 5.0),
+            Stage("unet", "unet", 40, 5e-4, 16, 2.0, 5.0),
         ),
         "dreambooth": (Stage("unet", "unet", 50, 5e-4, 16),),
         "textual_inversion": (Stage("embedding", "embedding", 60, 1e-2, 16),),
