@@ -16,16 +16,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from lthash.errors import LthashError
 from lthash.generate.concepts import write_concept
 from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components
 from lthash.generate.personalize.checkpointing import CheckpointManager, restore_rng
 from lthash.generate.personalize.data import Augmentation, load_class_images
 from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
-from lthash.generate.prompts import class_categories
 from lthash.generate.personalize.trainer import (ConceptToken, StageTrainer, TrainingData, TrainingOptions,
                                                  changed_weights, concept_prompt, concept_token_name, load_weights)
+from lthash.generate.prompts import class_categories
 from lthash.io import load_safetensors, save_safetensors
 
 log = logging.getLogger("lthash.personalize")
