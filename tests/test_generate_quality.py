@@ -33,7 +33,8 @@ def test_real_is_faithful_and_noise_is_not(small_split, tmp_path):
     assert real["mean_class_fidelity"] == pytest.approx(metrics["judge"]["query_accuracy"])
     assert real["mean_category_fidelity"] >= real["mean_class_fidelity"]
     assert fake["mean_class_fidelity"] < 0.3
-    assert 0.7 < real["mean_diversity_ratio"] < 1.3 and fake["mean_diversity_ratio"] > 1.5
+    # diversity lives in the real images' principal subspace: noise has almost none there
+    assert 0.7 < real["mean_diversity_ratio"] < 1.3 and fake["mean_diversity_ratio"] < 0.7
     assert len(real["classes"]) == 10 and real["tail_class_fidelity"] is not None
     assert grid.stat().st_size > 1000
 

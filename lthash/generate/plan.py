@@ -32,7 +32,7 @@ def shard_list(total: int, shard_size: int) -> list[dict[str, int]]:
 
 
 def make_plan(real_counts: Sequence[int], class_names: Sequence[str], pretrain_per_class: int = 200,
-              mix_target: int | None = None, shard_size: int = 250) -> dict[str, Any]:
+              mix_target: int | None = None, shard_size: int = 500) -> dict[str, Any]:
     """The plan for long-tail counts ``real_counts`` (one per class, in class-index order)."""
     counts = [int(c) for c in real_counts]
     if len(counts) != len(class_names):
@@ -74,7 +74,7 @@ def plan_from_params(summary: Mapping[str, Any], synthesis: Mapping[str, Any]) -
     except (KeyError, TypeError) as exc:
         raise LthashError(f"split summary lacks {exc}: expected class_names and counts.train") from exc
     return make_plan(counts, names, pretrain_per_class=synthesis.get("pretrain_per_class", 200),
-                     mix_target=synthesis.get("mix_target"), shard_size=synthesis.get("shard_size", 250))
+                     mix_target=synthesis.get("mix_target"), shard_size=synthesis.get("shard_size", 500))
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:

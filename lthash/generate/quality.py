@@ -8,7 +8,8 @@ be weighed. For every generator and class:
 - ``category_fidelity``: fraction assigned to a class of the same super-category (what a
   class-agnostic generator such as ``base-category`` can at best achieve);
 - ``diversity``: mean pairwise distance of the synthetic images in a PCA space of the real
-  images' standardised pixels,
+  images' pixels (centred, not standardised: scaling up the near-constant background pixels
+  would make pixel noise count as diversity),
   and ``diversity_ratio`` = that over the same figure for as many real images of the class;
 - ``nearest_train_ratio``: mean distance from a synthetic image to its nearest long-tail
   training image of the class, over the same for real query images (well below 1 = copies).
@@ -49,7 +50,7 @@ class Judge:
         return self.model.predict(self.pca.transform(self._flat(images)))
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """PCA of standardised pixels (fitted on the real images): the same space for every judge."""
+        """PCA of centred pixels (fitted on the real images): the same space for every judge."""
         return self.pca.transform(self._flat(images))
 
 
@@ -106,7 +107,7 @@ def train_judge(images: np.ndarray, labels: np.ndarray, kind: str = "cnn", featu
     if len(images) == 0:
         raise LthashError("the judge classifier needs real images (group 'train_balanced' is empty)")
     flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    scaler = StandardScaler().fit(flat)
+    scaler = StandardScaler(with_std=False).fit(flat)
     scaled = scaler.transform(flat)
     pca = PCA(n_components=min(feature_dim, *scaled.shape), random_state=seed).fit(scaled)
     if kind == "cnn":
