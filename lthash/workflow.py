@@ -81,7 +81,7 @@ GENERATE_READS: dict[str, tuple[str, ...]] = {
     "plan": ("seed", "synthesis"),
     "personalize": ("seed", "categories", "personalize"),
     "synthesize": ("seed", "categories", "synthesis"),
-    "quality": ("seed", "quality"),
+    "quality": ("seed", "categories", "quality"),
 }
 
 

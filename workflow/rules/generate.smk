@@ -22,7 +22,7 @@ rule base:
         f"{R}/benchmarks/base.tsv"
     conda:
         ENV
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=240,
