@@ -70,8 +70,9 @@ def select_device(preference: str = "auto") -> str:
             from lthash.errors import LthashError
 
             raise LthashError(f"device '{preference}' requested but CUDA is not available")
-        return preference
-    if not torch.cuda.is_available():
+        if preference != "cuda":
+            return preference
+    elif not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{claim_gpu(torch.cuda.device_count())}"
 
