@@ -57,9 +57,10 @@ def _walk(node: dict, doc_id: str, path: tuple[str, ...]):
     properties = node.get("properties")
     extra = node.get("additionalProperties")
     if properties is None and isinstance(extra, dict):
-        # free-form keys (per-stage overrides by stage name): walk one representative key
-        FREE_FORM.add(path + ("unet",))
-        yield from _walk(extra, doc_id, path + ("unet",))
+        # free-form keys (per-stage overrides by stage name): walk one allowed representative key
+        key = node.get("propertyNames", {}).get("enum", ["unet"])[-1]
+        FREE_FORM.add(path + (key,))
+        yield from _walk(extra, doc_id, path + (key,))
         return
     if properties is None:
         yield "leaf", path, {**node, "__doc_id__": doc_id}
