@@ -83,3 +83,15 @@ def small_split(tmp_path_factory, fashion_mnist_root):
     path = tmp_path_factory.mktemp("split") / "split.h5"
     write_image_sets(path, sets, attrs={"class_names": FASHION_CLASSES, "dataset": "fashion-mnist", "seed": 0})
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for a test, restored after: the workflow runs these stages
+    with one thread, and two threads beside another job on 2 cores ran 4-15x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

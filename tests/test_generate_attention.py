@@ -9,15 +9,7 @@ from lthash.generate.attention import capture_cross_attention, cross_attention_l
 from lthash.generate.models import build_tiny_components, encode_prompts, load_components, save_tiny_stable_diffusion
 from lthash.generate.regularizer import attention_moments, attention_regularizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Personalisation jobs run with one thread (the workflow's setting); two threads on a
-    shared 2-core machine ran 10x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from lthash.generate.personalize.schedule import method_stages
 from lthash.generate.personalize.trainer import ConceptToken, StageTrainer, TrainingData, TrainingOptions
 from lthash.io import ImageSet, read_attrs, read_image_set, write_image_sets
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WORDS = ["clothing", "footwear", "accessory"]
 TAIL_CLASS = 8     # reduced to one image in `tail_split`
 EMPTY_CLASS = 3    # no image in `tail_split`
@@ -37,16 +39,6 @@ def fast_params(method: str, steps: int = 2, batch: int = 2, **extra) -> dict:
     from lthash.config import validate_config
 
     return validate_config({"dataset": {}, "generate": {"personalize": personalize_params}})["generate"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Personalisation jobs run with one thread (the workflow's setting); two threads on a
-    shared 2-core machine ran 10x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

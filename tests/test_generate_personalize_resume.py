@@ -39,18 +39,13 @@ def tiny_base(tmp_path_factory):
                            tmp_path_factory.mktemp("base") / "base")
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, small_split, tmp_path):
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, small_split, tmp_path, one_torch_thread):
     from lthash.config import validate_config
     from lthash.generate.personalize.runner import personalize
 
     reference = tmp_path / "reference"  # uninterrupted, in this process, with the subprocesses' one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        personalize(tiny_base, small_split, 4, "attndreambooth", reference,
-                    validate_config({"dataset": {}, **PARAMS})["generate"], device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    personalize(tiny_base, small_split, 4, "attndreambooth", reference,
+                validate_config({"dataset": {}, **PARAMS})["generate"], device="cpu")
 
     killed = tmp_path / "killed"
     partial = tmp_path / "killed.partial"

@@ -20,17 +20,9 @@ from lthash.hashing.methods import REGISTRY
 from lthash.hashing.train import run_training
 from lthash.io import ImageSet, read_image_set, write_image_sets
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {"epochs": 2, "batch_size": 32, "lr": 0.002}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these tiny batches gain little from two, and lose 4-5x when the
-    machine is busy (docs: oversubscription); restored afterwards for other groups' tests."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def params(**spec) -> dict:

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from lthash.evaluate.codes import read_codes
 from lthash.hashing.cli import hashing_params
@@ -18,6 +17,8 @@ from lthash.hashing.encode import encode_array, encode_split
 from lthash.hashing.methods import REGISTRY
 from lthash.hashing.train import run_training
 from lthash.io import read_image_set
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = {"epochs": 12, "batch_size": 32, "lr": 0.003, "augment": False}
 BUDGET = {
@@ -33,16 +34,6 @@ BUDGET = {
     "sdh": {},
 }
 CHANCE = 0.1
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these tiny batches gain little from two, and lose 4-5x when the
-    machine is busy (docs: oversubscription); restored afterwards for other groups' tests."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def score(codes_path, classes: np.ndarray | None = None) -> float:
