@@ -53,6 +53,16 @@ def reference_index_ap(qc, dc, ql, dl, topk=None) -> np.ndarray:
     return np.array(out)
 
 
+def exact_ap(seq) -> Fraction:
+    """AP of one ranked 0/1 relevance sequence, as an exact fraction (0 with no relevant item)."""
+    hits, acc = 0, Fraction(0)
+    for pos, x in enumerate(seq, start=1):
+        if x:
+            hits += 1
+            acc += Fraction(hits, pos)
+    return acc / hits if hits else Fraction(0)
+
+
 def enumerate_average_ap(dist: np.ndarray, rel: np.ndarray, topk: int) -> Fraction:
     """Exact E[AP@topk] by enumerating every relevance pattern inside every tie (equally likely)."""
     patterns = []
@@ -63,12 +73,7 @@ def enumerate_average_ap(dist: np.ndarray, rel: np.ndarray, topk: int) -> Fracti
     total, count = Fraction(0), 0
     for combo in itertools.product(*patterns):
         seq = [x for pattern in combo for x in pattern][:topk]
-        hits, acc = 0, Fraction(0)
-        for pos, x in enumerate(seq, start=1):
-            if x:
-                hits += 1
-                acc += Fraction(hits, pos)
-        total += acc / hits if hits else 0
+        total += exact_ap(seq)
         count += 1
     return total / count
 
@@ -79,12 +84,7 @@ def permutation_average_ap(dist: np.ndarray, rel: np.ndarray, topk: int) -> Frac
     total, count = Fraction(0), 0
     for combo in itertools.product(*(itertools.permutations(b) for b in buckets)):
         seq = rel[np.concatenate(combo)][:topk]
-        hits, acc = 0, Fraction(0)
-        for pos, x in enumerate(seq, start=1):
-            if x:
-                hits += 1
-                acc += Fraction(hits, pos)
-        total += acc / hits if hits else 0
+        total += exact_ap(seq)
         count += 1
     return total / count
 
