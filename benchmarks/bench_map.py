@@ -1,4 +1,4 @@
-"""mAP@all benchmark: the fused numba scorer against a numpy argsort reference.
+"""mAP@all benchmark: the numba scorer against numpy argsort references.
 
 Problem (issue 3): 128,503 database x 5,000 queries, 100 classes, codes = class centre XOR
 random flips (each bit flipped with probability 1/4), at 32 / 64 / 128 bits. For each code

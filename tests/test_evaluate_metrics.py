@@ -21,6 +21,7 @@ from lthash.evaluate.metrics import (
     per_class_ap,
     precision_at_k_curve,
     precision_within_radius,
+    query_groups,
     radius_precision_recall,
     score_codes,
 )
@@ -134,6 +135,36 @@ def test_index_order_matches_stable_argsort():
             scores = score_codes(qc, dc, ql, dl, [topk], chunk=128)
             ref = reference_index_ap(qc, dc, ql, dl, topk)
             np.testing.assert_allclose(scores.ap(topk, "index"), ref, rtol=0, atol=1e-12)
+
+
+def test_query_groups_cover_every_query_once_and_keep_classes_together():
+    labels = np.array([2, 0, 2, 2, 1, 2, 0, 2, 7, 2, 0, 0, 0])
+    rows = query_groups(labels, size=4)
+    filled = rows[rows >= 0]
+    assert sorted(filled.tolist()) == list(range(labels.size))
+    # class 2 has six queries and class 0 five: one whole row each, the rest share rows
+    whole = [row for row in rows if (row >= 0).all() and len(set(labels[row])) == 1]
+    assert sorted(labels[row[0]] for row in whole) == [0, 2]
+    assert rows.shape[0] == 4
+
+
+def test_skewed_query_classes_and_classes_missing_from_the_database():
+    """Rows mixing classes, a class with no database items, and events on chunk edges."""
+    rng = np.random.default_rng(7)
+    for bits in (16, 64, 128, 192):
+        dc = rng.choice([-1, 1], (300, bits))
+        dl = rng.integers(0, 3, 300)
+        ql = np.r_[np.zeros(9, int), [1, 2, 3, 3, 4]]
+        qc = rng.choice([-1, 1], (ql.size, bits))
+        for chunk in (1, 5, 4096):
+            scores = score_codes(qc, dc, ql, dl, [None, 17], chunk=chunk)
+            for topk in (None, 17):
+                np.testing.assert_allclose(scores.ap(topk, "index"), reference_index_ap(qc, dc, ql, dl, topk),
+                                           rtol=0, atol=1e-12)
+            absent = ql >= 3
+            assert (scores.ap(None, "index")[absent] == 0).all() and (scores.hits[absent] == 0).all()
+            assert (scores.hist_all.sum(axis=1) == 300).all()
+            np.testing.assert_array_equal(scores.hist_rel.sum(axis=1), np.bincount(dl, minlength=5)[ql])
 
 
 def test_tie_average_matches_permutation_enumeration():
@@ -321,8 +352,8 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
 @given(data=st.data())
 def test_property_random_valid_inputs(data):
     n_db = data.draw(st.integers(1, 60))
-    n_query = data.draw(st.integers(1, 4))
-    bits = data.draw(st.integers(1, 70))
+    n_query = data.draw(st.integers(1, 12))
+    bits = data.draw(st.integers(1, 200))
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     qc, dc, ql, dl = random_problem(rng, n_db, n_query, bits, data.draw(st.integers(1, 5)))

@@ -1,4 +1,8 @@
-"""Numba kernels of the evaluation stage: fused Hamming scan, exact AP, top-k search.
+"""Numba kernels of the evaluation stage: one-pass Hamming scan, exact AP, top-k search.
+
+The class-label scan counts a histogram of distances for GROUP queries of one class at once
+and visits the relevant items (known in advance: the class's database items) as events, so
+the hot loop is XOR, POPCNT and an increment per (query, item) pair with no label test.
 
 Notation for one query (database ranked by Hamming distance ``d``, ties by database index):
 ``n_d`` items at distance ``d`` of which ``r_d`` are relevant, ``N_d = sum_{e<d} n_e`` and
@@ -188,19 +192,185 @@ def _finish_query(hist: np.ndarray, hist_rel: np.ndarray, buf_d: np.ndarray, buf
         ap_average[t] = tie_average_ap(hist, hist_rel, cutoffs[t])
 
 
+GROUP = 4
+"""Queries scanned together by the class-label kernel: one database load feeds four
+independent histograms, which keeps the CPU's increment chains apart."""
+
+
 @njit(cache=True, inline="always")
-def _scan_fused(qv: np.uint64, label: int, db_flat: np.ndarray, db_labels: np.ndarray, c0: int, c1: int,
-                hist: np.ndarray, buf_d: np.ndarray, buf_p: np.ndarray, k: int) -> int:
-    """One-word codes, class labels: distance, histogram and relevant items in one loop."""
-    for j in range(c0, c1):
-        d = popcount64(qv ^ db_flat[j])
-        c = hist[d]
-        hist[d] = c + 1
-        if db_labels[j] == label:
-            buf_d[k] = d
-            buf_p[k] = c
-            k += 1
-    return k
+def _span(q: np.ndarray, db: np.ndarray, j0: int, j1: int, h: np.ndarray) -> None:
+    """Count the distances of the group's queries ``q`` (GROUP, words) to database rows
+    j0..j1 into their histograms ``h`` (GROUP, bits + 1). Unsigned indices skip numba's
+    negative-index fix-up, which is a third of the loop's instructions."""
+    n_words = q.shape[1]
+    lo = np.uint64(j0)
+    hi = np.uint64(j1)
+    if n_words == 1:
+        q0 = q[0, 0]
+        q1 = q[1, 0]
+        q2 = q[2, 0]
+        q3 = q[3, 0]
+        for j in range(lo, hi):
+            x = db[j]
+            h[0, popcount64(q0 ^ x)] += 1
+            h[1, popcount64(q1 ^ x)] += 1
+            h[2, popcount64(q2 ^ x)] += 1
+            h[3, popcount64(q3 ^ x)] += 1
+    elif n_words == 2:
+        q0a, q0b = q[0, 0], q[0, 1]
+        q1a, q1b = q[1, 0], q[1, 1]
+        q2a, q2b = q[2, 0], q[2, 1]
+        q3a, q3b = q[3, 0], q[3, 1]
+        two = np.uint64(2)
+        one = np.uint64(1)
+        for j in range(lo, hi):
+            x = db[two * j]
+            y = db[two * j + one]
+            h[0, popcount64(q0a ^ x) + popcount64(q0b ^ y)] += 1
+            h[1, popcount64(q1a ^ x) + popcount64(q1b ^ y)] += 1
+            h[2, popcount64(q2a ^ x) + popcount64(q2b ^ y)] += 1
+            h[3, popcount64(q3a ^ x) + popcount64(q3b ^ y)] += 1
+    else:
+        for j in range(j0, j1):
+            for s in range(GROUP):
+                h[s, _distance(q, s, db, j)] += 1
+
+
+@njit(cache=True, inline="always")
+def _distance(q: np.ndarray, s: int, db: np.ndarray, j: int) -> np.uint64:
+    """Hamming distance of the group's query ``s`` to database row ``j``."""
+    n_words = q.shape[1]
+    d = popcount64(q[s, 0] ^ db[j * n_words])
+    for w in range(1, n_words):
+        d += popcount64(q[s, w] ^ db[j * n_words + w])
+    return d
+
+
+@njit(cache=True)
+def _score_groups(q_words: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
+                  groups: np.ndarray, class_offsets: np.ndarray, class_items: np.ndarray, cutoffs: np.ndarray,
+                  chunk: int, ap_index: np.ndarray, ap_average: np.ndarray, hits: np.ndarray,
+                  hist_all: np.ndarray, hist_rel: np.ndarray) -> None:
+    """Score the queries of ``groups`` (rows of GROUP query indices, -1 = empty slot) in one
+    pass over database chunks, writing their rows of the outputs.
+
+    A group's events are the database items relevant to any of its queries (the union of
+    their classes' item lists, in index order). Between events the histograms are counted
+    without a label test; at an event each query of the item's class records (distance,
+    items before it at that distance).
+    """
+    n_db = db_labels.shape[0]
+    n_words = q_words.shape[1]
+    stride = hist_all.shape[1]
+    ng = groups.shape[0]
+    queries = np.zeros((ng, GROUP, n_words), np.uint64)
+    slot_label = np.full((ng, GROUP), -1, np.int64)
+    record_offsets = np.zeros(ng * GROUP + 1, np.int64)
+    event_offsets = np.zeros(ng + 1, np.int64)
+    for gi in range(ng):
+        n_events = 0
+        for s in range(GROUP):
+            qi = groups[gi, s]
+            n_rel = 0
+            if qi >= 0:
+                label = q_labels[qi]
+                slot_label[gi, s] = label
+                for w in range(n_words):
+                    queries[gi, s, w] = q_words[qi, w]
+                n_rel = class_offsets[label + 1] - class_offsets[label]
+                if _first_of_label(slot_label, gi, s):
+                    n_events += n_rel
+            record_offsets[gi * GROUP + s + 1] = record_offsets[gi * GROUP + s] + n_rel
+        event_offsets[gi + 1] = event_offsets[gi] + n_events
+    events = np.empty(event_offsets[ng], np.int64)
+    for gi in range(ng):
+        e = event_offsets[gi]
+        n_distinct = 0
+        for s in range(GROUP):
+            label = slot_label[gi, s]
+            if label >= 0 and _first_of_label(slot_label, gi, s):
+                n_distinct += 1
+                for r in range(class_offsets[label], class_offsets[label + 1]):
+                    events[e] = class_items[r]
+                    e += 1
+        if n_distinct > 1:
+            events[event_offsets[gi]:e].sort()
+    buf_d = np.empty(record_offsets[ng * GROUP], np.int32)
+    buf_p = np.empty(record_offsets[ng * GROUP], np.int32)
+    fill = record_offsets[:ng * GROUP].copy()
+    cursor = event_offsets[:ng].copy()
+    position = np.zeros(ng, np.int64)
+    hist = np.zeros((ng, GROUP, stride), np.int32)
+    for c0 in range(0, n_db, chunk):
+        c1 = min(n_db, c0 + chunk)
+        for gi in range(ng):
+            q = queries[gi]
+            h = hist[gi]
+            p = position[gi]
+            e = cursor[gi]
+            e_end = event_offsets[gi + 1]
+            while e < e_end and events[e] < c1:
+                j = events[e]
+                _span(q, db, p, j, h)
+                label = db_labels[j]
+                for s in range(GROUP):
+                    d = _distance(q, s, db, j)
+                    c = h[s, d]
+                    h[s, d] = c + 1
+                    if slot_label[gi, s] == label:
+                        k = fill[gi * GROUP + s]
+                        buf_d[k] = d
+                        buf_p[k] = c
+                        fill[gi * GROUP + s] = k + 1
+                p = j + 1
+                e += 1
+            _span(q, db, p, c1, h)
+            position[gi] = c1
+            cursor[gi] = e
+    for gi in range(ng):
+        for s in range(GROUP):
+            qi = groups[gi, s]
+            if qi < 0:
+                continue
+            for d in range(stride):
+                hist_all[qi, d] = hist[gi, s, d]
+            k = gi * GROUP + s
+            _finish_query(hist_all[qi], hist_rel[qi], buf_d, buf_p, record_offsets[k], record_offsets[k + 1],
+                          cutoffs, ap_index[qi], hits[qi], ap_average[qi])
+
+
+@njit(cache=True, inline="always")
+def _first_of_label(slot_label: np.ndarray, gi: int, s: int) -> bool:
+    """Whether slot ``s`` is the group's first with its class."""
+    for r in range(s):
+        if slot_label[gi, r] == slot_label[gi, s]:
+            return False
+    return True
+
+
+@njit(parallel=True, cache=True)
+def score_classes_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
+                         groups: np.ndarray, class_offsets: np.ndarray, class_items: np.ndarray,
+                         cutoffs: np.ndarray, groups_per_task: int, chunk: int, ap_index: np.ndarray,
+                         ap_average: np.ndarray, hits: np.ndarray, hist_all: np.ndarray, hist_rel: np.ndarray) -> None:
+    """Class labels: the query groups (GROUP queries each, usually of one class) split into
+    tasks of ``groups_per_task``; each task is one pass over database chunks
+    (:func:`_score_groups`), then AP@K in index order and tie-averaged for every K (see the
+    module doc), written into the zeroed outputs (allocated by the caller: an allocation
+    inside a parallel kernel becomes a parallel fill, handed out one element at a time
+    under a chunk size of 1).
+
+    Memory: the relevant items of a task's queries and GROUP histograms per group; never a
+    query x database matrix.
+    """
+    db = db_words.ravel()
+    n_groups = groups.shape[0]
+    n_tasks = (n_groups + groups_per_task - 1) // groups_per_task
+    for t in prange(n_tasks):
+        g0 = t * groups_per_task
+        g1 = min(n_groups, g0 + groups_per_task)
+        _score_groups(q_words, db, q_labels, db_labels, groups[g0:g1], class_offsets, class_items, cutoffs, chunk,
+                      ap_index, ap_average, hits, hist_all, hist_rel)
 
 
 @njit(cache=True, inline="always")
@@ -225,56 +395,39 @@ def _distances(q_words: np.ndarray, qi: int, db_flat: np.ndarray, c0: int, c1: i
 
 
 @njit(cache=True, inline="always")
-def _scan_buffer(dist: np.ndarray, c0: int, c1: int, multilabel: bool, label: int, db_labels: np.ndarray,
-                 q_mask: np.ndarray, db_masks: np.ndarray, hist: np.ndarray, buf_d: np.ndarray,
-                 buf_p: np.ndarray, k: int) -> int:
-    """Histogram and relevant items of precomputed distances (any code length, any labels)."""
-    if multilabel:
-        for j in range(c0, c1):
-            d = dist[j - c0]
-            c = hist[d]
-            hist[d] = c + 1
-            hit = False
-            for w in range(q_mask.shape[0]):
-                if q_mask[w] & db_masks[j, w]:
-                    hit = True
-            if hit:
-                buf_d[k] = d
-                buf_p[k] = c
-                k += 1
-    else:
-        for j in range(c0, c1):
-            d = dist[j - c0]
-            c = hist[d]
-            hist[d] = c + 1
-            if db_labels[j] == label:
-                buf_d[k] = d
-                buf_p[k] = c
-                k += 1
+def _scan_multilabel(dist: np.ndarray, c0: int, c1: int, q_mask: np.ndarray, db_masks: np.ndarray,
+                     hist: np.ndarray, buf_d: np.ndarray, buf_p: np.ndarray, k: int) -> int:
+    """Histogram and relevant items (sharing a label bit) of precomputed distances."""
+    for j in range(c0, c1):
+        d = dist[j - c0]
+        c = hist[d]
+        hist[d] = c + 1
+        hit = False
+        for w in range(q_mask.shape[0]):
+            if q_mask[w] & db_masks[j, w]:
+                hit = True
+        if hit:
+            buf_d[k] = d
+            buf_p[k] = c
+            k += 1
     return k
 
 
 @njit(parallel=True, cache=True)
-def score_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
-                 q_masks: np.ndarray, db_masks: np.ndarray, multilabel: bool, n_relevant: np.ndarray,
-                 cutoffs: np.ndarray, bits: int, block: int, chunk: int):
-    """One fused pass per query block: XOR + popcount of uint64 words over database chunks,
-    a histogram of distances, and for each relevant item its (distance, items before it at
-    that distance); then AP@K in index order and tie-averaged for every K.
+def score_multilabel_kernel(q_words: np.ndarray, db_words: np.ndarray, q_masks: np.ndarray, db_masks: np.ndarray,
+                            n_relevant: np.ndarray, cutoffs: np.ndarray, block: int, chunk: int, ap_index: np.ndarray,
+                            ap_average: np.ndarray, hits: np.ndarray, hist_all: np.ndarray, hist_rel: np.ndarray) -> None:
+    """Label sets: per query block, distances of a database chunk into a buffer, then a
+    histogram of distances and, for each item sharing a label, its (distance, items before it
+    at that distance); then AP@K in index order and tie-averaged for every K, written into
+    the zeroed outputs (allocated by the caller, see :func:`score_classes_kernel`).
 
     Memory: a ``chunk``-long distance buffer and the relevant items of ``block`` queries per
     thread; never a query x database matrix.
     """
     n_query = q_words.shape[0]
     n_db = db_words.shape[0]
-    fused = q_words.shape[1] == 1 and not multilabel
     db_flat = db_words.ravel()
-    nk = cutoffs.shape[0]
-    ap_index = np.zeros((n_query, nk), np.float64)
-    ap_average = np.zeros((n_query, nk), np.float64)
-    hits = np.zeros((n_query, nk), np.int64)
-    hist_all = np.zeros((n_query, bits + 1), np.int64)
-    hist_rel = np.zeros((n_query, bits + 1), np.int64)
     n_blocks = (n_query + block - 1) // block
     for b in prange(n_blocks):
         q0 = b * block
@@ -291,18 +444,12 @@ def score_kernel(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.ndarray
             c1 = min(n_db, c0 + chunk)
             for i in range(nb):
                 qi = q0 + i
-                if fused:
-                    fill[i] = _scan_fused(q_words[qi, 0], q_labels[qi], db_flat, db_labels, c0, c1,
-                                          hist_all[qi], buf_d, buf_p, fill[i])
-                else:
-                    _distances(q_words, qi, db_flat, c0, c1, dist)
-                    fill[i] = _scan_buffer(dist, c0, c1, multilabel, q_labels[qi], db_labels, q_masks[qi],
-                                           db_masks, hist_all[qi], buf_d, buf_p, fill[i])
+                _distances(q_words, qi, db_flat, c0, c1, dist)
+                fill[i] = _scan_multilabel(dist, c0, c1, q_masks[qi], db_masks, hist_all[qi], buf_d, buf_p, fill[i])
         for i in range(nb):
             qi = q0 + i
             _finish_query(hist_all[qi], hist_rel[qi], buf_d, buf_p, offsets[i], offsets[i + 1],
                           cutoffs, ap_index[qi], hits[qi], ap_average[qi])
-    return ap_index, ap_average, hits, hist_all, hist_rel
 
 
 @njit(parallel=True, cache=True)

@@ -24,7 +24,8 @@ from lthash.errors import LthashError
 from lthash.evaluate.codes import as_words, pack_codes
 
 TIES = ("index", "average")
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 16384
+_GROUPS_PER_TASK = 8
 _BUFFER_ENTRIES = 8_000_000
 
 
@@ -188,14 +189,43 @@ def _mask_labels(onehot: np.ndarray, n_classes: int) -> Labels:
     return Labels(np.zeros(1, np.int32), padded.view(np.uint64), True, n_classes)
 
 
-def _relevant_counts(q: Labels, db: Labels) -> np.ndarray:
+def _multilabel_relevant_counts(q: Labels, db: Labels) -> np.ndarray:
+    """Database items sharing at least one label with each query."""
     from lthash.evaluate import _kernels
 
-    if not q.multilabel:
-        counts = np.bincount(db.classes, minlength=q.n_classes)
-        return counts[q.classes].astype(np.int64)
     unique, counts = np.unique(db.masks, axis=0, return_counts=True)
     return _kernels.count_relevant_multilabel(q.masks, unique, counts.astype(np.int64))
+
+
+def class_item_lists(db_classes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Database indices of each class in index order: ``items[offsets[c]:offsets[c + 1]]``."""
+    counts = np.bincount(db_classes, minlength=n_classes)
+    offsets = np.zeros(n_classes + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets, np.argsort(db_classes, kind="stable").astype(np.int64)
+
+
+def query_groups(q_classes: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Queries in rows of ``size`` (the kernel's GROUP) scanned together, -1 for an empty slot.
+
+    Queries of one class fill rows together (they share their relevant items); the few
+    left over from each class share rows with other classes' leftovers.
+    """
+    from lthash.evaluate import _kernels
+
+    size = size or _kernels.GROUP
+    order = np.argsort(q_classes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(q_classes[order]) != 0])
+    ends = np.r_[starts[1:], order.size]
+    whole, leftover = [], []
+    for start, end in zip(starts, ends):
+        cut = start + (end - start) // size * size
+        whole.append(order[start:cut])
+        leftover.append(order[cut:end])
+    queue = np.concatenate(whole + leftover) if order.size else order
+    rows = np.full((-(-queue.size // size), size), -1, np.int64)
+    rows.ravel()[: queue.size] = queue
+    return rows
 
 
 def set_threads(threads: int | None) -> None:
@@ -243,13 +273,25 @@ def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.
     if not requested:
         raise LthashError("topk list is empty")
     cutoffs = np.array([_cutoff(k, n_db) for k in requested], dtype=np.int64)
-    n_relevant = _relevant_counts(q_lab, db_lab)
-    block = int(max(1, min(32, _BUFFER_ENTRIES // max(1, int(n_relevant.max(initial=0))))))
     if threads is not None:
         set_threads(threads)
-    ap_index, ap_average, hits, hist_all, hist_rel = _dynamic(_kernels.score_kernel)(
-        q_words, db_words, q_lab.classes, db_lab.classes, q_lab.masks, db_lab.masks, q_lab.multilabel,
-        n_relevant, cutoffs, q_bits, block, int(chunk))
+    nk = cutoffs.size
+    ap_index, ap_average = np.zeros((n_query, nk)), np.zeros((n_query, nk))
+    hits = np.zeros((n_query, nk), np.int64)
+    hist_all, hist_rel = np.zeros((n_query, q_bits + 1), np.int64), np.zeros((n_query, q_bits + 1), np.int64)
+    outputs = (ap_index, ap_average, hits, hist_all, hist_rel)
+    if q_lab.multilabel:
+        n_relevant = _multilabel_relevant_counts(q_lab, db_lab)
+        block = int(max(1, min(32, _BUFFER_ENTRIES // max(1, int(n_relevant.max(initial=0))))))
+        _dynamic(_kernels.score_multilabel_kernel)(q_words, db_words, q_lab.masks, db_lab.masks, n_relevant, cutoffs,
+                                                   block, int(chunk), *outputs)
+    else:
+        class_offsets, class_items = class_item_lists(db_lab.classes, q_lab.n_classes)
+        groups = query_groups(q_lab.classes)
+        largest = int(np.diff(class_offsets).max(initial=0))
+        per_task = int(max(1, min(_GROUPS_PER_TASK, _BUFFER_ENTRIES // max(1, _kernels.GROUP * largest))))
+        _dynamic(_kernels.score_classes_kernel)(q_words, db_words, q_lab.classes, db_lab.classes, groups,
+                                                class_offsets, class_items, cutoffs, per_task, int(chunk), *outputs)
     return RetrievalScores(bits=q_bits, n_database=n_db, cutoffs=cutoffs,
                            topk=tuple(None if k == "all" else k for k in requested),
                            ap_index=ap_index, ap_average=ap_average, hits=hits,
