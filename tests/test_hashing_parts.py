@@ -10,7 +10,7 @@ import torch
 
 from lthash.hashing.centers import (bernoulli_codes, hadamard, hadamard_codes, min_hamming, rejection_codes,
                                     spread_codes)
-from lthash.hashing.checkpoint import flatten_optimizer, unflatten_optimizer
+from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 from lthash.hashing.dpp import greedy_map_dpp, quality_diversity_kernel
 from lthash.hashing.methods.lthnet import build_memory, class_balanced_weights
 
@@ -79,10 +79,10 @@ def test_optimizer_state_round_trip():
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
-    tensors, meta = flatten_optimizer(opt.state_dict())
+    tensors, meta = flatten_optimizer_state(opt.state_dict())
     assert all(isinstance(t, torch.Tensor) for t in tensors.values())
     fresh = torch.optim.Adam(model.parameters(), lr=0.5)
-    fresh.load_state_dict(unflatten_optimizer(tensors, meta))
+    fresh.load_state_dict(unflatten_optimizer_state(tensors, meta))
     for a, b in zip(opt.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert fresh.param_groups[0]["lr"] == 0.01

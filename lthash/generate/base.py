@@ -32,6 +32,7 @@ import torch
 from lthash.errors import LthashError
 from lthash.generate.models import DiffusionComponents, encode_images, tokenize
 from lthash.io import canonical_json, load_safetensors, save_safetensors
+from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 
 log = logging.getLogger("lthash.base")
 
@@ -108,21 +109,6 @@ def learning_rate(config: BaseTrainingConfig, step: int) -> float:
 # --- checkpoints -------------------------------------------------------------------------
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors = {f"optim.{pid}.{key}": value for pid, entries in state["state"].items()
-               for key, value in entries.items() if isinstance(value, torch.Tensor)}
-    return tensors, {"param_groups": state["param_groups"]}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def save_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: ExponentialMovingAverage,
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainingState,
                     fingerprint: str, keep: int = 2) -> Path:
@@ -133,7 +119,7 @@ def save_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: Ex
     try:
         tensors = {f"param.{name}": p.detach() for name, p in params.items()}
         tensors.update({f"ema.{name}": value for name, value in ema.shadow.items()})
-        optim_tensors, optim_meta = _flatten_optimizer(optimizer)
+        optim_tensors, optim_meta = flatten_optimizer_state(optimizer.state_dict(), prefix="optim")
         tensors.update(optim_tensors)
         tensors["rng.generator"] = generator.get_state()
         tensors["rng.torch_cpu"] = torch.get_rng_state()
@@ -174,8 +160,7 @@ def restore_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema:
             for name, param in params.items():
                 param.copy_(tensors[f"param.{name}"])
                 ema.shadow[name].copy_(tensors[f"ema.{name}"])
-        optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
-        optimizer.load_state_dict(_unflatten_optimizer(optim, json.loads(meta["optimizer"])))
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"]), prefix="optim"))
         generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch_cpu"])
         log.info("resuming base training from %s (step %d)", path, step)

@@ -21,32 +21,9 @@ import torch
 
 from lthash.errors import LthashError
 from lthash.io import load_safetensors, read_json, save_safetensors, write_json
+from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 
 log = logging.getLogger("lthash.hashing")
-
-
-def flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``optimizer.state_dict()`` -> (tensors named ``state.<param>.<key>``, JSON-able rest)."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for param_id, entries in state["state"].items():
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{param_id}.{key}"] = value
-            else:
-                scalars.setdefault(str(param_id), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten_optimizer`."""
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, param_id, key = name.split(".", 2)
-        state.setdefault(int(param_id), {})[key] = value
-    for param_id, entries in meta["scalars"].items():
-        state.setdefault(int(param_id), {}).update(entries)
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -80,7 +57,7 @@ def save_checkpoint(partial: Path, epoch: int, model: torch.nn.Module, optimizer
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     save_safetensors(folder / "model.safetensors", model.state_dict())
-    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+    opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
     rng_tensors, rng_meta = rng_states()
     save_safetensors(folder / "optimizer.safetensors", {**opt_tensors, **rng_tensors})
     if best is not None:
@@ -107,7 +84,7 @@ def latest_checkpoint(partial: Path, fingerprint: str) -> dict[str, Any] | None:
         except (LthashError, json.JSONDecodeError, KeyError) as exc:
             log.warning("skipping unreadable checkpoint %s: %s", folder, exc)
             continue
-        optimizer = unflatten_optimizer({k: v for k, v in extra.items() if k.startswith("state.")}, state["optimizer"])
+        optimizer = unflatten_optimizer_state(extra, state["optimizer"])
         return {"folder": folder, "state": state, "model": model, "optimizer": optimizer,
                 "rng_tensors": {k: v for k, v in extra.items() if k.startswith("rng.")}, "best": best}
     return None

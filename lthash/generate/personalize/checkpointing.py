@@ -33,34 +33,11 @@ import torch
 
 from lthash.errors import LthashError
 from lthash.io import canonical_json, load_safetensors, save_safetensors
+from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 
 log = logging.getLogger("lthash.personalize")
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)-(\d{6})$")
-
-
-def flatten_optimizer_state(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """torch optimiser ``state_dict`` -> (tensors ``state.<param>.<key>``, JSON-able rest)."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for param_id, entries in state_dict["state"].items():
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{param_id}.{key}"] = value
-            else:
-                scalars.setdefault(str(param_id), {})[key] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten_optimizer_state`."""
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, param_id, key = name.split(".", 2)
-        state.setdefault(int(param_id), {})[key] = value
-    for param_id, entries in meta.get("scalars", {}).items():
-        state.setdefault(int(param_id), {}).update(entries)
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
