@@ -1,5 +1,5 @@
-"""Kills: `lthash split` and a Snakemake run SIGKILLed mid-job, then rerun. The rerun's split
-equals an uninterrupted run's, and the temporaries of the killed writer are cleaned up.
+"""Kills: `lthash split`, `lthash encode` and a Snakemake run SIGKILLed mid-job, then rerun. The
+rerun's output equals an uninterrupted run's, and the temporaries of the killed writer are cleaned up.
 (The stage owners' resume-after-SIGKILL tests of base, personalize, synthesize and train live
 in their tests/test_<group>_*.py.)"""
 
@@ -108,6 +108,49 @@ def test_split_killed_while_writing_leaves_no_output_and_the_rerun_cleans_up(tmp
     rerun = run(command)
     assert rerun.returncode == 0, rerun.stderr
     assert hidden(out.parent) == []  # the dead writer's half-written copies are gone
+    assert out.read_bytes() == reference.read_bytes() or assert_same_h5(out, reference) is None
+
+
+TINY_MODEL = {"method": "orthohash", "bits": 16, "seed": 0, "cnn": {"width": 8}, "train": {"epochs": 1, "batch_size": 32}}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_encode_killed_while_writing_leaves_no_codes_and_the_rerun_matches(tmp_path, small_split):
+    """SIGKILL `lthash encode` as soon as a file appears beside its output (writing has begun):
+    no codes file is left under the output name, and the rerun of the same command writes the
+    codes of an uninterrupted run and removes the killed writer's temporary."""
+    from lthash.hashing.cli import hashing_params
+    from lthash.hashing.train import run_training
+
+    model = tmp_path / "run"
+    run_training(small_split, "train", [], "real", None, model, hashing_params(json.dumps(TINY_MODEL)), "cpu")
+
+    def encode(out: Path) -> list[str]:
+        return lthash_command("encode", "--model", str(model), "--split", str(small_split), "--out", str(out),
+                              "--device", "cpu", "--threads", "1")
+
+    reference = tmp_path / "reference" / "codes.h5"
+    done = run(encode(reference))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "results" / "codes.h5"
+    out.parent.mkdir()
+    for _ in range(5):  # the write takes milliseconds: on a busy machine the kill may land after it
+        process = start_in_new_group(encode(out), tmp_path, tmp_path / "killed.log")
+        wait_for(lambda: process.poll() is not None or any(out.parent.iterdir()), timeout=120, interval=0,
+                 what="the first file of the codes' writer")
+        kill_group(process)
+        if not out.exists():
+            break
+        assert_same_h5(out, reference)  # killed after its write: a file under that name must be whole
+        out.unlink()
+    log = (tmp_path / "killed.log").read_text()
+    assert process.returncode == -signal.SIGKILL and not out.exists(), log
+    leftovers = hidden(out.parent)
+    assert leftovers and all(name.startswith(".codes.h5.") for name in leftovers), leftovers  # killed mid-write
+
+    rerun = run(encode(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert hidden(out.parent) == []  # the dead writer's temporary is gone
     assert out.read_bytes() == reference.read_bytes() or assert_same_h5(out, reference) is None
 
 
