@@ -1,6 +1,6 @@
 """Configuration: schema validation with defaults, clear errors, canonical stage params.
 
-The schema is split by stage group under ``workflow/schemas/`` (``config.schema.yaml`` refers
+The schema is split by stage group under ``lthash/schemas/`` (package data, so an installed lthash validates from any folder) (``config.schema.yaml`` refers
 to ``data``, ``generate``, ``hashing``, ``evaluate`` and ``report`` parts by ``urn:lthash:<part>``).
 Validation fills every default, so a stage reads a complete section; any unknown key, wrong
 type or out-of-range value stops with one message per problem naming the dotted key and
@@ -21,7 +21,7 @@ import yaml
 
 from lthash.errors import LthashError
 
-SCHEMA_DIR = Path(os.environ.get("LTHASH_SCHEMA_DIR", Path(__file__).resolve().parents[1] / "workflow" / "schemas"))
+SCHEMA_DIR = Path(os.environ.get("LTHASH_SCHEMA_DIR", Path(__file__).resolve().parent / "schemas"))
 ROOT_SCHEMA = "config.schema.yaml"
 
 

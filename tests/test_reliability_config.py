@@ -1,4 +1,4 @@
-"""Config bad input, driven by the schema itself: every leaf key of workflow/schemas/*.schema.yaml
+"""Config bad input, driven by the schema itself: every leaf key of lthash/schemas/*.schema.yaml
 gets a wrong type, an out-of-range value (where the schema bounds it) and a misspelt name, and
 each must give one LthashError naming the dotted key (with the allowed values or a suggestion).
 A typo reaching Snakemake stops `snakemake -n` before any job, with that message."""

@@ -17,10 +17,10 @@ def test_experiment_enums_equal_the_registries():
     from lthash.hashing.backbones import BACKBONES
     from lthash.hashing.methods import REGISTRY
 
-    schema = yaml.safe_load((ROOT / "workflow/schemas/experiment.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "lthash/schemas/experiment.schema.yaml").read_text())
     assert set(schema["properties"]["methods"]["items"]["enum"]) == set(REGISTRY)
     assert set(schema["properties"]["backbones"]["items"]["enum"]) == set(BACKBONES)
-    hashing = yaml.safe_load((ROOT / "workflow/schemas/hashing.schema.yaml").read_text())
+    hashing = yaml.safe_load((ROOT / "lthash/schemas/hashing.schema.yaml").read_text())
     assert set(hashing["$defs"]["method_name"]["enum"]) == set(REGISTRY)
     assert set(hashing["$defs"]["backbone_name"]["enum"]) == set(BACKBONES)
 
