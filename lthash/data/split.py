@@ -36,6 +36,7 @@ from lthash.io import ImageSet, atomic_path, canonical_json, write_image_sets, w
 log = logging.getLogger("lthash.data")
 
 GROUPS = ("train", "train_balanced", "database", "query")
+ALL_GROUPS = (*GROUPS, "validation")  # validation exists only when split.validation_per_class > 0
 
 
 @dataclass
@@ -164,15 +165,34 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                                   f"{source_name} set has {len(source[c])}; lower config key 'split.longtail.s1'")
             train[c] = rng.permutation(source[c])[:size]
 
+    validation = _draw_validation(labels, class_names, int(split_cfg.get("validation_per_class") or 0),
+                                  query, database, rng)
+
     def join(parts: list[np.ndarray]) -> np.ndarray:
         return np.sort(np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])) if parts else np.zeros(0, np.int64)
 
     plan = SplitPlan(indices={"train": join(train), "train_balanced": join(balanced),
-                              "database": join(database), "query": join(query)},
+                              "validation": join(validation), "database": join(database), "query": join(query)},
                      class_order=order, profile=profile, s1=int(s1), mu=mu, train_per_class=train_n,
                      sizes_by_rank=[int(s) for s in sizes])
     check_disjoint(plan, source_name, describe)
     return plan
+
+
+def _draw_validation(labels: np.ndarray, class_names: list[str], per_class: int, query: list[np.ndarray],
+                     database: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """``per_class`` images of every class from those in neither the query set nor the database."""
+    if per_class <= 0:
+        return []
+    taken = np.concatenate([np.asarray(p, dtype=np.int64) for p in (*query, *database)])
+    free = np.setdiff1d(np.arange(len(labels)), taken)
+    out = []
+    for c, idx in enumerate(_by_class(free, labels, len(class_names))):
+        if len(idx) < per_class:
+            raise LthashError(f"class '{class_names[c]}' has {len(idx)} images outside the query set and the "
+                              f"database; config key 'split.validation_per_class' asks for {per_class}")
+        out.append(rng.permutation(idx)[:per_class])
+    return out
 
 
 def check_disjoint(plan: SplitPlan, source: str = "train_balanced",
@@ -184,6 +204,11 @@ def check_disjoint(plan: SplitPlan, source: str = "train_balanced",
     if len(overlap):
         raise LthashError(f"{len(overlap)} image(s) are in both the query set and the database "
                           f"(first: {describe(int(overlap[0]))})")
+    for other in ("query", "database"):
+        shared = np.intersect1d(idx.get("validation", np.zeros(0, np.int64)), idx[other])
+        if len(shared):
+            raise LthashError(f"{len(shared)} image(s) are in both the validation group and the {other} set "
+                              f"(first: {describe(int(shared[0]))})")
     for inner, outer in (("train", source), ("train_balanced", "database")):
         outside = np.setdiff1d(idx[inner], idx[outer])
         if len(outside):
@@ -198,8 +223,10 @@ def build_image_sets(dataset: Dataset, plan: SplitPlan) -> dict[str, ImageSet]:
     """Gather pixels (or paths) of every group in the order of the source index."""
     num_classes = len(dataset.class_names)
     sets = {}
-    for name in GROUPS:
-        idx = plan.indices[name]
+    for name in ALL_GROUPS:
+        idx = plan.indices.get(name, np.zeros(0, np.int64))
+        if name == "validation" and not len(idx):
+            continue
         labels = dataset.labels[idx]
         sets[name] = ImageSet(
             images=dataset.images[idx] if dataset.images is not None else None,

@@ -332,14 +332,15 @@ def save_png(path: str | os.PathLike, image: np.ndarray, scale: int = 2) -> None
 def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict[str, Any],
              device: str = "cpu", samples_png: str | os.PathLike | None = None,
              progress: bool = True) -> dict[str, Any]:
-    """The ``lthash base`` stage: train the tiny model on the long-tail ``train`` group.
+    """The ``lthash base`` stage: train the tiny model on its corpus (:mod:`lthash.generate.corpus`).
 
     ``params`` is the validated ``generate`` section. Writes the model folder ``out``
-    (diffusers format plus loss.csv, loss.png, samples.png and base.json) atomically.
+    (diffusers format plus loss.csv, loss.png, samples.png, corpus.json and base.json) atomically.
     """
+    from lthash.generate.corpus import caption_words, load_corpus, write_corpus
     from lthash.generate.models import TinyModelConfig, build_tiny_components, save_components
-    from lthash.generate.prompts import category_prompt, class_categories
-    from lthash.io import read_attrs, read_image_set
+    from lthash.generate.prompts import category_prompt
+    from lthash.io import read_attrs
 
     base = params["base"]
     if base["model"] != "tiny":
@@ -347,10 +348,10 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
                           f"the tiny model; a Stable Diffusion folder is used as it is")
     out = Path(out)
     class_names = list(read_attrs(split_path)["class_names"])
-    train = read_image_set(split_path, "train")
+    train = load_corpus(split_path, base["corpus"])
     if train.labels.ndim != 1:
-        raise LthashError("the base stage needs single-label classes: group 'train' has one-hot labels")
-    categories = class_categories(class_names, params.get("categories"))
+        raise LthashError("the base stage needs single-label classes: its corpus has one-hot labels")
+    categories = caption_words(class_names, base["captions"], params["categories"])
     words = sorted(set(categories))
     arch = TinyModelConfig.from_dict(base["architecture"])
     height, width, channels = train.images.shape[1:]
@@ -369,6 +370,7 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
         "steps": state.step, "seconds": round(state.seconds, 1),
         "cpu_seconds_this_process": round(time.process_time() - cpu_started, 1),
         "final_loss": float(np.mean(state.losses[-50:])), "train_images": int(len(train.images)),
+        "corpus": {key: value for key, value in train.record.items() if key != "split_params"},
         "categories": dict(zip(class_names, categories)), "prompts": sorted(set(prompts)),
         "model_image_size": size, "image_shape": [height, width, channels],
         "unet_parameters": sum(p.numel() for p in components.unet.parameters()),
@@ -379,6 +381,7 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
     def extras(folder: Path) -> None:
         write_loss_curve(folder, state.losses, config)
         save_png(folder / "samples.png", grid)
+        write_corpus(folder, train)
         (folder / "base.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
     components.info["categories"] = dict(zip(class_names, categories))

@@ -65,6 +65,15 @@ def class_categories(class_names: Sequence[str], overrides: Mapping[str, str] | 
     return words
 
 
+def class_word(name: str) -> str:
+    """A class name as one prompt word of letters: "T-shirt/top" -> "tshirttop", "3" -> "three"."""
+    word = re.sub(r"[^a-z]", "", _key(name))
+    if not word:
+        raise LthashError(f"class name {name!r} has no letters to make a prompt word of (generate.base.captions: "
+                          f"class_name)")
+    return word
+
+
 def category_prompt(word: str) -> str:
     """The class-agnostic prompt the base model is trained and sampled with."""
     return f"a photo of a {word}"

@@ -22,7 +22,8 @@ from lthash.errors import LthashError
 from lthash.generate.models import DiffusionComponents, load_components
 from lthash.generate.pipeline import SamplerConfig, generate
 from lthash.generate.plan import shard_entry
-from lthash.generate.prompts import category_prompt, class_categories
+from lthash.generate.corpus import check_base_corpus, prompt_words
+from lthash.generate.prompts import category_prompt
 from lthash.io import ImageSet, canonical_json, open_complete_h5, read_json, write_image_sets
 
 log = logging.getLogger("lthash.synthesize")
@@ -65,8 +66,9 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
             raise LthashError(f"concept {model_dir} needs --base (the model it was personalised from)")
         components, prompt = load_concept(model_dir, base_dir, device=device)
         return components, prompt, str(record["method"])
-    words = class_categories(class_names, categories)
-    return load_components(model_dir, device=device), category_prompt(words[class_index]), BASE_GENERATOR
+    components = load_components(model_dir, device=device)
+    words = prompt_words(components.info, class_names, categories)
+    return components, category_prompt(words[class_index]), BASE_GENERATOR
 
 
 def shard_is_complete(path: str | os.PathLike, expected: Mapping[str, Any]) -> bool:
@@ -103,6 +105,7 @@ def synthesize_shard(
 
     out = Path(out)
     entry = shard_entry(plan, class_index, purpose, shard)
+    check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     class_names = list(plan["class_names"])
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)

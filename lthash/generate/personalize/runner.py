@@ -24,7 +24,7 @@ from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
 from lthash.generate.personalize.trainer import (ConceptToken, StageTrainer, TrainingData, TrainingOptions,
                                                  changed_weights, concept_prompt, concept_token_name, load_weights)
-from lthash.generate.prompts import class_categories
+from lthash.generate.corpus import check_base_corpus, prompt_words
 from lthash.io import load_safetensors, save_safetensors
 
 log = logging.getLogger("lthash.personalize")
@@ -77,10 +77,12 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
 
     ``generate_params`` is the validated ``generate`` config section (``seed``,
     ``categories`` = class name -> super-category overrides, ``personalize``). The category
-    word is the class's super-category (:func:`lthash.generate.prompts.class_categories`),
-    the word the base was trained with. Returns the concept folder.
+    word is the one the base was trained with for the class (its super-category, or its own
+    name for a known-class base: :func:`lthash.generate.corpus.prompt_words`). A base whose
+    corpus shares an image with the split is refused. Returns the concept folder.
     """
     method: Method = get_method(method_name)
+    check_base_corpus(base_dir, split_path)
     params = generate_params.get("personalize") or {}
     data = load_class_images(split_path, class_index)
     out = Path(out_dir)
@@ -90,7 +92,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     has_vae = components.vae is not None
     stages = method.stages(params, has_vae)
     seed = run_seed(int(generate_params.get("seed", 0)), class_index, method.name)
-    category = class_categories(data.class_names, generate_params.get("categories"))[class_index]
+    category = prompt_words(components.info, data.class_names, generate_params.get("categories"))[class_index]
     token_name = concept_token_name(class_index)
     token = ConceptToken(components, token_name, category).install()
     prompt = concept_prompt(token_name, category)
