@@ -11,6 +11,7 @@ min_version("8.0")
 
 from lthash.config import validate_config
 from lthash.errors import LthashError
+from lthash.generate.shipped import base_folder, check_base_choice
 import lthash.workflow as lw
 
 
@@ -19,6 +20,7 @@ configfile: "config.yaml"
 
 try:
     config = validate_config(config)
+    check_base_choice(config)
 except LthashError as error:
     raise WorkflowError(str(error)) from None
 
@@ -31,21 +33,33 @@ except OSError as error:
     ) from None
 ENV = "../../envs/lthash.yaml"  # relative to the rule files
 DEVICE = config["device"]
-# Jobs read the device from the environment (not params), so moving a run from CPU to GPU
-# does not invalidate finished results.
+# Jobs read the device and the other runtime-only keys (lthash.workflow.RUNTIME) from the
+# environment, not params, so moving a run from CPU to GPU or changing an inference batch
+# size does not invalidate finished results.
 os.environ["LTHASH_DEVICE"] = DEVICE
+os.environ.update(lw.runtime_env(config))
 
 
 envvars:
     "LTHASH_DEVICE",
+    *lw.runtime_env(config),
+
+
+report: "workflow/report/workflow.rst"
+
+
+GENERATOR_NAMES = "|".join(lw.field_values()["generator"])
+SYNTHESIS_NAMES = "|".join(lw.field_values()["synthesis"])
 
 
 wildcard_constraints:
-    generator="|".join(["attndreambooth", "dreambooth", "textual_inversion"]),
+    generator=GENERATOR_NAMES,
+    synthesis=SYNTHESIS_NAMES,
+    source=f"{lw.RESAMPLED}|(?:{GENERATOR_NAMES})/(?:{SYNTHESIS_NAMES})",
     purpose="pretrain|mix",
     cls=r"\d+",
     shard=r"\d+",
-    real_arm="balanced|longtail",
+    label=r"[a-z0-9_-]+",
     method=r"[a-z0-9_]+",
     backbone=r"[a-z0-9_]+",
     bits=r"\d+",

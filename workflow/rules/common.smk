@@ -1,20 +1,18 @@
 # Helpers shared by all stages: run matrix, plan-driven shard lists, paths.
 
 import os
+from functools import partial
 
 RUNS = lw.runs(config)
-GENERATORS = config["experiment"]["generators"] if lw.uses_synthetic(config) else []
-BASE_IS_TINY = config["generate"].get("base", {}).get("model", "tiny") == "tiny"
-BASE_DIR = f"{R}/generate/base" if BASE_IS_TINY else config["generate"]["base"]["model"]
+GENERATORS = config["experiment"]["generators"] if lw.uses_generators(config) else []
+BASE_DIR, BASE_IS_TINY = base_folder(config["generate"]["base"]["model"], R)
 HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
 
 if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
     raise WorkflowError(
         f"config key 'generate.base.model': {BASE_DIR} is not a folder (a local Stable "
-        "Diffusion checkpoint in diffusers format, or 'tiny')"
+        "Diffusion checkpoint in diffusers format, 'tiny', or package:<name> for a shipped base)"
     )
-
-
 
 
 def plan_file():
@@ -22,32 +20,33 @@ def plan_file():
     return checkpoints.plan.get().output.plan
 
 
-def shard_files(generator, purpose, cls=None):
-    """Every shard the plan asks of one generator and purpose (one class, or all)."""
-    plan = lw.read_plan(plan_file())
-    files = []
-    for entry in plan["classes"]:
-        if cls is not None and int(entry["index"]) != int(cls):
-            continue
-        for shard in range(len(entry[purpose]["shards"])):
-            files.append(
-                f"{R}/generate/{generator}/shards/{purpose}/class{entry['index']}/shard{shard}.h5"
-            )
-    return files
+def shard_files(source, purpose, cls=None):
+    """Every shard the plan asks of one source (<generator>/<synthesis> or resampled) and purpose."""
+    return lw.plan_shards(lw.read_plan(plan_file()), R, source, purpose, cls)
 
 
-def run_dir(w):
-    """The run folder named by the wildcards of a run-level rule."""
-    return f"{R}/runs/{w.arm}/{w.method}-{w.backbone}-{w.bits}"
+def arm_shards(arm, wildcards):
+    """The shards a training job of ``arm`` trains on (none for real-only arms)."""
+    if arm.shards is None:
+        return []
+    source = wildcards.source if arm is lw.PRETRAIN else lw.shard_source(
+        arm, wildcards.get("generator"), wildcards.get("synthesis"))
+    return shard_files(source, arm.shards)
 
 
-def run_params(w):
-    return lw.shell_json(**lw.hashing_params(config, w.method, w.backbone, w.bits))
+def arm_init(arm, wildcards):
+    return lw.init_folder(R, arm, wildcards)
 
 
-def mix_shards(w):
-    return shard_files(w.generator, "mix")
+def arm_params(arm, wildcards):
+    return lw.params(config, arm.name, wildcards)
 
 
-def pretrain_shards(w):
-    return shard_files(w.generator, "pretrain")
+def arm_tags(arm, wildcards):
+    return lw.identity_tags(lw.job_identity(arm, wildcards))
+
+
+def run_tags(wildcards):
+    """--tag options of a score job: the identity of its run in the experiment (never its path)."""
+    run = lw.find_run(config, wildcards.label, wildcards.method, wildcards.backbone, wildcards.bits)
+    return lw.identity_tags(run.identity())

@@ -1,0 +1,77 @@
+"""Shipped base models: the manifest's checksums and corpus split are checked before any job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lthash.config import validate_config
+from lthash.errors import LthashError
+from lthash.generate import shipped
+from lthash.generate.base import run_base
+from lthash.generate.cli import generate_params
+from lthash.data.split import run_split
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "text_hidden_size": 16, "text_heads": 2}
+SPLIT = {"query_per_class": 10, "database_per_class": 60, "train_per_class": 30, "seed": 0,
+         "longtail": {"imbalance_factor": 10}}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shipped")
+    cfg = validate_config({"dataset": {"name": "digits"}, "split": SPLIT})
+    split = folder / "split.h5"
+    run_split(cfg["dataset"], cfg["split"], split, folder / "split.json")
+    params = generate_params(json.dumps({"generate": {"base": {
+        "architecture": TINY, "steps": 2, "batch_size": 4, "checkpoint_every": 0, "warmup_steps": 1,
+        "samples_per_category": 1, "corpus": "outside_split", "captions": "class_name"}}}))
+    run_base(split, folder / "models" / "digits-known", params, progress=False)
+    shipped.write_manifest(folder / "models" / "digits-known", "lthash base ...")
+    return folder / "models"
+
+
+def config_for(**split):
+    return validate_config({"dataset": {"name": "digits"}, "split": {**SPLIT, **split},
+                            "generate": {"base": {"model": "package:digits-known"}}})
+
+
+def test_a_matching_config_passes_and_another_split_is_refused(models_dir, monkeypatch):
+    monkeypatch.setattr(shipped, "MODELS_DIR", models_dir)
+    shipped.check_base_choice(config_for())
+    assert shipped.base_folder("package:digits-known", "results") == (str(models_dir / "digits-known"), False)
+    with pytest.raises(LthashError, match=r"generate.base.model.*split.seed \(0 for the shipped base, 1 here\)"):
+        shipped.check_base_choice(config_for(seed=1))
+    with pytest.raises(LthashError, match="no shipped base package:nothing"):
+        shipped.check_base_choice(validate_config({"dataset": {}, "generate": {"base": {"model": "package:nothing"}}}))
+
+
+def test_missing_or_changed_weights_are_refused(models_dir, monkeypatch, tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(models_dir, copy)
+    monkeypatch.setattr(shipped, "MODELS_DIR", copy)
+    weights = copy / "digits-known" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(LthashError, match="does not match its checksum"):
+        shipped.check_base_choice(config_for())
+    weights.unlink()
+    with pytest.raises(LthashError, match="is missing"):
+        shipped.check_base_choice(config_for())
+
+
+@pytest.mark.skipif(not shipped.shipped_names(), reason="no base shipped in this checkout")
+def test_every_shipped_base_verifies_and_the_default_config_may_use_it():
+    for name in shipped.shipped_names():
+        manifest = shipped.read_manifest(name)
+        shipped.verify_files(name, manifest)
+        assert manifest["corpus"]["kind"] == "outside_split" and manifest["command"]
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = validate_config(default)
+    shipped.check_base_choice(config)
