@@ -253,6 +253,7 @@ class ImageSet:
     """Images (uint8, N x H x W x C), integer labels (N,) or one-hot (N, K), source index (N,).
 
     ``paths`` replaces ``images`` for datasets too large to copy (read lazily by consumers).
+    ``extra`` holds further per-image arrays (N, ...), stored as datasets of the same group.
     """
 
     images: np.ndarray | None
@@ -260,6 +261,7 @@ class ImageSet:
     index: np.ndarray
     paths: list[str] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -293,11 +295,18 @@ def write_image_sets(
                                        dtype=h5py.string_dtype())
                 grp.create_dataset("labels", data=np.asarray(image_set.labels, dtype=np.int64))
                 grp.create_dataset("index", data=np.asarray(image_set.index, dtype=np.int64))
+                for key, value in image_set.extra.items():
+                    if key in _IMAGE_SET_DATASETS:
+                        raise ValueError(f"extra dataset {key!r} of group {name} shadows a standard one")
+                    grp.create_dataset(key, data=np.asarray(value))
                 for key, value in image_set.attrs.items():
                     grp.attrs[key] = _attr_value(value)
             h5.attrs["format_version"] = FORMAT_VERSION
             h5.flush()
             h5.attrs["complete"] = 1
+
+
+_IMAGE_SET_DATASETS = ("images", "paths", "labels", "index")
 
 
 def _attr_value(value: Any) -> Any:
@@ -358,6 +367,7 @@ def read_image_set(path: str | os.PathLike, group: str, load_images: bool = True
             index=grp["index"][()],
             paths=paths,
             attrs={key: _decode_attr(value) for key, value in grp.attrs.items()},
+            extra={key: grp[key][()] for key in grp if key not in _IMAGE_SET_DATASETS},
         )
 
 

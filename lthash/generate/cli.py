@@ -1,4 +1,4 @@
-"""Subcommands of the generation group: base, plan, personalize, synthesize, quality.
+"""Subcommands of the generation group: base, plan, personalize, filter-judge, synthesize, quality.
 
 ``--params`` carries the ``generate`` section, either as ``{"generate": {...}}`` (what the
 workflow passes) or bare; it is validated against the schema so defaults are filled.
@@ -57,9 +57,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--plan", required=True, help="plan JSON (lthash plan)")
     synth.add_argument("--split", required=True, help="split file (HDF5): shards take its image size")
     synth.add_argument("--out", required=True, help="shard file to write (HDF5)")
+    synth.add_argument("--judge", default=None,
+                       help="filter judge folder (lthash filter-judge); required when "
+                            "generate.synthesis.filter_factor > 1, refused otherwise")
     synth.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(synth)
     synth.set_defaults(func=run_synthesize)
+
+    judge = subparsers.add_parser(
+        "filter-judge", help="train the synthesis filter's classifier on the long-tail training set",
+        description="Train the small CNN that filters over-generated synthetic images "
+                    "(generate.synthesis.filter_factor > 1) on the split's long-tail 'train' group alone, "
+                    "with class-balanced cross-entropy. Writes judge.safetensors and judge.json (accuracy on "
+                    "the split's 'validation' group, if any; never the query group).")
+    judge.add_argument("--split", required=True, help="split file (HDF5)")
+    judge.add_argument("--out", required=True, help="judge folder to write")
+    add_common_arguments(judge)
+    judge.set_defaults(func=run_filter_judge)
 
     quality = subparsers.add_parser(
         "quality", help="class fidelity and diversity of synthetic shards, and a real-vs-synthetic grid",
@@ -106,8 +120,24 @@ def run_synthesize(args: argparse.Namespace) -> None:
     from lthash.generate.synthesize import read_plan, synthesize_shard
     from lthash.runtime import select_device
 
+    from lthash.errors import LthashError
+
+    params = generate_params(args.params)
+    if args.judge is not None and params["synthesis"]["filter_factor"] <= 1:
+        raise LthashError("--judge given but config key 'generate.synthesis.filter_factor' is "
+                          f"{params['synthesis']['filter_factor']:g}: no filtering happens; drop --judge or raise the factor")
     synthesize_shard(args.model, args.base, args.class_index, args.purpose, args.shard, read_plan(args.plan),
-                     args.split, args.out, generate_params(args.params), device=select_device(args.device))
+                     args.split, args.out, params, device=select_device(args.device), judge_dir=args.judge)
+
+
+def run_filter_judge(args: argparse.Namespace) -> None:
+    import logging
+
+    from lthash.generate.judge import train_filter_judge
+
+    record = train_filter_judge(args.split, args.out, generate_params(args.params))
+    logging.getLogger("lthash.filter_judge").info(
+        "filter judge written to %s (validation accuracy %s)", args.out, record["validation_accuracy"])
 
 
 def run_quality(args: argparse.Namespace) -> None:

@@ -1,12 +1,17 @@
-"""Text-to-image sampling with classifier-free guidance over :class:`DiffusionComponents`.
+"""Text-to-image and image-to-image sampling with classifier-free guidance over :class:`DiffusionComponents`.
 
 Schedulers are built from the model's training (DDPM) schedule, so one pipeline serves the
-tiny pixel model and Stable Diffusion checkpoints alike.
+tiny pixel model and Stable Diffusion checkpoints alike. Image-to-image follows diffusers'
+img2img pipelines: after ``set_timesteps(steps)``, ``k = min(int(steps * strength), steps)``
+steps run, from ``t_start = steps - k``: the timesteps ``timesteps[t_start * order:]``, starting
+from ``add_noise(encode(init), noise, timesteps[t_start * order])`` (for Stable Diffusion the
+init image goes through the VAE encoder). Strength 1 starts from (almost) pure noise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -14,7 +19,7 @@ import numpy as np
 import torch
 
 from lthash.errors import LthashError
-from lthash.generate.models import DiffusionComponents, decode, encode_prompts
+from lthash.generate.models import DiffusionComponents, decode, encode_images, encode_prompts
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -77,6 +82,17 @@ def autocast_context(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def img2img_start(steps: int, strength: float) -> int:
+    """``t_start``: denoising steps skipped for ``strength`` (diffusers' ``get_timesteps``)."""
+    if not 0.0 < strength <= 1.0:
+        raise LthashError(f"config key 'generate.synthesis.strength': {strength!r} is not in (0, 1]")
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise LthashError(f"config keys 'generate.synthesis.strength' x 'generate.synthesis.steps' = "
+                          f"{strength} x {steps} runs no denoising step: raise either so the product is >= 1")
+    return steps - run
+
+
 @torch.no_grad()
 def generate(
     components: DiffusionComponents,
@@ -86,18 +102,27 @@ def generate(
     size: tuple[int, int, int] | None = None,
     negative_prompt: str = "",
     on_batch: Callable[[int], None] | None = None,
+    init_images: np.ndarray | None = None,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Draw one image per prompt; returns uint8 N x H x W x C (``size`` = (H, W, C) or the model's).
 
-    Initial noise comes from ``generator`` batch after batch, so a fixed seed, prompt list
-    and batch size give identical images.
+    Without ``init_images`` the run starts from noise (text-to-image). With them (uint8
+    N x H x W x C, one per prompt, any size: resized to the model) the run is image-to-image
+    at ``strength`` (module docstring). Noise comes from ``generator`` batch after batch, so
+    a fixed seed, prompt list, init images and batch size give identical images.
     """
+    if init_images is not None and len(init_images) != len(prompts):
+        raise LthashError(f"{len(init_images)} init images for {len(prompts)} prompts: give one per prompt")
     scheduler = make_scheduler(sampler.scheduler, components, sampler.timestep_spacing)
     device = components.device
     unet = components.unet
     shape = components.model_shape
     size = size or (components.image_size, components.image_size, components.channels)
     guided = sampler.guidance != 1.0
+    t_start = 0 if init_images is None else img2img_start(sampler.steps, strength)
+    # as diffusers' prepare_extra_step_kwargs: only stochastic schedulers take the generator
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     outputs = []
     for start in range(0, len(prompts), sampler.batch_size):
         batch = list(prompts[start:start + sampler.batch_size])
@@ -106,15 +131,22 @@ def generate(
         with autocast_context(device, sampler.mixed_precision):
             hidden = encode_prompts(components, batch + [negative_prompt] * n if guided else batch)
             scheduler.set_timesteps(sampler.steps, device=device)
-            x = (noise * scheduler.init_noise_sigma).to(device)
-            for t in scheduler.timesteps:
+            timesteps = scheduler.timesteps[t_start * scheduler.order:]
+            if init_images is None:
+                x = (noise * scheduler.init_noise_sigma).to(device)
+            else:
+                if hasattr(scheduler, "set_begin_index"):
+                    scheduler.set_begin_index(t_start * scheduler.order)
+                init = encode_images(components, init_images[start:start + n], generator=generator).float()
+                x = scheduler.add_noise(init, noise.to(device), timesteps[:1].repeat(n))
+            for t in timesteps:
                 model_in = torch.cat([x, x]) if guided else x
                 model_in = scheduler.scale_model_input(model_in, t)
                 pred = unet(model_in.to(unet.dtype), t, encoder_hidden_states=hidden.to(unet.dtype)).sample.float()
                 if guided:
                     cond, uncond = pred.chunk(2)
                     pred = uncond + sampler.guidance * (cond - uncond)
-                x = scheduler.step(pred, t, x, generator=generator).prev_sample
+                x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
         outputs.append(decode(components, x, size))
         if on_batch is not None:
             on_batch(n)

@@ -2,7 +2,8 @@
 
 A judge classifier is trained on the real balanced training set (``train_balanced``; never the
 query set for training) and its accuracy on the real query set is reported, so its verdicts can
-be weighed. For every generator and class:
+be weighed. It is a measurement instrument only: the synthesis filter has its own judge, trained
+on the long-tail set (:mod:`lthash.generate.judge` holds the CNN both use). For every generator and class:
 
 - ``class_fidelity``: fraction of synthetic images the judge assigns to their class;
 - ``category_fidelity``: fraction assigned to a class of the same super-category (what a
@@ -33,8 +34,8 @@ log = logging.getLogger("lthash.quality")
 
 
 @dataclass
-class Judge:
-    """A classifier of uint8 images plus the PCA feature map used for distances."""
+class QualityJudge:
+    """The measurement instrument: a classifier of uint8 images plus the PCA feature map used for distances."""
 
     kind: str
     model: Any
@@ -54,55 +55,15 @@ class Judge:
         return self.pca.transform(self._flat(images))
 
 
-class SmallCNN:
-    """Two conv layers and a linear head, trained with Adam for a few epochs (torch, CPU)."""
-
-    def __init__(self, channels: int, classes: int, seed: int):
-        import torch
-
-        torch.manual_seed(seed)
-        self.torch = torch
-        nn = torch.nn
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(64 * 16, 128), nn.ReLU())
-        self.head = nn.Linear(128, classes)
-        self.seed = seed
-
-    def _tensor(self, images: np.ndarray):
-        return self.torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-    def fit(self, images: np.ndarray, labels: np.ndarray, epochs: int = 6, batch: int = 128) -> "SmallCNN":
-        torch = self.torch
-        x, y = self._tensor(images), torch.as_tensor(labels)
-        params = list(self.body.parameters()) + list(self.head.parameters())
-        opt = torch.optim.Adam(params, lr=2e-3)
-        gen = torch.Generator().manual_seed(self.seed)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=gen).split(batch):
-                loss = torch.nn.functional.cross_entropy(self.head(self.body(x[idx])), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        return self
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            chunks = [self.body(self._tensor(images[i:i + 512])).numpy() for i in range(0, len(images), 512)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, 128), dtype=np.float32)
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.head(self.torch.as_tensor(self.features(images))).argmax(1).numpy()
-
-
-def train_judge(images: np.ndarray, labels: np.ndarray, kind: str = "cnn", feature_dim: int = 50,
-                seed: int = 0) -> Judge:
-    """Fit the judge on real images (uint8 NHWC) with integer labels."""
+def train_quality_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, kind: str = "cnn",
+                        feature_dim: int = 50, seed: int = 0) -> QualityJudge:
+    """Fit the judge on real images (uint8 NHWC) with integer labels: the CNN of
+    :mod:`lthash.generate.judge` with plain cross-entropy, or logistic regression on PCA features."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+
+    from lthash.generate.judge import train_judge
 
     if len(images) == 0:
         raise LthashError("the judge classifier needs real images (group 'train_balanced' is empty)")
@@ -111,12 +72,12 @@ def train_judge(images: np.ndarray, labels: np.ndarray, kind: str = "cnn", featu
     scaled = scaler.transform(flat)
     pca = PCA(n_components=min(feature_dim, *scaled.shape), random_state=seed).fit(scaled)
     if kind == "cnn":
-        model: Any = SmallCNN(images.shape[-1], int(labels.max()) + 1, seed).fit(images, labels)
+        model: Any = train_judge(images, labels, num_classes, seed, class_balanced=False)
     elif kind == "logistic":
         model = LogisticRegression(max_iter=500, random_state=seed).fit(pca.transform(scaled), labels)
     else:
         raise LthashError(f"config key 'generate.quality.classifier': unknown judge {kind!r}")
-    return Judge(kind=kind, model=model, scaler=scaler, pca=pca)
+    return QualityJudge(kind=kind, model=model, scaler=scaler, pca=pca)
 
 
 def mean_pairwise_distance(features: np.ndarray) -> float:
@@ -173,8 +134,8 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     train = read_image_set(split_path, "train")
     if balanced.labels.ndim != 1:
         raise LthashError("quality needs single-label classes (the split has one-hot labels)")
-    judge = train_judge(balanced.images, balanced.labels, settings.get("classifier", "cnn"),
-                        settings.get("feature_dim", 50), seed)
+    judge = train_quality_judge(balanced.images, balanced.labels, len(class_names),
+                                settings.get("classifier", "cnn"), settings.get("feature_dim", 50), seed)
     query_pred = judge.predict(query.images)
     category_of = np.array(categories)
     synthetic = read_shards(shard_paths)

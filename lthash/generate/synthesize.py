@@ -1,7 +1,11 @@
 """Sharded synthesis: one (generator, class, purpose, shard) file of synthetic images.
 
 Every shard has its own seed, derived from (generate.seed, generator, class, purpose, shard),
-so shards are distinct and each is reproducible on its own. A shard file appears atomically;
+so shards are distinct and each is reproducible on its own. With ``synthesis.init: real`` each
+image starts from one of the class's long-tail training images (a permutation seeded by the
+shard's seed, cycled); with ``synthesis.filter_factor`` f > 1 a shard draws ceil(f x count)
+candidates and keeps the count the filter judge (``lthash filter-judge``) gives the highest
+probability of the shard's class, in drawing order. A shard file appears atomically;
 a complete shard already in place is never redrawn, and a killed job leaves nothing but a
 temporary file, which the next writer of the same shard removes (``lthash.io.atomic_path``).
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,12 +24,13 @@ import numpy as np
 import torch
 
 from lthash.errors import LthashError
+from lthash.generate.judge import check_judge_for, judge_weights, load_judge
 from lthash.generate.models import DiffusionComponents, load_components
 from lthash.generate.pipeline import SamplerConfig, generate
 from lthash.generate.plan import shard_entry
 from lthash.generate.corpus import check_base_corpus, prompt_words
 from lthash.generate.prompts import category_prompt
-from lthash.io import ImageSet, canonical_json, open_complete_h5, read_json, write_image_sets
+from lthash.io import ImageSet, canonical_json, open_complete_h5, read_image_set, read_json, write_image_sets
 
 log = logging.getLogger("lthash.synthesize")
 
@@ -84,6 +90,37 @@ def shard_is_complete(path: str | os.PathLike, expected: Mapping[str, Any]) -> b
     return all(str(attrs.get(key)) == str(value) for key, value in expected.items())
 
 
+def init_choice(train_index: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Positions into the class's training images for ``count`` images: a permutation seeded by
+    ``seed``, cycled, so every image is used ``count // n`` or one more times."""
+    n = len(train_index)
+    return np.random.default_rng(seed).permutation(n)[np.arange(count) % n]
+
+
+def class_train_images(split_path: str | os.PathLike, class_index: int, class_name: str) -> ImageSet:
+    """The class's long-tail training images (group ``train``): the only init images allowed."""
+    train = read_image_set(split_path, "train")
+    if train.images is None or train.labels.ndim != 1:
+        raise LthashError("config key 'generate.synthesis.init': real needs the train group's images "
+                          "with single-label classes")
+    keep = train.labels == class_index
+    if not keep.any():
+        raise LthashError(f"config key 'generate.synthesis.init': real, but class {class_index} "
+                          f"({class_name}) has no image in the split's train group")
+    return ImageSet(images=train.images[keep], labels=train.labels[keep], index=train.index[keep])
+
+
+def candidate_count(count: int, factor: float) -> int:
+    """ceil(factor x count) candidates (rounded first, so 1.1 x 10 is 11, not 12)."""
+    return int(math.ceil(round(float(factor) * count, 9)))
+
+
+def most_confident(probabilities: np.ndarray, class_index: int, count: int) -> np.ndarray:
+    """Positions of the ``count`` rows with the highest probability of ``class_index``, ascending."""
+    order = np.argsort(-probabilities[:, class_index], kind="stable")
+    return np.sort(order[:count])
+
+
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -96,44 +133,78 @@ def synthesize_shard(
     params: Mapping[str, Any],
     device: str = "cpu",
     progress: bool = True,
+    judge_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Draw one shard of the plan and write it to ``out``; returns a summary (images, seconds, images/s).
+    """Draw one shard of the plan and write it to ``out``; returns a summary (images, candidates,
+    seconds, images/s per kept image).
 
-    ``params`` is the ``generate`` section (``seed``, ``categories``, ``synthesis``).
+    ``params`` is the ``generate`` section (``seed``, ``categories``, ``synthesis``);
+    ``judge_dir`` the filter judge's folder, required when ``synthesis.filter_factor`` > 1.
     """
     from tqdm.auto import tqdm
 
     out = Path(out)
     entry = shard_entry(plan, class_index, purpose, shard)
-    check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
+    synthesis = dict(params.get("synthesis", {}))
+    init, strength = str(synthesis.get("init", "noise")), float(synthesis.get("strength", 1.0))
+    factor = float(synthesis.get("filter_factor", 1))
     class_names = list(plan["class_names"])
+    judge_digest = "none"
+    if factor > 1:
+        if judge_dir is None:
+            raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
+                              "--judge (the folder written by lthash filter-judge)")
+        judge_digest = check_judge_for(judge_dir, split_path, class_names)
+    check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
-    synthesis = dict(params.get("synthesis", {}))
     sampler = SamplerConfig.for_model(components, synthesis)
     seed = shard_seed(params.get("seed", 0), generator_name, class_index, purpose, shard)
     expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
-                "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__)}
+                "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__),
+                "init": init, "strength": strength if init == "real" else "none", "filter_factor": factor,
+                "filter_judge": judge_digest}
     if shard_is_complete(out, expected):
         log.info("%s is complete already: not redrawn", out)
         return {"images": entry["count"], "seconds": 0.0, "skipped": True}
     size = split_image_shape(split_path)
+    candidates = candidate_count(entry["count"], factor)
+    init_images = init_index = None
+    if init == "real":
+        train = class_train_images(split_path, class_index, class_names[class_index])
+        picks = init_choice(train.index, candidates, seed)
+        init_images, init_index = train.images[picks], train.index[picks]
     started = time.perf_counter()
-    with tqdm(total=entry["count"], desc=f"class {class_index} {purpose} shard {shard}",
+    with tqdm(total=candidates, desc=f"class {class_index} {purpose} shard {shard}",
               disable=not progress, mininterval=5) as bar:
-        images = generate(components, [prompt] * entry["count"], torch.Generator().manual_seed(seed),
-                          sampler, size=size, on_batch=bar.update)
+        images = generate(components, [prompt] * candidates, torch.Generator().manual_seed(seed),
+                          sampler, size=size, on_batch=bar.update, init_images=init_images, strength=strength)
+    extra: dict[str, np.ndarray] = {}
+    if factor > 1:
+        judge, _ = load_judge(judge_weights(judge_dir))
+        probabilities = judge.predict_proba(images)
+        keep = most_confident(probabilities, class_index, entry["count"])
+        images = images[keep]
+        extra["candidate"] = keep.astype(np.int64)
+        extra["judge_probability"] = probabilities[keep, class_index].astype(np.float32)
+        init_index = None if init_index is None else init_index[keep]
+    if init_index is not None:
+        extra["init_index"] = np.asarray(init_index, dtype=np.int64)
     seconds = time.perf_counter() - started
-    attrs = dict(expected, class_name=class_names[class_index], prompt=prompt, start=entry["start"])
+    attrs = dict(expected, class_name=class_names[class_index], prompt=prompt, start=entry["start"],
+                 candidates=candidates)
     write_image_sets(out, {"synthetic": ImageSet(
         images=images,
         labels=np.full(len(images), class_index, dtype=np.int64),
         index=entry["start"] + np.arange(len(images), dtype=np.int64),
         attrs=attrs,
+        extra=extra,
     )}, attrs={"generator": generator_name, "params": canonical_json(dict(params))})
     rate = len(images) / seconds if seconds > 0 else float("inf")
-    log.info("%s: %d images in %.1f s (%.1f images/s)", out, len(images), seconds, rate)
-    return {"images": len(images), "seconds": seconds, "images_per_second": rate, "skipped": False}
+    log.info("%s: %d images (of %d candidates) in %.1f s (%.2f kept images/s)", out, len(images), candidates,
+             seconds, rate)
+    return {"images": len(images), "candidates": candidates, "seconds": seconds, "images_per_second": rate,
+            "skipped": False}
 
 
 def read_plan(path: str | os.PathLike) -> dict[str, Any]:
