@@ -225,3 +225,22 @@ def test_bad_inputs_name_the_problem(tiny_base, tail_split, tmp_path, capsys):
                  "--params", json.dumps({"generate": {"personalize": {"schedule": "huge"}}})])
     assert code == 2 and "personalize.schedule" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_personalisation_registry_equals_the_schema_and_refuses_a_second_method_of_one_name():
+    from pathlib import Path
+
+    import yaml
+
+    from lthash.generate.personalize.method import Method, get_method, method_names, register
+
+    root = Path(__file__).resolve().parents[1]
+    experiment = yaml.safe_load((root / "lthash/schemas/experiment.schema.yaml").read_text())
+    generate = yaml.safe_load((root / "lthash/schemas/generate.schema.yaml").read_text())
+    personalize = generate["properties"]["personalize"]["properties"]
+    assert experiment["properties"]["generators"]["items"]["enum"] == method_names()
+    assert [name for name in personalize if name in method_names()] == method_names()
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Method(name="dreambooth", description="a second DreamBooth"))
+    with pytest.raises(LthashError, match="allowed: attndreambooth, dreambooth, textual_inversion"):
+        get_method("lora")

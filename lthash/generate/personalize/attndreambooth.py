@@ -9,9 +9,9 @@ Each stage starts from the previous one's weights; a checkpoint is written betwe
 
 from __future__ import annotations
 
-from lthash.generate.personalize.method import Method
+from lthash.generate.personalize.method import Method, register
 
-METHOD = Method(
+METHOD = register(Method(
     name="attndreambooth",
     description="[V] embedding, then cross-attention, then whole UNet, with the eq. 1 regulariser",
-)
+))

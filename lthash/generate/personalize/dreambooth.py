@@ -10,10 +10,10 @@ training add weight * their denoising MSE to every step:
 
 from __future__ import annotations
 
-from lthash.generate.personalize.method import Method
+from lthash.generate.personalize.method import Method, register
 
-METHOD = Method(
+METHOD = register(Method(
     name="dreambooth",
     description="whole-UNet fine-tune on the class images, optional prior preservation",
     uses_prior=True,
-)
+))

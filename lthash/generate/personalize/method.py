@@ -1,11 +1,19 @@
-"""A personalisation method: a named list of stages (from the schedule) plus its data needs."""
+"""A personalisation method: a named list of stages (from the schedule) plus its data needs.
+
+Methods register themselves by name (:func:`register`, refusing a second method of the same
+name); :mod:`lthash.generate.personalize.methods` imports every method module, so the
+registry is complete once it is imported. This module imports no method module.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from lthash.errors import LthashError
 from lthash.generate.personalize.schedule import Stage, method_stages
+
+REGISTRY: dict[str, "Method"] = {}
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,24 @@ class Method:
         return prior if prior.get("enabled") else None
 
 
+def register(method: Method) -> Method:
+    """Add ``method`` to :data:`REGISTRY`; a name registered twice is a programming error."""
+    if method.name in REGISTRY:
+        raise ValueError(f"personalisation method {method.name!r} is registered twice")
+    REGISTRY[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """Every registered personalisation method, in registration order."""
+    import lthash.generate.personalize.methods  # noqa: F401  (fills the registry)
+
+    return list(REGISTRY)
+
+
 def get_method(name: str) -> Method:
     """The method called ``name``; an unknown name is a user error naming the choices."""
-    from lthash.errors import LthashError
-    from lthash.generate.personalize import attndreambooth, dreambooth, textual_inversion
-
-    methods = {module.METHOD.name: module.METHOD for module in (attndreambooth, dreambooth, textual_inversion)}
-    if name not in methods:
-        raise LthashError(f"unknown personalisation method {name!r} (allowed: {', '.join(methods)})")
-    return methods[name]
+    names = method_names()
+    if name not in REGISTRY:
+        raise LthashError(f"unknown personalisation method {name!r} (allowed: {', '.join(names)})")
+    return REGISTRY[name]

@@ -6,9 +6,9 @@ denoising loss; the UNet and the rest of the text encoder are unchanged.
 
 from __future__ import annotations
 
-from lthash.generate.personalize.method import Method
+from lthash.generate.personalize.method import Method, register
 
-METHOD = Method(
+METHOD = register(Method(
     name="textual_inversion",
     description="[V] embedding only, plain denoising loss",
-)
+))

@@ -17,6 +17,8 @@ def register(name: str) -> Callable[[type["HashMethod"]], type["HashMethod"]]:
     """Class decorator adding a method to :data:`REGISTRY` under ``name``."""
 
     def wrap(cls: type["HashMethod"]) -> type["HashMethod"]:
+        if name in REGISTRY:
+            raise ValueError(f"hash method {name!r} is registered twice")
         REGISTRY[name] = cls
         cls.name = name
         return cls
