@@ -6,6 +6,11 @@ length it times, in this one process:
 
 * the scorer: ``score_codes`` with R = all, giving index-order and tie-averaged AP together;
 * the popcount floor: a bare XOR + popcount pass over every (query, item) pair;
+* the public API as a user calls it: ``lthash.evaluate.mean_average_precision`` on unpacked
+  {-1,+1} float32 codes (what ``torch.sign`` gives) with class-index labels, and with one-hot
+  float32 label rows (the DeepHash-pytorch convention); packing and label conversion are
+  inside the timed call. These three and the scorer are timed interleaved, best of
+  ``--repeats``, so a busy machine slows them alike;
 * reference A, the way the published references do it: {-1,+1} float codes, distance
   ``0.5 (bits - <q, b>)``, a stable ``np.argsort`` and the cumulative-precision AP;
 * reference B, a tuned numpy version: ``np.bitwise_count`` on packed words and a stable
@@ -33,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_map_common import load_average, make_codes, random_centres  # noqa: E402
 
 from lthash.evaluate import _kernels  # noqa: E402
+from lthash.evaluate import mean_average_precision  # noqa: E402
 from lthash.evaluate.codes import as_words, unpack_codes  # noqa: E402
 from lthash.evaluate.metrics import score_codes, set_threads  # noqa: E402
 
@@ -73,13 +79,19 @@ def reference_packed(q_words: np.ndarray, db_words: np.ndarray, q_labels: np.nda
 
 def cpu_and_wall(fn, repeats: int) -> tuple[float, float, object]:
     """Best wall time and the process CPU time of that call (all threads)."""
-    best = (float("inf"), 0.0, None)
+    return interleaved({"fn": fn}, repeats)["fn"]
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, tuple[float, float, object]]:
+    """Best (wall, CPU, result) of each function, the functions called in turn ``repeats`` times."""
+    best = {name: (float("inf"), 0.0, None) for name in fns}
     for _ in range(repeats):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = fn()
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        if wall < best[0]:
-            best = (wall, cpu, result)
+        for name, fn in fns.items():
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            result = fn()
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            if wall < best[name][0]:
+                best[name] = (wall, cpu, result)
     return best
 
 
@@ -91,12 +103,27 @@ def run(bits: int, args: argparse.Namespace) -> dict[str, float]:
     db_codes = make_codes(rng, centres, db_labels, bits)
     q_codes = make_codes(rng, centres, q_labels, bits)
 
-    score_codes(q_codes[:4], db_codes, q_labels[:4], db_labels, [None], bits=bits)
-    t_score, cpu_score, scores = cpu_and_wall(
-        lambda: score_codes(q_codes, db_codes, q_labels, db_labels, [None], bits=bits), args.repeats)
     q_words, db_words = as_words(q_codes), as_words(db_codes)
+    q_signs, db_signs = unpack_codes(q_codes, bits), unpack_codes(db_codes, bits)
+    eye = np.eye(args.classes, dtype=np.float32)
+    q_onehot, db_onehot = eye[q_labels], eye[db_labels]
+    calls = {
+        "score": lambda: score_codes(q_codes, db_codes, q_labels, db_labels, [None], bits=bits),
+        "floor": lambda: _kernels.popcount_floor_kernel(q_words, db_words),
+        "api_index": lambda: mean_average_precision(q_signs, db_signs, q_labels, db_labels),
+        "api_onehot": lambda: mean_average_precision(q_signs, db_signs, q_onehot, db_onehot),
+    }
+    score_codes(q_codes[:4], db_codes, q_labels[:4], db_labels, [None], bits=bits)
     _kernels.popcount_floor_kernel(q_words[:4], db_words)
-    t_floor, cpu_floor, _ = cpu_and_wall(lambda: _kernels.popcount_floor_kernel(q_words, db_words), args.repeats)
+    mean_average_precision(q_signs[:4], db_signs, q_onehot[:4], db_onehot)
+    timed = interleaved(calls, args.repeats)
+    t_score, cpu_score, scores = timed["score"]
+    t_floor, cpu_floor, _ = timed["floor"]
+    api = {name: timed[f"api_{name}"] for name in ("index", "onehot")}
+    for name, (_, _, value) in api.items():
+        if value != scores.map(None, "index"):
+            raise SystemExit(f"MISMATCH at {bits} bits: the API with {name} labels gives {value!r}, "
+                             f"the scorer {scores.map(None, 'index')!r}")
 
     refs = {}
     for name, n_ref in (("dot", args.dot_queries), ("packed", args.ref_queries)):
@@ -124,6 +151,11 @@ def run(bits: int, args: argparse.Namespace) -> dict[str, float]:
     print(f"scorer (index-order + tie-averaged, one pass) {t_score:8.3f} s wall {cpu_score:8.3f} s CPU")
     print(f"popcount floor (bare XOR+popcount pass)       {t_floor:8.3f} s wall {cpu_floor:8.3f} s CPU"
           f"   scorer / floor = {t_score / t_floor:.1f}x wall, {cpu_score / cpu_floor:.1f}x CPU")
+    for name, form in (("index", "class indices"), ("onehot", "one-hot float32 rows")):
+        wall, cpu, _ = api[name]
+        print(f"API mean_average_precision, float32 {{-1,+1}} codes, {form:20s} {wall:8.3f} s wall "
+              f"{cpu:8.3f} s CPU   API / scorer = {wall / t_score:.2f}x wall, {cpu / cpu_score:.2f}x CPU; "
+              f"/ floor = {wall / t_floor:.1f}x")
     labels = {"dot": "reference A: {-1,+1} float dot product + stable argsort (as DeepHash-pytorch)",
               "packed": "reference B: packed np.bitwise_count + uint8 radix stable argsort"}
     for name, ref in refs.items():
@@ -138,7 +170,7 @@ def run(bits: int, args: argparse.Namespace) -> dict[str, float]:
         if ref["diff"] > 1e-12 or not ref["same_hits"]:
             raise SystemExit(f"MISMATCH at {bits} bits: scorer and reference {name} disagree")
     return {"bits": bits, "score": t_score, "cpu_score": cpu_score, "floor": t_floor, "cpu_floor": cpu_floor,
-            "refs": refs}
+            "api_index": api["index"][0], "api_onehot": api["onehot"][0], "refs": refs}
 
 
 def main() -> None:
@@ -160,13 +192,15 @@ def main() -> None:
     set_threads(args.threads)
     print(f"threads {args.threads}, load average at start {load_average()}")
     results = [run(bits, args) for bits in args.bits]
-    print("\nbits | scorer wall s | scorer CPU s | floor wall s | scorer/floor | ref A wall s | "
-          "A/scorer | ref B wall s | B/scorer")
+    print("\nbits | scorer wall s | scorer CPU s | floor wall s | scorer/floor | API index s | API/scorer | "
+          "API one-hot s | API/scorer | ref A wall s | A/scorer | ref B wall s | B/scorer")
     for r in results:
         a, b = r["refs"]["dot"], r["refs"]["packed"]
         print(f"{r['bits']:4d} | {r['score']:13.3f} | {r['cpu_score']:12.3f} | {r['floor']:12.3f} | "
-              f"{r['score'] / r['floor']:11.1f}x | {a['wall']:12.1f} | {a['wall'] / r['score']:7.0f}x | "
-              f"{b['wall']:12.1f} | {b['wall'] / r['score']:7.0f}x")
+              f"{r['score'] / r['floor']:11.1f}x | {r['api_index']:11.3f} | {r['api_index'] / r['score']:9.2f}x | "
+              f"{r['api_onehot']:13.3f} | {r['api_onehot'] / r['score']:9.2f}x | "
+              f"{a['wall']:12.1f} | {a['wall'] / r['score']:7.0f}x | {b['wall']:12.1f} | "
+              f"{b['wall'] / r['score']:7.0f}x")
     print(f"load average at end {load_average()}")
 
 

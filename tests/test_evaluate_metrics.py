@@ -251,6 +251,66 @@ def test_multilabel_matches_reference():
             assert abs(scores.ap(topk, "average")[i] - float(exact)) < 1e-12
 
 
+@pytest.mark.parametrize("bits,n_labels,chunk", [(64, 20, 4096), (128, 100, 7), (130, 20, 64), (16, 150, 4096)])
+def test_multilabel_grouped_scan_every_width(bits, n_labels, chunk):
+    """Codes of 1, 2 and 3 words and label masks of 1, 2 and 3 words (the register path and
+    the general one), a query count that leaves empty slots in the last group of four."""
+    rng = np.random.default_rng(bits + n_labels)
+    qc, dc, _, _ = random_problem(rng, 300, 11, bits, 1)
+    ql = (rng.random((11, n_labels)) < 3 / n_labels).astype(np.float32)
+    dl = (rng.random((300, n_labels)) < 3 / n_labels).astype(np.float32)
+    ql[0] = 0
+    ql[1, -1] = dl[:5, -1] = 1
+    scores = score_codes(qc, dc, ql, dl, [None, 25], chunk=chunk)
+    for topk in (None, 25):
+        np.testing.assert_allclose(scores.ap(topk), reference_index_ap(qc, dc, ql, dl, topk), atol=1e-12)
+    perm = rng.permutation(300)
+    shuffled = score_codes(qc, dc[perm], ql, dl[perm], [None, 25], chunk=chunk)
+    np.testing.assert_allclose(shuffled.ap_average, scores.ap_average, atol=1e-12)
+    assert scores.hist_rel.sum(axis=1).tolist() == [int(((dl @ q) > 0).sum()) for q in ql]
+
+
+def test_unpacked_codes_pack_like_pack_codes():
+    from lthash.evaluate.codes import as_words
+    from lthash.evaluate.metrics import pack_words
+
+    rng = np.random.default_rng(8)
+    for bits in (1, 7, 8, 63, 64, 65, 130):
+        signs = rng.choice([-1, 1], (9, bits))
+        expected = as_words(pack_codes(signs))
+        for codes in (signs.astype(np.float32), signs.astype(np.int8), signs > 0, (signs > 0).astype(np.float64),
+                      signs.astype(">i4"), signs.astype(np.float16), np.asfortranarray(signs)):
+            np.testing.assert_array_equal(pack_words(codes), expected)
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.5, 2.0, -3.0])
+def test_unpacked_codes_refuse_other_values(bad):
+    codes = np.ones((4, 10), np.float32)
+    codes[2, 9] = bad
+    with pytest.raises(LthashError, match=r"\{-1,\+1\} or \{0,1\}"):
+        mean_average_precision(codes, np.ones((3, 10)), np.zeros(4, int), np.zeros(3, int))
+
+
+def test_unpacked_codes_refuse_signed_and_binary_mixed():
+    codes = np.ones((4, 10))
+    codes[0, 0], codes[3, 1] = -1, 0
+    with pytest.raises(LthashError, match="found \\[-1.0, 0.0, 1.0\\]"):
+        mean_average_precision(codes, np.ones((3, 10)), np.zeros(4, int), np.zeros(3, int))
+
+
+def test_one_hot_rows_take_the_class_path_only_when_single():
+    from lthash.evaluate.metrics import prepare_labels
+
+    eye = np.eye(5, dtype=np.float32)
+    q, db = prepare_labels(eye[[0, 4]], eye[[1, 2, 4]], 2, 3)
+    assert not q.multilabel and q.classes.tolist() == [0, 4] and db.classes.tolist() == [1, 2, 4]
+    two = eye[[1, 2, 4]].copy()
+    two[0, 3] = 1
+    assert prepare_labels(eye[[0, 4]], two, 2, 3)[0].multilabel
+    with pytest.raises(LthashError, match="db_labels: one-hot rows must hold 0/1 values"):
+        prepare_labels(eye[[0, 4]], two * 0.5, 2, 3)
+
+
 def test_one_hot_single_label_equals_indices():
     rng = np.random.default_rng(4)
     qc, dc, ql, dl = random_problem(rng, 300, 10, 12, 6)

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from lthash.errors import LthashError
-from lthash.evaluate.codes import as_words, pack_codes
+from lthash.evaluate.codes import as_words
 
 TIES = ("index", "average")
 DEFAULT_CHUNK = 16384
@@ -109,35 +109,68 @@ def code_words(codes: np.ndarray, bits: int | None = None, name: str = "codes") 
     if codes.shape[1] == 0:
         raise LthashError(f"{name} have no bits")
     if bits is None:
-        if codes.dtype == np.bool_:
-            values = np.array([False, True])
-        else:
-            if not np.issubdtype(codes.dtype, np.number):
-                raise LthashError(f"{name} must be numeric, got dtype {codes.dtype}")
-            values = np.unique(codes)
-        if not (np.isin(values, (-1, 1)).all() or np.isin(values, (0, 1)).all()):
-            shown = values[:6].tolist()
-            raise LthashError(f"{name} must hold {{-1,+1}} or {{0,1}} values (or pass bits= for packed "
-                              f"uint8 codes), found {shown}")
         bits = int(codes.shape[1])
-        packed = pack_codes(codes)
-    else:
-        bits = int(bits)
-        if bits < 1:
-            raise LthashError(f"bits must be positive, got {bits}")
-        if codes.dtype != np.uint8:
-            raise LthashError(f"packed {name} must be uint8 when bits= is given, got dtype {codes.dtype}")
-        width = -(-bits // 8)
-        if codes.shape[1] != width:
-            raise LthashError(f"packed {name} have {codes.shape[1]} bytes per item, but {bits} bits "
-                              f"need {width}")
-        packed = codes
-        if bits % 8:
-            packed = codes.copy()
-            packed[:, -1] &= np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
+        if bits > 65535:
+            raise LthashError(f"codes of {bits} bits are longer than supported (65535)")
+        return pack_words(codes, name), bits
+    bits = int(bits)
+    if bits < 1:
+        raise LthashError(f"bits must be positive, got {bits}")
     if bits > 65535:
         raise LthashError(f"codes of {bits} bits are longer than supported (65535)")
+    if codes.dtype != np.uint8:
+        raise LthashError(f"packed {name} must be uint8 when bits= is given, got dtype {codes.dtype}")
+    width = -(-bits // 8)
+    if codes.shape[1] != width:
+        raise LthashError(f"packed {name} have {codes.shape[1]} bytes per item, but {bits} bits need {width}")
+    packed = codes
+    if bits % 8:
+        packed = codes.copy()
+        packed[:, -1] &= np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
     return as_words(packed), bits
+
+
+def _kernel_input(values: np.ndarray, name: str) -> np.ndarray:
+    """A real numeric array in a dtype the numba kernels take (native byte order; bool as
+    uint8, float16 as float32), without copying when it already is one."""
+    if values.dtype == np.bool_:
+        return values.view(np.uint8)
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise LthashError(f"{name} must be numeric, got dtype {values.dtype}")
+    if values.dtype == np.float16 or values.dtype.itemsize > 8:
+        return values.astype(np.float64)
+    return values if values.dtype.isnative else values.astype(values.dtype.newbyteorder("="))
+
+
+def pack_words(codes: np.ndarray, name: str = "codes") -> np.ndarray:
+    """(N, bits) {-1,+1} or {0,1} values (any real dtype) as (N, ceil(bits/64)) uint64 words in
+    the layout of ``as_words(pack_codes(codes))``, packed and checked in one parallel pass."""
+    from lthash.evaluate import _kernels
+
+    values = _kernel_input(codes, name)
+    n, bits = values.shape
+    words = np.empty((n, -(-bits // 64)), np.uint64)
+    seen = np.empty(n, np.uint8)
+    _kernels.pack_rows_kernel(values, words.view(np.uint8), seen)
+    flags = int(np.bitwise_or.reduce(seen))
+    if flags & 8 or (flags & 1 and flags & 2):
+        shown = np.unique(values)[:6].tolist()
+        raise LthashError(f"{name} must hold {{-1,+1}} or {{0,1}} values (or pass bits= for packed "
+                          f"uint8 codes), found {shown}")
+    return words
+
+
+def _onehot_classes(labels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """Class index of each one-hot row and whether every row has exactly one label."""
+    from lthash.evaluate import _kernels
+
+    values = _kernel_input(labels, name)
+    classes = np.empty(values.shape[0], np.int32)
+    kind = np.empty(values.shape[0], np.uint8)
+    _kernels.onehot_rows_kernel(values, classes, kind)
+    if (kind == 2).any():
+        raise LthashError(f"{name}: one-hot rows must hold 0/1 values")
+    return classes, not kind.any()
 
 
 def prepare_labels(query_labels: np.ndarray, db_labels: np.ndarray, n_query: int, n_db: int) -> tuple[Labels, Labels]:
@@ -152,8 +185,9 @@ def prepare_labels(query_labels: np.ndarray, db_labels: np.ndarray, n_query: int
             raise LthashError(f"{name} must be class indices (N,) or one-hot rows (N, K), got shape {arr.shape}")
         if arr.shape[0] != n:
             raise LthashError(f"{name} has {arr.shape[0]} rows but there are {n} codes")
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)
-                or (np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)))):
+        integral = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)
+        if not integral and not (np.issubdtype(arr.dtype, np.floating)
+                                 and (arr.ndim == 2 or np.array_equal(arr, np.round(arr)))):
             raise LthashError(f"{name} must be integer class indices or 0/1 rows, got dtype {arr.dtype}")
     if q.ndim != db.ndim:
         raise LthashError(f"query_labels and db_labels must have the same form (class indices or one-hot "
@@ -161,14 +195,12 @@ def prepare_labels(query_labels: np.ndarray, db_labels: np.ndarray, n_query: int
     if q.ndim == 2:
         if q.shape[1] != db.shape[1]:
             raise LthashError(f"query_labels have {q.shape[1]} classes but db_labels have {db.shape[1]}")
-        for name, arr in (("query_labels", q), ("db_labels", db)):
-            if arr.size and not np.isin(np.unique(arr), (0, 1)).all():
-                raise LthashError(f"{name}: one-hot rows must hold 0/1 values")
-        if (q.sum(axis=1) == 1).all() and (db.sum(axis=1) == 1).all():
-            q, db = q.argmax(axis=1), db.argmax(axis=1)
-        else:
+        q_classes, q_single = _onehot_classes(q, "query_labels")
+        db_classes, db_single = _onehot_classes(db, "db_labels")
+        if not (q_single and db_single):
             n_classes = int(q.shape[1])
             return _mask_labels(q, n_classes), _mask_labels(db, n_classes)
+        q, db = q_classes, db_classes
     q = q.astype(np.int64)
     db = db.astype(np.int64)
     if (q.size and q.min() < 0) or (db.size and db.min() < 0):
@@ -282,9 +314,12 @@ def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.
     outputs = (ap_index, ap_average, hits, hist_all, hist_rel)
     if q_lab.multilabel:
         n_relevant = _multilabel_relevant_counts(q_lab, db_lab)
-        block = int(max(1, min(32, _BUFFER_ENTRIES // max(1, int(n_relevant.max(initial=0))))))
-        _dynamic(_kernels.score_multilabel_kernel)(q_words, db_words, q_lab.masks, db_lab.masks, n_relevant, cutoffs,
-                                                   block, int(chunk), *outputs)
+        groups = np.arange(-(-n_query // _kernels.GROUP) * _kernels.GROUP, dtype=np.int64).reshape(-1, _kernels.GROUP)
+        groups[groups >= n_query] = -1
+        largest = int(n_relevant.max(initial=0)) + 1
+        per_task = int(max(1, min(_GROUPS_PER_TASK, _BUFFER_ENTRIES // (_kernels.GROUP * largest))))
+        _dynamic(_kernels.score_multilabel_kernel)(q_words, db_words, q_lab.masks, db_lab.masks, groups, n_relevant,
+                                                   cutoffs, per_task, int(chunk), *outputs)
     else:
         class_offsets, class_items = class_item_lists(db_lab.classes, q_lab.n_classes)
         groups = query_groups(q_lab.classes)
