@@ -10,13 +10,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from lthash.cli import add_common_arguments
 
     parser = subparsers.add_parser(
-        "report", help="Markdown report (the papers' tables) and an all-runs CSV from metrics files",
-        description="Gather metrics.json files laid out as runs/<arm>/<method>-<backbone>-<bits>/.")
+        "report", help="Markdown report, CSV + HTML tables and figures from the scored runs",
+        description="Gather metrics.json files (run identity from their tags and model/run.json) into "
+                    "report.md, an all-runs CSV, the question's tables and the retrieval pictures.")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every run")
+    parser.add_argument("--codes", nargs="*", default=[],
+                        help="codes.h5 of the runs (each paired with the metrics.json in its folder)")
+    parser.add_argument("--split", help="split.h5 (images of the retrieval pictures)")
     parser.add_argument("--quality", nargs="*", default=[], help="quality.json of every generator")
     parser.add_argument("--split-summary", required=True, help="split.json of the data stage")
+    parser.add_argument("--benchmarks", help="Snakemake's benchmark folder (time per stage)")
     parser.add_argument("--out", required=True, help="report.md")
     parser.add_argument("--table", required=True, help="CSV of every run's metrics")
+    parser.add_argument("--tables", help="folder for <table>.csv and <table>.html of every table")
+    parser.add_argument("--figures", help="folder for the retrieval pictures and per-class AP charts")
     add_common_arguments(parser)
     parser.set_defaults(func=_report)
 
@@ -25,4 +32,6 @@ def _report(args: argparse.Namespace) -> None:
     from lthash.config import parse_params
     from lthash.report.report import write_report
 
-    write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, parse_params(args.params))
+    write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, parse_params(args.params),
+                 codes=args.codes, split=args.split, tables=args.tables, figures=args.figures,
+                 benchmarks=args.benchmarks)

@@ -1,11 +1,15 @@
-"""The report stage: the papers' tables and figures from every run, as Markdown + one CSV.
+"""The report stage: the tables that answer the question, the seed papers' tables, figures.
 
-Inputs are the score stage's ``metrics.json`` files, laid out as
-``<results>/runs/<arm>/<method>-<backbone>-<bits>/metrics.json`` with the trained model
-folder (``model/``: run.json, curves.png) and plots (``plots/``) beside them, the
-generators' quality JSON files and the split summary. The main number of every table is
-mAP at the first configured cut-off with ties ranked by database index (what the
-references compute); the tie-averaged mAP stands beside it in its own table.
+Inputs are the score stage's ``metrics.json`` files (run identity from their tags, see
+:mod:`lthash.report.runs`), the codes file of every run and the split (retrieval pictures),
+the generators' quality JSON files, the split summary and Snakemake's benchmark folder. The
+main number of every table is mAP at the first configured cut-off with ties ranked by
+database index (what the references compute); the tie-averaged mAP stands beside it in the
+head / medium / tail table.
+
+Outputs: ``report.md``; the all-runs CSV (``--table``); in ``--tables`` the CSV + HTML of
+every table in :data:`TABLE_NAMES`; in ``--figures`` the retrieval picture and the per-class
+AP chart of every setting (:func:`lthash.report.figures.figure_path`).
 """
 
 from __future__ import annotations
@@ -13,115 +17,54 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from lthash.errors import LthashError
 from lthash.io import atomic_path, read_json
 from lthash.provenance import code_version, config_digest
+from lthash.report.analysis import arms_table, by_setting, generator_table, per_class_table, summary, validation_table
+from lthash.report.runs import RunRecord, load_runs, primary_cut
+from lthash.report.tables import Table, markdown_grid, pct, to_markdown, write_table
+from lthash.report.timing import timing_table
 
-ARM_TITLES = {
-    "balanced": "Balanced data",
-    "longtail": "Long-tail data",
-    "augmented": "Ours (synthetic pretrain + balanced mix)",
-    "pretrain_only": "Synthetic pretrain, long-tail fine-tune",
-    "mix_only": "Balanced mix, no pretrain",
-}
-TABLE_COLUMNS = ("arm", "generator", "method", "backbone", "bits", "R", "ties", "map", "map_head",
-                 "map_medium", "map_tail", "precision_at_R", "n_query", "n_database")
-
-
-@dataclass(frozen=True)
-class RunMetrics:
-    """One scored run: where it lives and what its metrics JSON says."""
-
-    arm: str
-    generator: str | None
-    method: str
-    backbone: str
-    bits: int
-    folder: Path
-    metrics: dict[str, Any]
-
-    @property
-    def arm_label(self) -> str:
-        return self.arm if self.generator is None else f"{self.arm}-{self.generator}"
-
-    def result(self, R: Any, ties: str) -> dict[str, Any] | None:
-        for row in self.metrics["results"]:
-            if str(row["R"]) == str(R) and row["ties"] == ties:
-                return row
-        return None
+#: every table the report writes as ``<name>.csv`` and ``<name>.html`` (the rule's outputs)
+TABLE_NAMES = ("arms", "generator_adds", "per_class", "validation", "timing")
+TABLE_COLUMNS = ("arm_label", "arm", "generator", "synthesis", "kind", "method", "backbone", "bits", "R", "ties",
+                 "map", "map_head", "map_medium", "map_tail", "precision_at_R", "n_query", "n_database")
 
 
-def parse_run(metrics_path: str | os.PathLike) -> RunMetrics:
-    """Read ``.../runs/<arm>[-<generator>]/<method>-<backbone>-<bits>/metrics.json``."""
-    path = Path(metrics_path)
-    folder = path.parent
-    try:
-        method, backbone, bits = folder.name.rsplit("-", 2)
-        arm, _, generator = folder.parent.name.partition("-")
-        bits_value = int(bits)
-    except ValueError as exc:
-        raise LthashError(f"{path}: not laid out as runs/<arm>/<method>-<backbone>-<bits>/metrics.json") from exc
-    return RunMetrics(arm, generator or None, method, backbone, bits_value, folder, read_json(path))
+def report_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``report`` section with schema defaults filled."""
+    from lthash.config import validate_config
+
+    return validate_config({"dataset": {}, "report": dict((params or {}).get("report") or {})})["report"]
 
 
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return "–"
-    return f"{100 * float(value):.2f}"
+class SeedTables:
+    """The seed paper's tables 1-3 and the all-runs group table, from the scored runs."""
 
-
-def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _arm_order(label: str) -> tuple[int, str]:
-    arm = label.split("-")[0]
-    order = list(ARM_TITLES)
-    return (order.index(arm) if arm in order else len(order), label)
-
-
-def _arm_title(run: RunMetrics) -> str:
-    title = ARM_TITLES.get(run.arm, run.arm)
-    return f"{title} [{run.generator}]" if run.generator else title
-
-
-class Report:
-    """Builds the Markdown sections from the scored runs."""
-
-    def __init__(self, runs: Sequence[RunMetrics], report_path: Path, primary_R: Any):
-        if not runs:
-            raise LthashError("no scored runs to report")
-        self.runs = sorted(runs, key=lambda r: (_arm_order(r.arm_label), r.method, r.backbone, r.bits))
+    def __init__(self, runs: Sequence[RunRecord], report_path: Path, R: Any, ties: str):
+        self.runs = list(runs)
         self.base = report_path.parent
-        self.R = primary_R
+        self.R, self.ties = R, ties
         self.bits = sorted({r.bits for r in runs})
         self.methods = sorted({r.method for r in runs})
         self.backbones = sorted({r.backbone for r in runs})
+        self.labels = list(dict.fromkeys(r.label for r in self.runs))
 
     def rel(self, path: Path) -> str:
         return os.path.relpath(path, self.base)
 
-    def value(self, run: RunMetrics | None, key: str = "map", ties: str = "index") -> str:
-        if run is None:
-            return "–"
-        row = run.result(self.R, ties)
-        return _fmt(row[key]) if row else "–"
+    def value(self, run: RunRecord | None, key: str = "map", ties: str | None = None) -> str:
+        return "–" if run is None else pct(run.value(self.R, ties or self.ties, key))
 
-    def find(self, arm_label: str, method: str, backbone: str, bits: int) -> RunMetrics | None:
+    def find(self, label: str, method: str, backbone: str, bits: int) -> RunRecord | None:
         for run in self.runs:
-            if (run.arm_label, run.method, run.backbone, run.bits) == (arm_label, method, backbone, bits):
+            if (run.label, run.method, run.backbone, run.bits) == (label, method, backbone, bits):
                 return run
         return None
-
-    def arm_labels(self) -> list[str]:
-        return sorted({r.arm_label for r in self.runs}, key=_arm_order)
 
     def table_arms(self) -> str:
         """Seed paper table 1: arm x backbone rows, code-length columns, one table per method."""
@@ -129,14 +72,12 @@ class Report:
         for method in self.methods:
             rows = []
             for backbone in self.backbones:
-                for label in self.arm_labels():
+                for label in self.labels:
                     runs = [self.find(label, method, backbone, b) for b in self.bits]
-                    if not any(runs):
-                        continue
-                    title = _arm_title(next(r for r in runs if r))
-                    rows.append([title, backbone] + [self.value(r) for r in runs])
+                    if any(runs):
+                        rows.append([next(r for r in runs if r).title, backbone] + [self.value(r) for r in runs])
             header = ["training data", "backbone"] + [f"{b} bits" for b in self.bits]
-            parts.append(f"**{method}**, mAP@{self.R} (%)\n\n" + _markdown_table(header, rows))
+            parts.append(f"**{method}**, mAP@{self.R} (%)\n\n" + markdown_grid(header, rows))
         return "\n\n".join(parts)
 
     def table_generators(self) -> str:
@@ -144,82 +85,56 @@ class Report:
         rows = []
         for method in self.methods:
             for backbone in self.backbones:
-                for label in self.arm_labels():
-                    if not label.startswith("augmented-") and label != "longtail":
-                        continue
+                for label in self.labels:
                     runs = [self.find(label, method, backbone, b) for b in self.bits]
-                    if any(runs):
-                        technique = label.split("-", 1)[1] if "-" in label else "none (long-tail only)"
-                        rows.append([technique, method, backbone] + [self.value(r) for r in runs])
+                    first = next((r for r in runs if r), None)
+                    if first is None or not (first.kind == "generated" or label == "longtail"):
+                        continue
+                    technique = ("none (long-tail only)" if label == "longtail" else
+                                 " ".join(p for p in (first.generator, first.synthesis) if p) or label)
+                    rows.append([technique, method, backbone] + [self.value(r) for r in runs])
         header = ["generator", "method", "backbone"] + [f"{b} bits" for b in self.bits]
-        return _markdown_table(header, rows) if rows else "_no augmented runs in this config_"
+        return markdown_grid(header, rows) if rows else "_no augmented runs in this config_"
 
     def table_methods(self) -> str:
         """Seed paper table 3 / LTHNet tables 3-4: hash methods down, arms x code lengths across."""
-        labels = self.arm_labels()
-        header = ["method", "backbone"] + [f"{label} {b}" for label in labels for b in self.bits]
-        rows = []
-        for method in self.methods:
-            for backbone in self.backbones:
-                rows.append([method, backbone] + [self.value(self.find(label, method, backbone, b))
-                                                  for label in labels for b in self.bits])
-        return _markdown_table(header, rows)
+        header = ["method", "backbone"] + [f"{label} {b}" for label in self.labels for b in self.bits]
+        rows = [[method, backbone] + [self.value(self.find(label, method, backbone, b))
+                                      for label in self.labels for b in self.bits]
+                for method in self.methods for backbone in self.backbones]
+        return markdown_grid(header, rows)
 
     def table_groups(self) -> str:
         """Head / medium / tail mAP and the tie-averaged mAP of every run."""
         header = ["arm", "method", "backbone", "bits", "mAP", "head", "medium", "tail", "mAP tie-avg",
                   "tail tie-avg"]
-        rows = [[r.arm_label, r.method, r.backbone, r.bits, self.value(r), self.value(r, "map_head"),
+        rows = [[r.label, r.method, r.backbone, r.bits, self.value(r), self.value(r, "map_head"),
                  self.value(r, "map_medium"), self.value(r, "map_tail"), self.value(r, ties="average"),
                  self.value(r, "map_tail", ties="average")] for r in self.runs]
-        return _markdown_table(header, rows)
-
-    def table_per_class(self) -> str:
-        """Per-class AP of every arm at the longest code, first method and backbone."""
-        method, backbone, bits = self.methods[0], self.backbones[0], self.bits[-1]
-        runs = [(label, self.find(label, method, backbone, bits)) for label in self.arm_labels()]
-        runs = [(label, run) for label, run in runs if run is not None]
-        if not runs:
-            return ""
-        key = f"{self.R}/index"
-        first = runs[0][1].metrics["per_class"]
-        order = sorted(range(len(first)), key=lambda c: -first[c]["train_count"])
-        header = ["class", "train images", "group"] + [label for label, _ in runs]
-        rows = []
-        for c in order:
-            entry = first[c]
-            rows.append([entry["name"], entry["train_count"], entry["group"]]
-                        + [_fmt(run.metrics["per_class"][c]["ap"].get(key)) for _, run in runs])
-        return (f"{method}, {backbone}, {bits} bits, AP@{self.R} (%), classes from head to tail\n\n"
-                + _markdown_table(header, rows))
+        return markdown_grid(header, rows)
 
     def figures(self) -> str:
+        """Links to every run's PR, P@k and training-curve figures."""
         lines = []
         for run in self.runs:
-            pr = run.folder / "plots" / "pr_radius.png"
-            curves = run.folder / "model" / "curves.png"
             links = []
-            if pr.exists():
-                links.append(f"[PR curve]({self.rel(pr)})")
-            pk = run.folder / "plots" / "precision_at_k.png"
-            if pk.exists():
-                links.append(f"[P@k]({self.rel(pk)})")
-            if curves.exists():
-                links.append(f"[training curves]({self.rel(curves)})")
-            lines.append(f"- {run.arm_label} / {run.method} / {run.backbone} / {run.bits} bits: " + ", ".join(links))
+            for name, path in (("PR curve", run.folder / "plots" / "pr_radius.png"),
+                               ("P@k", run.folder / "plots" / "precision_at_k.png"),
+                               ("training curves", run.folder / "model" / "curves.png")):
+                if path.exists():
+                    links.append(f"[{name}]({self.rel(path)})")
+            lines.append(f"- {run.label} / {run.setting.title}: " + (", ".join(links) or "no figures"))
         return "\n".join(lines)
 
     def provenance(self) -> str:
         header = ["run", "training seed", "hashing config digest", "code version of the run", "evaluation seed"]
         rows = []
         for run in self.runs:
-            record_path = run.folder / "model" / "run.json"
-            record = read_json(record_path) if record_path.exists() else {}
-            params = record.get("params", {})
-            rows.append([f"{run.arm_label}/{run.folder.name}", record.get("seed", "–"),
-                         config_digest(params) if params else "–", record.get("code_version", "–"),
+            params = run.record.get("params", {})
+            rows.append([f"{run.label}/{run.setting.slug}", run.record.get("seed", "–"),
+                         config_digest(params) if params else "–", run.record.get("code_version", "–"),
                          run.metrics.get("seed", "–")])
-        return _markdown_table(header, rows)
+        return markdown_grid(header, rows)
 
 
 def quality_section(paths: Sequence[str | os.PathLike], report_path: Path) -> str:
@@ -232,33 +147,34 @@ def quality_section(paths: Sequence[str | os.PathLike], report_path: Path) -> st
         judge = data.get("judge", {})
         intro = (f"Judge: a {judge.get('classifier', '?')} classifier trained on "
                  f"{judge.get('trained_on', 'the real training set')}, "
-                 f"{_fmt(judge.get('query_accuracy'))}% accurate on the real query set. "
+                 f"{pct(judge.get('query_accuracy'))}% accurate on the real query set. "
                  f"Class fidelity = share of synthetic images of a class the judge assigns to it; "
                  f"diversity = mean pairwise distance of synthetic images over that of the real ones.")
         for generator, result in data.get("generators", {}).items():
-            summary = ", ".join(f"{key.replace('_', ' ')} {_fmt(value) if 'fidelity' in key else f'{value:.2f}'}"
-                                for key, value in sorted(result.items()) if isinstance(value, (int, float)))
+            summary_text = ", ".join(
+                f"{key.replace('_', ' ')} {pct(value) if 'fidelity' in key else f'{value:.2f}'}"
+                for key, value in sorted(result.items()) if isinstance(value, (int, float)))
             header = ["class", "real train images", "judge accuracy on real", "class fidelity",
                       "category fidelity", "diversity ratio"]
             classes = sorted(result.get("classes", {}).items(), key=lambda item: -item[1].get("real_train_images", 0))
             rows = [[name, entry.get("real_train_images", "–"),
-                     _fmt(judge.get("query_accuracy_per_class", {}).get(name)),
-                     _fmt(entry.get("class_fidelity")), _fmt(entry.get("category_fidelity")),
+                     pct(judge.get("query_accuracy_per_class", {}).get(name)),
+                     pct(entry.get("class_fidelity")), pct(entry.get("category_fidelity")),
                      f"{entry['diversity_ratio']:.2f}" if entry.get("diversity_ratio") is not None else "–"]
                     for name, entry in classes]
-            text = [f"**{generator}**: {summary}", intro]
+            text = [f"**{generator}**: {summary_text}", intro]
             grid = Path(path).parent / "real_vs_synthetic.png"
             if grid.exists():
                 text.append(f"![real vs synthetic, {generator}]({os.path.relpath(grid, report_path.parent)})")
-            parts.append("\n\n".join(text) + "\n\n" + _markdown_table(header, rows))
+            parts.append("\n\n".join(text) + "\n\n" + markdown_grid(header, rows))
     return "\n\n".join(parts)
 
 
 def split_section(summary_path: str | os.PathLike, report_path: Path) -> str:
-    summary = read_json(summary_path)
+    summary_data = read_json(summary_path)
     figure = Path(summary_path).parent / "class_distribution.png"
-    lines = [f"Dataset **{summary.get('dataset', '?')}**, split seed {summary.get('seed', '?')}."]
-    counts = summary.get("counts", {})
+    lines = [f"Dataset **{summary_data.get('dataset', '?')}**, split seed {summary_data.get('seed', '?')}."]
+    counts = summary_data.get("counts", {})
     if isinstance(counts, Mapping):
         sizes = {group: sum(values) if isinstance(values, list) else values for group, values in counts.items()}
         lines.append(", ".join(f"{group}: {size} images" for group, size in sorted(sizes.items())))
@@ -267,47 +183,107 @@ def split_section(summary_path: str | os.PathLike, report_path: Path) -> str:
     return "\n\n".join(lines)
 
 
-def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, table: str | os.PathLike,
-                 split_summary: str | os.PathLike, quality: Sequence[str | os.PathLike] = (),
-                 params: Mapping[str, Any] | None = None) -> None:
-    """Write ``report.md`` and the all-runs CSV ``table`` atomically."""
-    params = dict(params or {})
-    runs = [parse_run(path) for path in metrics]
-    out = Path(out)
-    primary_R = runs[0].metrics["results"][0]["R"] if runs else "all"
-    report = Report(runs, out, primary_R)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [
-        f"# {params.get('report', {}).get('title', 'lthash report')}",
-        f"Generated {now} by {code_version()}; report config digest {config_digest(params)}.",
-        f"mAP@{primary_R} in percent; R = all is the whole database. Ties in Hamming distance are "
-        "ranked by database index (as the references do); the tie-averaged mAP (expected AP over "
-        "random orders inside ties) is in the head/medium/tail table.",
-        "## Data\n\n" + split_section(split_summary, out),
-        "## Table 1: balanced vs long-tail vs the method\n\n" + report.table_arms(),
-        "## Table 2: personalisation technique\n\n" + report.table_generators(),
-        "## Table 3: hash methods (LTHNet layout)\n\n" + report.table_methods(),
-        "## Head / medium / tail classes\n\n" + report.table_groups(),
-        "## Per-class AP\n\n" + report.table_per_class(),
-        "## Synthetic data quality\n\n" + quality_section(quality, out),
-        "## Figures\n\n" + report.figures(),
-        "## Provenance\n\n" + report.provenance(),
-    ]
-    with atomic_path(out, suffix=".md") as tmp:
-        tmp.write_text("\n\n".join(sections) + "\n")
+def _all_runs_csv(runs: Sequence[RunRecord]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for run in report.runs:
+    for run in runs:
         for row in run.metrics["results"]:
-            writer.writerow({**row, "arm": run.arm, "generator": run.generator or "", "method": run.method,
+            writer.writerow({**row, "arm_label": run.label, "arm": run.arm, "generator": run.generator or "",
+                             "synthesis": run.synthesis or "", "kind": run.kind, "method": run.method,
                              "backbone": run.backbone, "bits": run.bits})
+    return buffer.getvalue()
+
+
+def _figures(runs: Sequence[RunRecord], figures: Path, out: Path, split: str | os.PathLike | None,
+             settings: Mapping[str, Any], R: Any, ties: str) -> tuple[str, str]:
+    """Per-class AP charts and retrieval pictures of every setting, as two Markdown sections."""
+    from lthash.report.figures import figure_path, per_class_figure, retrieval_figure
+
+    bars, pictures = [], []
+    retrieval = settings["retrieval"]
+    for setting, arms in by_setting(runs).items():
+        arm_runs = list(arms.values())
+        chart = figure_path(figures, "per_class_ap", setting)
+        per_class_figure(chart, setting, arm_runs, R, ties)
+        bars.append(f"![per-class AP, {setting.title}]({os.path.relpath(chart, out.parent)})")
+        picture = figure_path(figures, "retrieval", setting)
+        if split is None or not any(run.codes_path for run in arm_runs):
+            pictures.append(f"_{setting.title}: no codes files or split given, no retrieval picture_")
+            continue
+        shown = retrieval_figure(picture, setting, arm_runs, split, retrieval["head_classes"],
+                                 retrieval["tail_classes"], retrieval["top"])
+        missing = [run.label for run in arm_runs if run.codes_path is None]
+        counts = markdown_grid(["query class", "group", "arm", f"right of top {retrieval['top']}"],
+                               [[s["class"], s["group"], s["arm"], f"{s['right']}/{s['of']}"] for s in shown])
+        text = [f"### {setting.title}", f"![retrieval, {setting.title}]({os.path.relpath(picture, out.parent)})"]
+        if missing:
+            text.append(f"_no codes file for {', '.join(missing)}_")
+        pictures.append("\n\n".join(text + [counts]))
+    return "\n\n".join(bars), "\n\n".join(pictures)
+
+
+def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, table: str | os.PathLike,
+                 split_summary: str | os.PathLike, quality: Sequence[str | os.PathLike] = (),
+                 params: Mapping[str, Any] | None = None, codes: Sequence[str | os.PathLike] = (),
+                 split: str | os.PathLike | None = None, tables: str | os.PathLike | None = None,
+                 figures: str | os.PathLike | None = None, benchmarks: str | os.PathLike | None = None) -> None:
+    """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures."""
+    params = dict(params or {})
+    settings = report_params(params)
+    runs = load_runs(metrics, codes)
+    out = Path(out)
+    R, ties = primary_cut(runs)
+    seed = SeedTables(runs, out, R, ties)
+    arms, readings = arms_table(runs, R, ties)
+    by_name: dict[str, Table] = {t.name: t for t in (
+        arms, generator_table(runs, R, ties), per_class_table(runs, R, ties), validation_table(runs, R, ties),
+        timing_table(benchmarks))}
+    bars, pictures = ("_no figures folder given_",) * 2
+    if figures is not None:
+        bars, pictures = _figures(runs, Path(figures), out, split, settings, R, ties)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections = [
+        f"# {settings['title']}",
+        f"Generated {now} by {code_version()}; report config digest {config_digest(params)}.",
+        f"mAP@{R} in percent; R = all is the whole database. Ties in Hamming distance are "
+        f"ranked by {'database index (as the references do)' if ties == 'index' else 'expectation'}; "
+        "the tie-averaged mAP (expected AP over random orders inside ties) is in the "
+        "head/medium/tail table.",
+        "## Data\n\n" + split_section(split_summary, out),
+        "## Does the synthetic data earn its cost?\n\n" + summary(readings) + "\n\n" + to_markdown(arms),
+        "## What the generator adds\n\n" + to_markdown(by_name["generator_adds"]),
+        "## Per-class AP as a fraction of the balanced arm's\n\n" + to_markdown(by_name["per_class"])
+        + "\n\n" + bars,
+        "## Retrieval: head and tail queries\n\n"
+        f"Each picture: the first query of the {settings['retrieval']['head_classes']} largest and the "
+        f"{settings['retrieval']['tail_classes']} smallest long-tail classes (blue border) and its top "
+        f"{settings['retrieval']['top']} for every arm, nearest first; green = same class, red = another.\n\n"
+        + pictures,
+        "## Validation mAP (model selection)\n\n" + to_markdown(by_name["validation"]),
+        "## Table 1: balanced vs long-tail vs the method\n\n" + seed.table_arms(),
+        "## Table 2: personalisation technique\n\n" + seed.table_generators(),
+        "## Table 3: hash methods (LTHNet layout)\n\n" + seed.table_methods(),
+        "## Head / medium / tail classes\n\n" + seed.table_groups(),
+        "## Synthetic data quality\n\n" + quality_section(quality, out),
+        "## Time per stage\n\n" + to_markdown(by_name["timing"]),
+        "## Figures\n\n" + seed.figures(),
+        "## Provenance\n\n" + seed.provenance(),
+    ]
+    if tables is not None:
+        sources = {"made by": f"{code_version()}, {now}", "from": f"{len(runs)} scored runs"}
+        for name in TABLE_NAMES:
+            write_table(by_name[name], tables, sources)
+    with atomic_path(out, suffix=".md") as tmp:
+        tmp.write_text("\n\n".join(sections) + "\n")
     with atomic_path(table, suffix=".csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+        tmp.write_text(_all_runs_csv(runs))
 
 
 def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
     """The all-runs CSV written by :func:`write_report`."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
+    try:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+    except FileNotFoundError as exc:
+        raise LthashError(f"missing file: {path}") from exc

@@ -1,0 +1,82 @@
+"""How long each stage took, from Snakemake's ``benchmark:`` files.
+
+Every ``*.tsv`` under the benchmarks folder is one job (Snakemake writes one row per repeat;
+the rows are summed). The stage is the file's first folder below the benchmarks folder, or
+its name for a file directly inside it (``split.tsv`` -> split, ``train/longtail/x.tsv`` ->
+train). Wall seconds are Snakemake's ``s`` column, peak memory its ``max_rss`` (MB).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from lthash.errors import LthashError
+from lthash.report.tables import Section, Table
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_benchmarks(folder: str | os.PathLike | None) -> dict[str, dict[str, float]]:
+    """stage -> jobs, wall seconds (sum), longest job (s), CPU seconds (sum), peak RSS (MB);
+    empty when there is no such folder."""
+    stages: dict[str, dict[str, float]] = {}
+    if folder is None or not Path(folder).is_dir():
+        return stages
+    root = Path(folder)
+    for path in sorted(root.rglob("*.tsv")):
+        relative = path.relative_to(root)
+        stage = relative.parts[0] if len(relative.parts) > 1 else path.stem
+        try:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle, delimiter="\t"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LthashError(f"{path}: cannot read the benchmark file ({exc})") from exc
+        wall = sum(_float(row.get("s")) or 0.0 for row in rows)
+        cpu = sum(_float(row.get("cpu_time")) or 0.0 for row in rows)
+        rss = max((_float(row.get("max_rss")) or 0.0 for row in rows), default=0.0)
+        entry = stages.setdefault(stage, {"jobs": 0, "wall_s": 0.0, "longest_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0})
+        entry["jobs"] += 1
+        entry["wall_s"] += wall
+        entry["longest_s"] = max(entry["longest_s"], wall)
+        entry["cpu_s"] += cpu
+        entry["max_rss_mb"] = max(entry["max_rss_mb"], rss)
+    return stages
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def timing_table(folder: str | os.PathLike | None) -> Table:
+    """The stages, longest first, with a total (job time summed, not elapsed: jobs overlap)."""
+    stages = read_benchmarks(folder)
+    table = Table(
+        name="timing", title="How long each stage took",
+        intro=("From Snakemake's benchmark files: wall time of every job of a stage, summed (jobs "
+               "that ran side by side count each), the longest single job, CPU time and peak memory. "
+               "Jobs of rules without a benchmark directive (the report itself among them) are not "
+               "listed."),
+        csv_columns=["stage", "jobs", "wall_s", "longest_s", "cpu_s", "max_rss_mb"],
+        empty="_no benchmark files under the results folder_")
+    order = sorted(stages, key=lambda s: -stages[s]["wall_s"])
+    for stage in order:
+        table.records.append({"stage": stage, **stages[stage]})
+    if order:
+        total = sum(stages[s]["wall_s"] for s in order)
+        rows = [[stage, int(stages[stage]["jobs"]), _clock(stages[stage]["wall_s"]),
+                 _clock(stages[stage]["longest_s"]), _clock(stages[stage]["cpu_s"]),
+                 f"{stages[stage]['max_rss_mb']:.0f}"] for stage in order]
+        rows.append(["all stages", sum(int(stages[s]["jobs"]) for s in order), _clock(total), "", "", ""])
+        table.sections.append(Section(heading="", rows=rows,
+                                      header=["stage", "jobs", "wall time (sum)", "longest job", "CPU time",
+                                              "peak memory (MB)"]))
+    return table
