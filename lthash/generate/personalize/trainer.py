@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
 from lthash.errors import LthashError
 from lthash.generate.attention import capture_cross_attention
@@ -291,7 +292,8 @@ class StageTrainer:
         began = time.perf_counter()
         with capture_cross_attention(unet, positions) as store:
             store.enabled = stage.regularized
-            for step in range(start, stage.steps):
+            for step in tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=stage.name,
+                             disable=not accelerator.is_main_process, mininterval=5):
                 for _ in range(accum):
                     context = fixed_context if fixed_context is not None else self._encode(self.data.prompt, grad=True)
                     x0 = self._batch(self.data.pixels, stage.batch_size, augment=True)
