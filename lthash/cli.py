@@ -18,6 +18,7 @@ from lthash.errors import LthashError
 STAGE_MODULES = (
     "lthash.data.cli",
     "lthash.generate.cli",
+    "lthash.generate.resample",
     "lthash.hashing.cli",
     "lthash.evaluate.cli",
     "lthash.report.cli",
@@ -53,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "threads"):
         configure_threads(args.threads)
     try:
+        if getattr(args, "params", None):
+            from lthash.config import parse_params
+            from lthash.workflow import check_stage_params
+
+            check_stage_params(args.command, parse_params(args.params))
         args.func(args)
     except LthashError as exc:
         print(f"lthash {args.command}: error: {exc}", file=sys.stderr)

@@ -1,74 +1,236 @@
-"""What the Snakefile needs from the package: the run matrix, paths and stage params.
+"""What the Snakefile needs from the package: the arms, the run matrix, paths, and which
+config keys every rule reads.
 
 Rules only wire; every decision about which runs exist and which config a stage reads is
-made here, so it is testable without Snakemake.
+made here, so it is testable without Snakemake. Two tables hold it:
+
+* :data:`ARMS` (and the shared pretraining stage :data:`PRETRAIN`): one entry per hashing
+  arm, from which the training rules, the run folders and the report's run list come.
+* :data:`READS`: the config paths each rule reads. A rule's ``params`` are exactly those
+  paths of the validated config (:func:`rule_params`), and each stage's CLI refuses keys that
+  no rule of that stage reads (:func:`check_stage_params`), so an edit reruns only the jobs
+  that read the edited key. Keys that change only how fast a job runs (:data:`RUNTIME`) are in
+  no rule's params: the Snakefile hands them to jobs through the environment.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
+from lthash.errors import LthashError
 from lthash.io import canonical_json
 
-REAL_ARMS = ("balanced", "longtail")
-SYNTHETIC_ARMS = ("augmented", "pretrain_only", "mix_only")
-ARM_GROUP = {"balanced": "train_balanced", "longtail": "train"}
+# ---------------------------------------------------------------------------------------
+# Arms
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of training a hash model (a rule of the same name).
+
+    group: real split group (``train`` long-tail, ``train_balanced``); mode: ``lthash train
+    --mode`` (real, synthetic, mix); init: the training stage whose model this one starts
+    from (``pretrain`` or None); source: where its shards come from (None = real images only,
+    ``generated`` = a generator x synthesis mode, so the arm is crossed with
+    ``experiment.generators`` x ``experiment.synthesis``, ``resampled`` = copies of the real
+    long-tail images); shards: plan purpose of the shards it trains on (None = none);
+    sampling: ``hashing.train.sampling`` fixed by the arm (None = the config's).
+    """
+
+    name: str
+    group: str = "train"
+    mode: str = "real"
+    init: str | None = None
+    source: str | None = None
+    shards: str | None = None
+    sampling: str | None = None
+
+    @property
+    def crossed(self) -> bool:
+        """Whether the arm runs once per generator x synthesis mode."""
+        return self.source == "generated"
+
+    @property
+    def folder(self) -> str:
+        """Run folder pattern under the results folder (Snakemake wildcards in braces)."""
+        if self.name == PRETRAIN_NAME:
+            return "pretrain/{source}"
+        return f"runs/{self.name}-{{generator}}-{{synthesis}}" if self.crossed else f"runs/{self.name}"
+
+
+PRETRAIN_NAME = "pretrain"
+#: The shared pretraining stage: balanced shards only (``pretrain`` purpose), per shard source.
+PRETRAIN = Arm(PRETRAIN_NAME, mode="synthetic", source="any", shards="pretrain")
+
+#: The arms of ``experiment.arms`` (the experiment schema's enum equals these names; a test keeps them equal).
+ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("balanced", group="train_balanced"),
+    Arm("longtail"),
+    Arm("class_balanced", sampling="class_balanced"),
+    Arm("resampled", mode="mix", init=PRETRAIN_NAME, source="resampled", shards="mix"),
+    Arm("augmented", mode="mix", init=PRETRAIN_NAME, source="generated", shards="mix"),
+    Arm("pretrain_only", init=PRETRAIN_NAME, source="generated"),
+    Arm("mix_only", mode="mix", source="generated", shards="mix"),
+)}
+#: Every training rule: the shared pretraining stage and the arms.
+TRAINING: dict[str, Arm] = {PRETRAIN_NAME: PRETRAIN, **ARMS}
+RESAMPLED = "resampled"
 
 
 @dataclass(frozen=True)
 class Run:
-    """One trained hash model: arm (with its generator for synthetic arms) x method x backbone x bits."""
+    """One trained hash model: arm (with generator and synthesis mode for crossed arms) x
+    method x backbone x bits."""
 
     arm: str
     method: str
     backbone: str
     bits: int
     generator: str | None = None
+    synthesis: str | None = None
 
     @property
-    def arm_label(self) -> str:
-        return self.arm if self.generator is None else f"{self.arm}-{self.generator}"
+    def label(self) -> str:
+        """``arm`` or ``arm-generator-synthesis``: the run folder and the report's row name."""
+        return "-".join(part for part in (self.arm, self.generator, self.synthesis) if part)
 
     @property
     def model_label(self) -> str:
         return f"{self.method}-{self.backbone}-{self.bits}"
 
+    @property
+    def source(self) -> str | None:
+        """Shard source folder under ``<results>/generate/``: ``<generator>/<synthesis>``, ``resampled`` or None."""
+        return shard_source(ARMS[self.arm], self.generator, self.synthesis)
+
     def directory(self, results: str) -> str:
-        return f"{results}/runs/{self.arm_label}/{self.model_label}"
+        return f"{results}/runs/{self.label}/{self.model_label}"
+
+    def identity(self) -> dict[str, Any]:
+        """What the run is (written into run.json and the metrics' tags): never read from its path."""
+        return {"arm": self.arm, "generator": self.generator, "synthesis": self.synthesis,
+                "method": self.method, "backbone": self.backbone, "bits": self.bits}
+
+
+def shard_source(arm: Arm, generator: str | None, synthesis: str | None) -> str | None:
+    """The shard source folder of an arm's job (``<generator>/<synthesis>`` or ``resampled``)."""
+    if arm.source == "generated":
+        return f"{generator}/{synthesis}"
+    if arm.source == RESAMPLED:
+        return RESAMPLED
+    return None
 
 
 def runs(config: Mapping[str, Any]) -> list[Run]:
     """Every hash model the experiment section asks for, in a stable order."""
     experiment = config["experiment"]
     out = []
-    for arm in experiment["arms"]:
-        generators = experiment["generators"] if arm in SYNTHETIC_ARMS else [None]
-        for generator in generators:
+    for name in experiment["arms"]:
+        arm = ARMS[name]
+        crossings = (itertools.product(experiment["generators"], experiment["synthesis"]) if arm.crossed
+                     else [(None, None)])
+        for generator, synthesis in crossings:
             for method in experiment["methods"]:
                 for backbone in experiment["backbones"]:
                     for bits in experiment["bits"]:
-                        out.append(Run(arm, method, backbone, int(bits), generator))
+                        out.append(Run(name, method, backbone, int(bits), generator, synthesis))
     return out
 
 
-def uses_synthetic(config: Mapping[str, Any]) -> bool:
-    return any(arm in SYNTHETIC_ARMS for arm in config["experiment"]["arms"])
+def report_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every run the report gathers: ``{"label", "metrics" (path), "identity"}``, in :func:`runs` order."""
+    results = config["results"]
+    return [{"label": run.label, "metrics": f"{run.directory(results)}/metrics.json", "identity": run.identity()}
+            for run in runs(config)]
 
 
-def hashing_params(config: Mapping[str, Any], method: str, backbone: str, bits: int | str) -> dict:
-    """The hashing section with the job's method, backbone and code length filled in."""
-    params = dict(config["hashing"])
-    params.update({"method": method, "backbone": backbone, "bits": int(bits)})
-    return params
+def find_run(config: Mapping[str, Any], label: str, method: str, backbone: str, bits: int | str) -> Run:
+    """The run of ``runs(config)`` with this folder label and model, naming what is asked for otherwise."""
+    for run in runs(config):
+        if (run.label, run.method, run.backbone, run.bits) == (label, method, backbone, int(bits)):
+            return run
+    raise LthashError(f"runs/{label}/{method}-{backbone}-{bits} is not a run of this config's experiment section")
 
 
-def shell_json(**parts: Any) -> str:
-    """Canonical JSON of a stage's config, quoted for a shell command line."""
-    return shlex.quote(canonical_json(parts))
+def uses_generators(config: Mapping[str, Any]) -> bool:
+    """Whether an arm of the experiment trains on generated shards (so generators run)."""
+    return any(ARMS[arm].crossed for arm in config["experiment"]["arms"])
+
+
+def shard_sources(config: Mapping[str, Any]) -> list[str]:
+    """Every shard source the experiment needs (``<generator>/<synthesis>`` and/or ``resampled``)."""
+    experiment = config["experiment"]
+    sources = []
+    if uses_generators(config):
+        sources += [f"{g}/{s}" for g in experiment["generators"] for s in experiment["synthesis"]]
+    if any(ARMS[arm].source == RESAMPLED for arm in experiment["arms"]):
+        sources.append(RESAMPLED)
+    return sources
+
+
+def generated_sources(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(generator, synthesis mode) pairs the experiment draws shards of."""
+    experiment = config["experiment"]
+    if not uses_generators(config):
+        return []
+    return [(g, s) for g in experiment["generators"] for s in experiment["synthesis"]]
+
+
+def quality_files(config: Mapping[str, Any]) -> list[str]:
+    """The quality stage's metrics of every generator x synthesis mode the experiment draws."""
+    return [f"{config['results']}/generate/{g}/{s}/quality.json" for g, s in generated_sources(config)]
+
+
+def shard_path(results: str, source: str, purpose: str, class_index: int | str, shard: int | str) -> str:
+    """Path of one shard file of a source (``<generator>/<synthesis>`` or ``resampled``)."""
+    return f"{results}/generate/{source}/shards/{purpose}/class{class_index}/shard{shard}.h5"
+
+
+def plan_shards(plan: Mapping[str, Any], results: str, source: str, purpose: str,
+                class_index: int | str | None = None) -> list[str]:
+    """Every shard file the plan asks of one source and purpose (one class, or all)."""
+    files = []
+    for entry in plan["classes"]:
+        if class_index is not None and int(entry["index"]) != int(class_index):
+            continue
+        files += [shard_path(results, source, purpose, entry["index"], k) for k in range(len(entry[purpose]["shards"]))]
+    return files
+
+
+def init_folder(results: str, arm: Arm, wildcards: Mapping[str, Any]) -> list[str]:
+    """The model folder a job of ``arm`` starts from (``[]`` when it starts from scratch)."""
+    if arm.init is None:
+        return []
+    source = shard_source(arm, wildcards.get("generator"), wildcards.get("synthesis"))
+    model = f"{wildcards['method']}-{wildcards['backbone']}-{wildcards['bits']}"
+    return [f"{results}/{TRAINING[arm.init].folder.format(source=source)}/{model}/model"]
+
+
+def job_identity(arm: Arm, wildcards: Mapping[str, Any]) -> dict[str, Any]:
+    """Identity of one training job from its rule's wildcards (pretraining jobs carry their source)."""
+    identity = {"arm": arm.name, "generator": wildcards.get("generator"), "synthesis": wildcards.get("synthesis"),
+                "method": wildcards["method"], "backbone": wildcards["backbone"], "bits": int(wildcards["bits"])}
+    if arm.name == PRETRAIN_NAME:
+        source = str(wildcards["source"])
+        generator, _, synthesis = source.partition("/")
+        identity.update(source=source, generator=None if source == RESAMPLED else generator,
+                        synthesis=synthesis or None)
+    return identity
+
+
+def identity_tags(identity: Mapping[str, Any]) -> str:
+    """``--tag=key=value`` of every identity field but ``bits`` (the job's params and the
+    metrics carry the code length), shell-quoted; an empty value = not applicable."""
+    return " ".join(shlex.quote(f"--tag={key}={'' if value is None else value}")
+                    for key, value in identity.items() if key != "bits")
 
 
 def read_plan(path: str | Path) -> dict:
@@ -76,30 +238,391 @@ def read_plan(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-GENERATE_READS: dict[str, tuple[str, ...]] = {
-    "base": ("seed", "base", "categories"),
-    "plan": ("seed", "synthesis"),
-    "personalize": ("seed", "categories", "personalize"),
-    "synthesize": ("seed", "categories", "synthesis"),
-    "quality": ("seed", "categories", "quality"),
+def shell_json(**parts: Any) -> str:
+    """Canonical JSON of a stage's config, quoted for a shell command line."""
+    return shlex.quote(canonical_json(parts))
+
+
+# ---------------------------------------------------------------------------------------
+# Which config keys each rule reads
+# ---------------------------------------------------------------------------------------
+
+#: Methods fitted in closed form (they read ``hashing.shallow``; a test keeps this equal to
+#: the registry's ``trainable`` flags).
+SHALLOW_METHODS = ("lsh", "pcah", "itq", "sdh")
+#: Methods that read another method's section (``lthash.hashing.model.method_options``).
+METHOD_SECTION = {"lthnet_sq": "lthnet"}
+#: Keys of ``generate.synthesis`` only one synthesis mode reads (so editing them reruns only its shards).
+SYNTHESIS_MODE_KEYS: dict[str, tuple[str, ...]] = {"real": ("strength",)}
+
+_TRAIN = ("hashing.seed", "hashing.image_size", "hashing.precision", "hashing.distributed", "hashing.train",
+          "hashing.method_train.{method}", "hashing.{method_sections}", "hashing.{backbone}",
+          "hashing.pretrained.{backbone}")
+
+
+def _train_reads(arm: Arm) -> tuple[str, ...]:
+    reads = _TRAIN
+    if arm.mode == "synthetic":
+        reads += ("hashing.pretrain",)
+    if arm.init:
+        reads += ("hashing.finetune",)
+    if arm.mode == "mix":
+        reads += ("hashing.mix",)
+    return reads
+
+
+#: Config paths each rule reads. ``a.b`` = that subtree; ``-a.b`` = not that subtree (the
+#: longest matching entry decides, a later one wins a tie); ``{field}`` = the job's value
+#: (method, backbone, generator, synthesis; ``method_sections`` = the sections its method
+#: reads; ``other_modes_keys`` = synthesis keys read only by the other synthesis modes).
+READS: dict[str, tuple[str, ...]] = {
+    "split": ("dataset", "split"),
+    "base": ("generate.seed", "generate.base", "generate.categories"),
+    "plan": ("generate.seed", "generate.synthesis.pretrain_per_class", "generate.synthesis.mix_target",
+             "generate.synthesis.shard_size"),
+    "personalize": ("generate.seed", "generate.categories", "generate.personalize",
+                    "-generate.personalize.attndreambooth", "-generate.personalize.dreambooth",
+                    "-generate.personalize.textual_inversion", "generate.personalize.{generator}"),
+    "synthesize": ("generate.seed", "generate.categories", "generate.synthesis",
+                   "-generate.synthesis.pretrain_per_class", "-generate.synthesis.mix_target",
+                   "-generate.synthesis.shard_size", "-generate.synthesis.{other_modes_keys}"),
+    "resample": ("generate.seed",),
+    "quality": ("generate.seed", "generate.categories", "generate.quality"),
+    "filter_judge": ("generate.seed", "generate.filter_judge"),
+    "filter_judge": ("generate.seed", "generate.filter_judge"),
+    **{name: _train_reads(arm) for name, arm in TRAINING.items()},
+    "encode": ("hashing.encode",),
+    "score": ("evaluate", "-evaluate.search"),
+    "report": ("report", "experiment"),
 }
 
+#: Values a rule sets from its job instead of reading them from the config.
+SETS: dict[str, dict[str, str]] = {
+    **{name: {"hashing.method": "{method}", "hashing.backbone": "{backbone}", "hashing.bits": "{bits}",
+              **({"hashing.train.sampling": arm.sampling} if arm.sampling else {})}
+       for name, arm in TRAINING.items()},
+    "synthesize": {"generate.synthesis.init": "{synthesis}"},
+}
 
-def generate_params(config: Mapping[str, Any], stage: str, generator: str | None = None) -> dict:
-    """The parts of the ``generate`` section one generation stage reads (narrow, for reruns).
+#: Keys that change only how fast a job runs: in no rule's params (rerun nothing), handed to
+#: the stage through this environment variable (the Snakefile exports it; the stage's CLI
+#: flag of the same meaning wins).
+RUNTIME: dict[str, tuple[str, str]] = {
+    "hashing.encode.batch_size": ("encode", "LTHASH_ENCODE_BATCH_SIZE"),
+}
 
-    Personalisation reads only its own generator's settings, so tuning DreamBooth never
-    reruns AttnDreamBooth.
+#: The ``lthash`` stage (subcommand) each rule runs; stages with no rule read what is listed.
+STAGE_OF_RULE: dict[str, str] = {**{name: name for name in READS}, **{name: "train" for name in TRAINING},
+                                 "filter_judge": "filter-judge"}
+STAGE_ONLY_READS: dict[str, tuple[str, ...]] = {"search": ("evaluate",)}
+TOP_LEVEL = ("results", "device", "dataset", "split", "generate", "hashing", "evaluate", "experiment", "report")
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def _fields(job: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Template values of a job: its own fields, plus the derived ``method_sections`` and ``other_modes_keys``."""
+    fields = {key: [str(value)] for key, value in job.items() if value is not None and not isinstance(value, list)}
+    fields.update({key: [str(v) for v in value] for key, value in job.items() if isinstance(value, list)})
+    if job.get("method"):
+        method = str(job["method"])
+        fields["method_sections"] = [METHOD_SECTION.get(method, method)] + (["shallow"] if method in SHALLOW_METHODS else [])
+    if job.get("synthesis"):
+        fields["other_modes_keys"] = [key for mode, keys in SYNTHESIS_MODE_KEYS.items() if mode != job["synthesis"]
+                                      for key in keys]
+    return fields
+
+
+def _expand(template: str, fields: Mapping[str, list[str]]) -> list[str]:
+    """All paths a template names for a job (none when a field it uses is not the job's)."""
+    names = [part[1:-1] for part in template.split(".") if part.startswith("{")]
+    if any(name not in fields for name in names):
+        return []
+    paths = []
+    for values in itertools.product(*(fields[name] for name in names)):
+        lookup = dict(zip(names, values))
+        paths.append(".".join(lookup[p[1:-1]] if p.startswith("{") else p for p in template.split(".")))
+    return paths
+
+
+class _Trie:
+    """Config paths as a tree: ``decision`` at a node (True read, False not, None = inherit)
+    applies to its whole subtree unless a deeper node decides otherwise."""
+
+    __slots__ = ("decision", "children", "reads_below")
+
+    def __init__(self) -> None:
+        self.decision: bool | None = None
+        self.children: dict[str, _Trie] = {}
+        self.reads_below = False
+
+    def add(self, parts: Sequence[str], include: bool) -> None:
+        node = self
+        for part in parts:
+            node.reads_below |= include
+            node = node.children.setdefault(part, _Trie())
+        node.decision = include
+
+    def reads(self, parts: Sequence[str]) -> bool:
+        """Whether ``parts`` is read, or is a section some deeper read lies in."""
+        node, decided = self, self.decision
+        for part in parts:
+            if part not in node.children:
+                return bool(decided)
+            node = node.children[part]
+            decided = node.decision if node.decision is not None else decided
+        return bool(decided) or node.reads_below
+
+    def select(self, config: Any, inherited: bool = False) -> tuple[bool, Any]:
+        """(whether anything is read, the read part of ``config``)."""
+        decided = inherited if self.decision is None else self.decision
+        if not self.children or not isinstance(config, Mapping):
+            return decided, config
+        picked = {}
+        for key, value in config.items():
+            child = self.children.get(str(key))
+            keep, sub = (decided, value) if child is None else child.select(value, decided)
+            if keep:
+                picked[key] = sub
+        return bool(picked) or decided, picked
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(rule: str, job: tuple[tuple[str, Any], ...]) -> _Trie:
+    """The table entry of one rule for one job as a :class:`_Trie` (set and runtime keys excluded last)."""
+    if rule not in READS:
+        raise LthashError(f"no rule '{rule}' in the table of config reads (lthash.workflow.READS)")
+    fields = _fields(dict(job))
+    trie = _Trie()
+    for template in READS[rule]:
+        include = not template.startswith("-")
+        for path in _expand(template.lstrip("-"), fields):
+            trie.add(_parts(path), include)
+    for path in [*SETS.get(rule, {}), *RUNTIME]:
+        trie.add(_parts(path), False)
+    return trie
+
+
+#: Job fields that can change what a rule reads (other wildcards, such as class and shard, cannot).
+JOB_FIELDS = ("method", "backbone", "bits", "generator", "synthesis")
+
+
+def _job_key(job: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    if job is None:
+        return ()
+    items = dict(job.items()) if hasattr(job, "items") else dict(job)
+    return tuple(sorted((key, items[key]) for key in JOB_FIELDS if items.get(key) is not None))
+
+
+def _set_value(template: str, job: Mapping[str, Any]) -> Any:
+    if template.startswith("{") and template.endswith("}"):
+        value = dict(job)[template[1:-1]]
+        return int(value) if template == "{bits}" else value
+    return template
+
+
+def _picked(config: Mapping[str, Any], rule: str, job: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The read part of ``config`` with the job's values set. New dicts along every set path
+    (the trie has a node there), but leaves shared with ``config``: do not mutate."""
+    key = _job_key(job)
+    _, picked = _compiled(rule, key).select(config)
+    for path, template in SETS.get(rule, {}).items():
+        parts = _parts(path)
+        if not _known_path(parts):
+            continue
+        node = picked
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _set_value(template, dict(key))
+    return picked
+
+
+def rule_params(config: Mapping[str, Any], rule: str, job: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Exactly the config a job of ``rule`` reads (nested by section), with the job's own values set.
+
+    ``job`` holds the wildcards that pick what it reads (method, backbone, bits, generator,
+    synthesis): a Snakemake ``wildcards`` object or a dict.
     """
-    generate = config["generate"]
-    picked = {key: generate[key] for key in GENERATE_READS[stage] if key in generate}
-    if stage == "personalize" and generator is not None and "personalize" in picked:
-        personalize = picked["personalize"]
-        picked["personalize"] = {
-            key: value for key, value in personalize.items()
-            if not isinstance(value, Mapping) or key == generator or key not in _GENERATOR_KEYS
-        }
-    return {"generate": picked}
+    return json.loads(canonical_json(_picked(config, rule, job)))
 
 
-_GENERATOR_KEYS = ("attndreambooth", "dreambooth", "textual_inversion")
+def params(config: Mapping[str, Any], rule: str, job: Mapping[str, Any] | None = None) -> str:
+    """:func:`rule_params` as canonical JSON quoted for a shell command line (a rule's ``params``)."""
+    return shlex.quote(canonical_json(_picked(config, rule, job)))
+
+
+def _lookup(config: Mapping[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in _parts(path):
+        node = node[part]
+    return node
+
+
+def runtime_env(config: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables carrying the :data:`RUNTIME` keys to the jobs (the Snakefile exports them)."""
+    return {variable: str(_lookup(config, path)) for path, (_, variable) in RUNTIME.items()}
+
+
+def runtime_setting(config: Mapping[str, Any], path: str) -> str:
+    """A :data:`RUNTIME` key as a job sees it: its environment variable when set, else ``config`` (a hand run)."""
+    value = os.environ.get(RUNTIME[path][1])
+    return value if value not in (None, "") else _lookup(config, path)
+
+
+def reads_key(rule: str, job: Mapping[str, Any] | None, path: str | Sequence[str]) -> bool:
+    """Whether a job of ``rule`` reads the config key ``path`` (the table's answer, no config needed)."""
+    return _compiled(rule, _job_key(job)).reads(_parts(path) if isinstance(path, str) else tuple(path))
+
+
+def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every (rule, wildcards) whose params the workflow computes for ``config``, one per
+    distinct value of the :data:`JOB_FIELDS` (class and shard change nothing a rule reads)."""
+    experiment, generate = config["experiment"], config["generate"]
+    jobs: list[tuple[str, dict[str, Any]]] = [("split", {}), ("report", {})]
+    sources = shard_sources(config)
+    if sources:
+        jobs.append(("plan", {}))
+    if RESAMPLED in sources:
+        jobs.append(("resample", {}))
+    if uses_generators(config):
+        if generate["base"]["model"] == "tiny":
+            jobs.append(("base", {}))
+        if generate["synthesis"]["filter_factor"] > 1:
+            jobs.append(("filter_judge", {}))
+        jobs += [("personalize", {"generator": g}) for g in experiment["generators"]]
+        for generator, synthesis in generated_sources(config):
+            jobs.append(("synthesize", {"generator": generator, "synthesis": synthesis}))
+            if experiment["quality"]:
+                jobs.append(("quality", {"generator": generator, "synthesis": synthesis}))
+    for run in runs(config):
+        model = {"method": run.method, "backbone": run.backbone, "bits": str(run.bits)}
+        arm = ARMS[run.arm]
+        wildcards = {**model, **({"generator": run.generator, "synthesis": run.synthesis} if arm.crossed else {})}
+        jobs.append((run.arm, wildcards))
+        if arm.init:
+            jobs.append((arm.init, {"source": run.source, **model}))
+        jobs += [("encode", {"label": run.label, **model}), ("score", {"label": run.label, **model})]
+    unique = {(rule, _job_key(job)): (rule, job) for rule, job in jobs}
+    return list(unique.values())
+
+
+def generate_params(config: Mapping[str, Any], stage: str, generator: str | None = None,
+                    synthesis: str | None = None) -> dict:
+    """``rule_params`` of a generation rule (the ``{"generate": ...}`` part it reads)."""
+    return rule_params(config, stage, {"generator": generator, "synthesis": synthesis})
+
+
+# ---------------------------------------------------------------------------------------
+# The table seen from a stage's CLI
+# ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def field_values() -> dict[str, list[str]]:
+    """Every value a job field can take, from the schemas (methods, backbones, generators, synthesis modes)."""
+    import yaml
+
+    from lthash.config import SCHEMA_DIR
+
+    hashing = yaml.safe_load((Path(SCHEMA_DIR) / "hashing.schema.yaml").read_text())
+    experiment = yaml.safe_load((Path(SCHEMA_DIR) / "experiment.schema.yaml").read_text())["properties"]
+    return {"method": list(hashing["$defs"]["method_name"]["enum"]),
+            "backbone": list(hashing["$defs"]["backbone_name"]["enum"]),
+            "generator": list(experiment["generators"]["items"]["enum"]),
+            "synthesis": list(experiment["synthesis"]["items"]["enum"]),
+            "bits": [32]}
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_tree() -> dict:
+    """The validated default config (every key that has a default), to know which paths exist."""
+    from lthash.config import validate_config
+
+    return validate_config({"dataset": {}})
+
+
+def _known_path(parts: tuple[str, ...]) -> bool:
+    node: Any = _schema_tree()
+    for part in parts[:-1]:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, Mapping) and parts[-1] in node
+
+
+def stage_jobs(stage: str) -> list[tuple[str, tuple]]:
+    """Every (rule, job) of a stage, over all values of the fields its rules' tables use."""
+    names = field_values()
+    out = []
+    for rule in [r for r, s in STAGE_OF_RULE.items() if s == stage]:
+        used = sorted({part[1:-1] for template in READS[rule] + tuple(SETS.get(rule, {}).values())
+                       for part in template.lstrip("-").split(".") if part.startswith("{")})
+        used = sorted({"method" if u == "method_sections" else "synthesis" if u == "other_modes_keys" else u
+                       for u in used})
+        for values in itertools.product(*(names[u] for u in used)):
+            out.append((rule, tuple(sorted(zip(used, values)))))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_tries(stage: str) -> tuple[_Trie, ...]:
+    handed = _Trie()
+    for path in STAGE_ONLY_READS.get(stage, ()):
+        handed.add(_parts(path), True)
+    for rule, owner in STAGE_OF_RULE.items():
+        for path in SETS.get(rule, {}) if owner == stage else ():
+            handed.add(_parts(path), True)
+    for path, (owner, _) in RUNTIME.items():
+        if owner == stage:
+            handed.add(_parts(path), True)
+    return (handed, *{id(t): t for t in (_compiled(rule, job) for rule, job in stage_jobs(stage))}.values())
+
+
+def stage_reads(path: str | Sequence[str], stage: str) -> bool:
+    """Whether some job of ``stage`` reads (or is handed) the config key ``path``."""
+    parts = _parts(path) if isinstance(path, str) else tuple(path)
+    return any(trie.reads(parts) for trie in _stage_tries(stage))
+
+
+def _leaves(node: Any, path: tuple[str, ...]) -> Iterable[tuple[str, ...]]:
+    if isinstance(node, Mapping) and node:
+        for key, value in node.items():
+            yield from _leaves(value, path + (str(key),))
+    else:
+        yield path
+
+
+def stage_roots(stage: str) -> list[str]:
+    """Top-level config sections a stage's params live under (``hashing`` for train, ...)."""
+    rules = [r for r, s in STAGE_OF_RULE.items() if s == stage]
+    paths = [t.lstrip("-") for r in rules for t in READS[r]] + list(STAGE_ONLY_READS.get(stage, ()))
+    return sorted({p.split(".")[0] for p in paths})
+
+
+def nest_params(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``--params`` as full config paths: a bare section (``{"train": ...}`` for ``lthash train``)
+    goes under the stage's one section; params already keyed by sections stay as they are."""
+    roots = stage_roots(stage)
+    if not params or set(params) <= set(TOP_LEVEL):
+        return dict(params)
+    if len(roots) != 1:
+        raise LthashError(f"--params of lthash {stage} must be keyed by config section ({', '.join(roots)})")
+    return {roots[0]: dict(params)}
+
+
+def check_stage_params(stage: str, params: Mapping[str, Any]) -> None:
+    """Refuse ``--params`` keys that no job of ``stage`` reads, naming them and what the stage reads.
+
+    Stages missing from the table are not checked (a test keeps every stage with --params in it).
+    """
+    if stage not in STAGE_OF_RULE.values() and stage not in STAGE_ONLY_READS:
+        return
+    nested = nest_params(stage, params)
+    unread = sorted({".".join(leaf) for leaf in _leaves(nested, ()) if leaf and not stage_reads(leaf, stage)})
+    if unread:
+        reads = sorted({t for r, s in STAGE_OF_RULE.items() if s == stage for t in READS[r] if not t.startswith("-")}
+                       | set(STAGE_ONLY_READS.get(stage, ())))
+        raise LthashError(f"--params of lthash {stage}: this stage reads {', '.join(reads)}, not "
+                          f"{', '.join(unread)} (the table lthash.workflow.READS)")

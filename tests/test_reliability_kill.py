@@ -199,14 +199,14 @@ TRAIN_CONFIG = {
 
 @pytest.mark.slow
 def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
-    """SIGKILL snakemake while `train_real` runs (after its first checkpoint), then --unlock and
+    """SIGKILL snakemake while `balanced` runs (after its first checkpoint), then --unlock and
     --rerun-incomplete: training resumes from <model>.partial and ends with the weights of an
     uninterrupted `lthash train` run with the same params (bit-identical on CPU)."""
     import torch
 
     from lthash.config import load_config
     from lthash.io import load_safetensors
-    from lthash.workflow import hashing_params
+    from lthash.workflow import rule_params
 
     target = "results/runs/balanced/orthohash-cnn-16/model"
     work = copy_workflow(tmp_path / "killed")
@@ -227,7 +227,7 @@ def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weight
     assert not (work / (target + ".partial")).exists()
 
     config = load_config(work / "config.yaml", TRAIN_CONFIG)
-    params = hashing_params(config, "orthohash", "cnn", 16)
+    params = rule_params(config, "balanced", {"method": "orthohash", "backbone": "cnn", "bits": 16})
     reference = tmp_path / "reference"
     done = run(lthash_command("train", "--split", str(work / "results/data/split.h5"), "--group", "train_balanced",
                               "--mode", "real", "--out", str(reference), "--params", json.dumps(params),

@@ -1,4 +1,4 @@
-"""The workflow's config surface: experiment names match the registries, shipped configs validate."""
+"""The workflow's config surface: experiment names match the registries and the arms table, shipped configs validate."""
 
 from __future__ import annotations
 
@@ -31,8 +31,16 @@ def test_shipped_experiment_configs_validate(path):
     assert runs(config), f"{path.name} asks for no runs"
 
 
-def test_default_config_asks_for_the_three_arms_at_32_and_64_bits():
+def test_default_config_asks_for_every_arm_at_32_and_64_bits():
     config = load_config(ROOT / "config.yaml")
-    labels = {(run.arm_label, run.bits) for run in runs(config)}
-    assert labels == {(arm, bits) for arm in ("balanced", "longtail", "augmented-attndreambooth")
+    labels = {(run.label, run.bits) for run in runs(config)}
+    assert labels == {(arm, bits) for arm in ("balanced", "longtail", "class_balanced", "resampled",
+                                              "augmented-attndreambooth-noise")
                       for bits in (32, 64)}
+
+
+def test_arms_table_equals_the_schema_enum():
+    from lthash.workflow import ARMS
+
+    schema = yaml.safe_load((ROOT / "lthash/schemas/experiment.schema.yaml").read_text())
+    assert schema["properties"]["arms"]["items"]["enum"] == list(ARMS)

@@ -1,14 +1,17 @@
 """The whole chain through Snakemake on a reduced default, then what edits rerun.
 
 One real run of ``tests/configs/tiny.yaml`` (Fashion-MNIST, tiny base model, AttnDreamBooth,
-OrthoHash, the three arms) in a copy of the workflow; then dry runs through the Snakemake
-API (``lthash.testing.dryrun``) after config edits, asserting the invalidation contract:
-each rule's params carry only the config it reads.
+OrthoHash, every arm of the default experiment) in a copy of the workflow; then dry runs
+through the Snakemake API (``lthash.testing.dryrun``) after config edits, one key of every
+config section, asserting the invalidation contract: each rule's params carry only the
+config it reads (lthash.workflow.READS), so an edit reruns the rules that read it and what
+is downstream of them, and nothing else.
 """
 
 from __future__ import annotations
 
-import csv
+import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +19,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lthash.testing.dryrun import stages_to_rerun
+import lthash.workflow as lw
+from lthash.testing.dryrun import rules_to_rerun, rules_to_rerun_each
 from lthash.testing.faults import copy_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-HASHING_DOWNSTREAM = {"train", "pretrain", "encode", "score", "report"}
+HASHING = {"pretrain", "balanced", "longtail", "class_balanced", "resampled", "augmented"}
+SCORING = {"encode", "score", "report"}
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -36,68 +41,140 @@ def finished_run(tmp_path_factory):
     configfile = write_config(workdir / "tiny.yaml", config)
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(configfile)],
-        cwd=workdir, capture_output=True, text=True, timeout=1500)
+        cwd=workdir, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in (workdir / "results/logs").rglob("*.log"))
         pytest.fail(f"workflow failed:\n{result.stderr[-4000:]}\n{logs[-6000:]}")
     return workdir, config
 
 
-def rerun_after(workdir: Path, config: dict, name: str) -> set[str]:
-    return set(stages_to_rerun(workdir, [write_config(workdir / name, config)]))
+def edited(config: dict, dotted: str, value) -> dict:
+    out = copy.deepcopy(config)
+    node = out
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return out
 
 
-def test_chain_writes_report_with_every_run(finished_run):
+def test_chain_scores_every_run_with_its_identity(finished_run):
     workdir, config = finished_run
+    from lthash.config import validate_config
+
     results = workdir / "results"
-    report = (results / "report.md").read_text()
-    assert "Table 1" in report and "Head / medium / tail" in report
-    rows = list(csv.DictReader((results / "tables" / "map.csv").open()))
-    arms = {(row["arm"], row["generator"]) for row in rows}
-    assert arms == {("balanced", ""), ("longtail", ""), ("augmented", "attndreambooth")}
-    for row in rows:
-        assert 0.0 < float(row["map"]) <= 1.0
-    assert (results / "generate" / "attndreambooth" / "quality.json").exists()
-    assert (results / "data" / "class_distribution.png").stat().st_size > 1000
+    runs = lw.runs(validate_config(config))
+    assert {run.label for run in runs} == {"balanced", "longtail", "class_balanced", "resampled",
+                                           "augmented-attndreambooth-noise"}
+    for run in runs:
+        folder = results / "runs" / run.label / run.model_label
+        metrics = json.loads((folder / "metrics.json").read_text())
+        identity = {k: ("" if v is None else str(v)) for k, v in run.identity().items() if k != "bits"}
+        assert metrics["tags"] == identity and metrics["bits"] == run.bits
+        record = json.loads((folder / "model" / "run.json").read_text())
+        assert record["identity"] == run.identity()
+        assert 0.0 < metrics["results"][0]["map"] <= 1.0
+    resampled = json.loads((results / "runs/resampled/orthohash-cnn-16/model/run.json").read_text())
+    assert resampled["mode"] == "mix" and resampled["init"].endswith("pretrain/resampled/orthohash-cnn-16/model")
+    assert all("/generate/resampled/shards/mix/" in s for s in resampled["synthetic"])
+    balanced = json.loads((results / "runs/class_balanced/orthohash-cnn-16/model/run.json").read_text())
+    assert balanced["train"]["sampling"] == "class_balanced" and balanced["group"] == "train"
+    assert (results / "report.md").stat().st_size > 0
+    assert (results / "generate" / "attndreambooth" / "noise" / "quality.json").exists()
 
 
-def test_nothing_reruns_after_a_finished_run(finished_run):
+def test_html_report_shows_every_run_figure_table_and_picture(finished_run):
+    """``snakemake --report``: each run's PR / P@k / training curves labelled with its identity,
+    the report's tables (arms as its score tags say) and the retrieval pictures."""
+    import csv
+    import re
+
+    from lthash.config import validate_config
+
     workdir, config = finished_run
-    assert rerun_after(workdir, config, "same.yaml") == set()
+    built = subprocess.run([sys.executable, "-m", "snakemake", "--report", "report.html", "--configfile",
+                            str(workdir / "tiny.yaml")], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    entries = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1)).values()
+    shown = {(e["name"], tuple(sorted((e["labels"] or {}).items()))) for e in entries}
+    runs = lw.runs(validate_config(config))
+    for run in runs:
+        labels = tuple(sorted((k, "–" if v is None else str(v)) for k, v in run.identity().items()))
+        for figure in ("pr_radius.png", "precision_at_k.png", "curves.png"):
+            assert (figure, labels) in shown, (figure, labels)
+    names = {name for name, _ in shown}
+    assert {"arms.html", "generator_adds.html", "per_class.html", "timing.html", "report.md"} <= names
+    assert "retrieval-orthohash-cnn-16.png" in names and "per_class_ap-orthohash-cnn-16.png" in names
+    assert "does synthetic data make the tail classes" in html
+    arms = list(csv.DictReader((workdir / "results" / "tables" / "arms.csv").open()))
+    assert sorted(row["arm_label"] for row in arms) == sorted(run.label for run in runs)
 
 
-def test_reordered_keys_rerun_nothing(finished_run):
+def test_nothing_reruns_after_a_finished_run_or_with_reordered_keys(finished_run):
     workdir, config = finished_run
     reordered = {key: (dict(reversed(list(value.items()))) if isinstance(value, dict) else value)
                  for key, value in reversed(list(config.items()))}
-    assert rerun_after(workdir, reordered, "reordered.yaml") == set()
+    same, shuffled = rules_to_rerun_each(workdir, [write_config(workdir / "same.yaml", config),
+                                                   write_config(workdir / "reordered.yaml", reordered)])
+    assert same == {} and shuffled == {}
 
 
-def test_hash_learning_rate_reruns_only_hashing_and_after(finished_run):
+#: One key of every config section, and the rules its edit must rerun (downstream included).
+EDITS = [
+    ("device", "auto", set()),
+    ("dataset.on_corrupt", "skip", "everything"),
+    ("split.seed", 1, "everything"),
+    ("generate.personalize.weight_decay", 0.02,
+     {"personalize", "synthesize", "quality", "pretrain", "augmented"} | SCORING),
+    ("generate.synthesis.strength", 0.5, set()),
+    ("hashing.csq.quant_weight", 0.5, set()),
+    ("hashing.encode.batch_size", 7, set()),
+    ("hashing.train.lr", 0.0005, HASHING | SCORING),
+    ("hashing.finetune.lr", 0.0005, {"augmented", "resampled"} | SCORING),
+    ("hashing.train.sampling", "class_balanced", HASHING - {"class_balanced"} | SCORING),
+    ("evaluate.radius", 1, {"score", "report"}),
+    ("experiment.quality", False, {"report"}),
+    ("report.title", "another title", {"report"}),
+]
+
+
+def test_each_edit_reruns_what_reads_it_and_nothing_else(finished_run):
     workdir, config = finished_run
-    edited = yaml.safe_load(yaml.safe_dump(config))
-    edited["hashing"]["train"]["lr"] = 0.0005
-    assert rerun_after(workdir, edited, "lr.yaml") == HASHING_DOWNSTREAM
+    files = [write_config(workdir / f"edit{i}.yaml", edited(config, key, value))
+             for i, (key, value, _) in enumerate(EDITS)]
+    everything = set(rules_to_rerun(workdir, [write_config(workdir / "fresh.yaml", {**config, "results": "fresh"})]))
+    wrong = []
+    for (key, value, expected), reran in zip(EDITS, rules_to_rerun_each(workdir, files)):
+        expected = everything if expected == "everything" else expected
+        if set(reran) != expected:
+            wrong.append(f"{key}={value!r}: reran {sorted(reran)}, expected {sorted(expected)}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_synthesis_count_reruns_synthesis_and_after_but_no_personalisation(finished_run):
     """The plan is a checkpoint: Snakemake knows the shard jobs only once it has rerun, so the
     (cheap) plan job runs for real before the dry run. Kept last: it changes the finished run."""
     workdir, config = finished_run
-    edited = yaml.safe_load(yaml.safe_dump(config))
-    edited["generate"]["synthesis"]["pretrain_per_class"] += 4
-    configfile = write_config(workdir / "count.yaml", edited)
-    assert "plan" in rerun_after(workdir, edited, "count.yaml")
+    count = config["generate"]["synthesis"]["pretrain_per_class"] + 4
+    changed = edited(config, "generate.synthesis.pretrain_per_class", count)
+    configfile = write_config(workdir / "count.yaml", changed)
+    assert "plan" in rules_to_rerun(workdir, [configfile])
     planned = subprocess.run([sys.executable, "-m", "snakemake", "results/generate/plan.json", "--cores", "1",
                               "--configfile", str(configfile)], cwd=workdir, capture_output=True, text=True,
                              timeout=300)
     assert planned.returncode == 0, planned.stderr[-3000:]
-    stages = set(stages_to_rerun(workdir, [configfile]))
-    assert {"synthesize", "pretrain", "train", "encode", "score", "report"} <= stages
-    assert not stages & {"split", "base", "personalize"}
+    rules = set(rules_to_rerun(workdir, [configfile]))
+    assert {"synthesize", "resample", "pretrain", "augmented", "resampled", "encode", "score", "report"} <= rules
+    assert not rules & {"split", "base", "personalize", "balanced", "longtail", "class_balanced"}
 
 
-def test_lint_is_clean():
+def test_lint_is_clean_and_every_rule_is_in_the_table():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    listed = subprocess.run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rules = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
+    assert rules == set(lw.READS) | {"all"}

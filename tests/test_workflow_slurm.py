@@ -16,13 +16,13 @@ Two tests:
   suffix, else a folder), because this test is about the submission, not the stages (they
   have their own tests), and a CPU and a GPU rule must both be submitted in seconds.
   The target is one real-data run's model, so ``split`` (CPU) is submitted, then
-  ``train_real`` (GPU) once split's outputs exist; the test asserts on both sbatch lines.
+  ``balanced`` (GPU) once split's outputs exist; the test asserts on both sbatch lines.
 
 * ``test_slurm_profile_real_cluster`` (opt-in: ``LTHASH_TEST_SLURM=1 pytest -m slow``,
   root only, about 2 minutes): starts a real single-node SLURM with
   ``/work/shared/tools/slurm-up.sh`` (partitions cpu and gpu, account ``harness``; stopped
   again afterwards unless it was already up), runs ``split`` through the profile with the
-  real ``lthash split``, then ``train_real`` with the stand-in ``lthash`` (its memory capped
+  real ``lthash split``, then ``balanced`` with the stand-in ``lthash`` (its memory capped
   at the node's), and checks the outputs and what ``sacct`` recorded: COMPLETED, the
   partition, time limit, memory, CPUs, and ``gres/gpu=1`` for the GPU rule only.
 
@@ -58,7 +58,7 @@ ACCOUNT = "testacct"
 
 # The sbatch options the profile plus the rules must produce (besides --job-name, --output,
 # --comment, -D and --wrap, checked separately). split: rule declares threads 1, mem_mb 8000,
-# runtime 60; partition from the profile's default-resources. train_real: everything from
+# runtime 60; partition from the profile's default-resources. balanced: everything from
 # the profile's set-resources / set-threads (they override the rule's 8000 MB / 240 min).
 EXPECTED = {
     "split": {
@@ -69,7 +69,7 @@ EXPECTED = {
         "--ntasks": "1",
         "--cpus-per-task": "1",
     },
-    "train_real": {
+    "balanced": {
         "-A": ACCOUNT,
         "-p": "gpu",
         "-t": "480",
@@ -359,12 +359,12 @@ def copy_workflow(dest: Path, account: str, profile_overrides: dict | None = Non
 
 
 def first_real_run_model(workdir: Path) -> str:
-    """The model folder of the first real-data run (balanced or longtail) the config asks for."""
+    """The model folder of the first run of the balanced arm (real data, rule ``balanced``) the config asks for."""
     config = validate_config(yaml.safe_load((workdir / "config.yaml").read_text()))
     for run in lw.runs(config):
-        if run.arm in lw.REAL_ARMS:
+        if run.arm == "balanced":
             return f"{run.directory(config['results'])}/model"
-    pytest.skip("the default config has no real-data run (balanced/longtail arm)")
+    pytest.skip("the default config has no run of the balanced arm")
 
 
 def clean_env(path_first: Path | None = None) -> dict:
@@ -434,7 +434,7 @@ def test_slurm_profile_sbatch_lines(tmp_path):
     assert result.returncode == 0, show(result)
 
     by_rule = submissions_by_rule(read_jsonl(state / "sbatch.jsonl"))
-    assert set(by_rule) == {"split", "train_real"}, by_rule.keys()
+    assert set(by_rule) == {"split", "balanced"}, by_rule.keys()
 
     job_names = set()
     for rule, expected in EXPECTED.items():
@@ -457,7 +457,7 @@ def test_slurm_profile_sbatch_lines(tmp_path):
         print(f"{rule}: {line[:line.index('--wrap')]}--wrap=...")
 
     # one GPU request for the GPU rule, none for the CPU rule
-    gpu_opts, _, _ = by_rule["train_real"]
+    gpu_opts, _, _ = by_rule["balanced"]
     assert [k for k in GPU_FLAGS if k in gpu_opts] == ["--gpus"], "double or missing GPU request"
     cpu_opts, _, _ = by_rule["split"]
     assert not [k for k in GPU_FLAGS if k in cpu_opts], "CPU rule asks for a GPU"
@@ -471,13 +471,13 @@ def test_slurm_profile_sbatch_lines(tmp_path):
     steps = {}
     for call in srun_calls:
         command = " ".join(call["command"])
-        rule = "train_real" if "train_real:" in command else "split"
+        rule = "balanced" if "balanced:" in command else "split"
         steps[rule] = call
-    assert "--gpus=1" in steps["train_real"]["argv"], steps["train_real"]["argv"]
+    assert "--gpus=1" in steps["balanced"]["argv"], steps["balanced"]["argv"]
     # inside the job, snakemake scales threads down to the cores the job's node shows it
     # (here the stand-in "node" is this machine), so the step asks for at most 8
     step_cpus = min(8, len(os.sched_getaffinity(0)))
-    assert f"--cpus-per-task={step_cpus}" in steps["train_real"]["argv"], steps["train_real"]["argv"]
+    assert f"--cpus-per-task={step_cpus}" in steps["balanced"]["argv"], steps["balanced"]["argv"]
     assert not any(a.startswith("--gpus") for a in steps["split"]["argv"]), steps["split"]["argv"]
     ran = [c["argv"][0] for c in read_jsonl(state / "lthash.jsonl")]
     assert ran == ["split", "train"], ran
@@ -542,7 +542,7 @@ def submitted(result: subprocess.CompletedProcess) -> dict[str, tuple[str, str]]
 @pytest.mark.skipif(os.environ.get("LTHASH_TEST_SLURM") != "1",
                     reason="real SLURM test: set LTHASH_TEST_SLURM=1 (root; installs and starts SLURM)")
 def test_slurm_profile_real_cluster(tmp_path):
-    """split (CPU, the real `lthash split`) and train_real (GPU, stand-in `lthash`) through
+    """split (CPU, the real `lthash split`) and balanced (GPU, stand-in `lthash`) through
     the profile on a real single-node SLURM with partitions cpu and gpu, account harness."""
     if os.geteuid() != 0:
         pytest.skip("slurm-up.sh must run as root")
@@ -578,8 +578,8 @@ def _run_on_real_cluster(tmp_path: Path) -> None:
                                   capture_output=True, text=True).stdout.split()[0].rstrip("+"))
     profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
     set_resources = profile["set-resources"]
-    gpu_mem = min(int(set_resources["train_real"]["mem_mb"]), node_mem)
-    set_resources["train_real"]["mem_mb"] = gpu_mem
+    gpu_mem = min(int(set_resources["balanced"]["mem_mb"]), node_mem)
+    set_resources["balanced"]["mem_mb"] = gpu_mem
     workdir = copy_workflow(tmp_path / "wf", "harness", profile_overrides={
         "retries": 0, "latency-wait": 10, "set-resources": set_resources})
 
@@ -598,7 +598,7 @@ def _run_on_real_cluster(tmp_path: Path) -> None:
     assert row[:8] == [job_id, "cpu", "harness", "COMPLETED", "0:0", "01:00:00", "8000M", "1"], row
     assert "gres/gpu" not in row[8], row
 
-    # 2. train_real, GPU partition; its command is the stand-in (training has its own tests)
+    # 2. balanced, GPU partition; its command is the stand-in (training has its own tests)
     # only lthash is stood in; sbatch, sacct ... are the real ones
     bin_dir, state = make_fake_slurm(tmp_path / "standin", [], with_slurm=False)
     target = first_real_run_model(workdir)
@@ -606,7 +606,7 @@ def _run_on_real_cluster(tmp_path: Path) -> None:
                            extra=["--verbose"])
     assert result.returncode == 0, show(result)
     assert (workdir / target).is_dir()
-    line, job_id = submitted(result)["train_real"]
+    line, job_id = submitted(result)["balanced"]
     print(line, "--wrap=...")
     for option in ("-A harness", "-p gpu", "-t 480", f"--mem {gpu_mem}", "--cpus-per-task=8",
                    "--gpus=1"):

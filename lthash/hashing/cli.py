@@ -17,9 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="real training group of the split (default: train, the long-tail one)")
     train.add_argument("--synthetic", nargs="*", default=[], metavar="SHARD.h5", help="synthetic shards")
     train.add_argument("--mode", default="real", choices=["real", "synthetic", "mix"])
-    train.add_argument("--init", default=None, metavar="RUN_DIR", help="start from another run's weights")
+    train.add_argument("--init", nargs="?", default=None, const=None, metavar="RUN_DIR",
+                       help="start from another run's weights (given without a folder: from scratch)")
     train.add_argument("--out", required=True, metavar="RUN_DIR")
     train.add_argument("--device", default="auto")
+    train.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                       help="identity of the run written into run.json (repeatable: arm, generator, synthesis)")
     add_common_arguments(train)
     train.set_defaults(func=_train)
 
@@ -28,31 +31,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--split", required=True)
     encode.add_argument("--out", required=True, metavar="codes.h5")
     encode.add_argument("--device", default="auto")
-    encode.add_argument("--batch-size", type=int, default=None, help="default: hashing.encode.batch_size")
+    encode.add_argument("--batch-size", type=int, default=None,
+                        help="default: LTHASH_ENCODE_BATCH_SIZE, else hashing.encode.batch_size")
     add_common_arguments(encode)
     encode.set_defaults(func=_encode)
 
 
-def hashing_params(text: str | None) -> dict:
-    """The hashing section from --params, validated with defaults filled."""
+def hashing_params(text: str | None, stage: str = "train") -> dict:
+    """The hashing section from --params (``{"hashing": {...}}`` as the workflow passes it, or
+    the bare section), validated with defaults filled (``lthash`` has refused keys ``stage`` does not read)."""
     from lthash.config import parse_params, validate_config
+    from lthash.workflow import nest_params
 
-    return validate_config({"dataset": {}, "hashing": parse_params(text)})["hashing"]
+    params = nest_params(stage, parse_params(text))
+    return validate_config({"dataset": {}, "hashing": params.get("hashing", {})})["hashing"]
 
 
 def _train(args: argparse.Namespace) -> None:
+    from lthash.evaluate.score import parse_tags
     from lthash.hashing.train import run_training
     from lthash.runtime import select_device
 
     params = hashing_params(args.params)
     run_training(args.split, args.group, args.synthetic, args.mode, args.init, args.out, params,
-                 select_device(args.device), args.threads)
+                 select_device(args.device), args.threads, tags=parse_tags(args.tag))
 
 
 def _encode(args: argparse.Namespace) -> None:
     from lthash.hashing.encode import encode_split
     from lthash.runtime import select_device
+    from lthash.workflow import runtime_setting
 
-    params = hashing_params(args.params)
-    encode_split(args.model, args.split, args.out, select_device(args.device),
-                 args.batch_size or params["encode"]["batch_size"])
+    params = hashing_params(args.params, "encode")
+    batch_size = args.batch_size or int(runtime_setting({"hashing": params}, "hashing.encode.batch_size"))
+    encode_split(args.model, args.split, args.out, select_device(args.device), batch_size)

@@ -180,11 +180,29 @@ def augment(batch: torch.Tensor, generator: torch.Generator, pad: int = 2) -> to
     return out
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)) -> list[np.ndarray]:
-    """Shuffled index batches of one epoch, a function of (seed, epoch) only; the last partial
-    batch is dropped when it would hold a single image (BatchNorm needs two). ``shard`` =
-    (process index, process count) gives each accelerate process its slice of every batch."""
-    order = np.random.default_rng([seed, epoch, 303]).permutation(n)
+def class_balanced_draw(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """len(labels) indices drawn with replacement: P(class c) = 1 / (classes present), then
+    P(image i | c) = 1 / n_c, so every class is equally likely in every batch."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    pick = rng.integers(len(counts), size=len(labels))
+    return order[starts[pick] + rng.integers(0, counts[pick])]
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shard: tuple[int, int] = (0, 1),
+                  balanced_labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """Index batches of one epoch, a function of (seed, epoch) only: a shuffle of the n images
+    (instance sampling) or, given ``balanced_labels``, n class-balanced draws
+    (:func:`class_balanced_draw`), cut into the same batches. The last partial batch is dropped
+    when it would hold a single image (BatchNorm needs two). ``shard`` = (process index,
+    process count) gives each accelerate process its slice of every batch."""
+    if balanced_labels is None:
+        order = np.random.default_rng([seed, epoch, 303]).permutation(n)
+    else:
+        if len(balanced_labels) != n:
+            raise ValueError(f"{len(balanced_labels)} labels for {n} images")
+        order = class_balanced_draw(balanced_labels, np.random.default_rng([seed, epoch, 313]))
     batches = [order[i: i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()

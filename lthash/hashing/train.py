@@ -130,11 +130,24 @@ def file_fingerprint(paths: Sequence[str | Path]) -> list[list[Any]]:
     return [[str(Path(p).resolve()), Path(p).stat().st_size if Path(p).exists() else None] for p in paths]
 
 
+def run_identity(tags: Mapping[str, str] | None, method: str, backbone: str, bits: int) -> dict[str, Any]:
+    """The run's identity for run.json: the workflow's tags (arm, generator, synthesis; "" = not
+    applicable, stored as None) with the job's method, backbone and bits, which a tag may not contradict."""
+    identity: dict[str, Any] = {key: (value if value != "" else None) for key, value in (tags or {}).items()}
+    for key, value in (("method", method), ("backbone", backbone), ("bits", bits)):
+        if key in identity and identity[key] is not None and str(identity[key]) != str(value):
+            raise LthashError(f"--tag {key}={identity[key]} contradicts the params' hashing.{key} {value}")
+        identity[key] = value
+    return identity
+
+
 def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mode: str, init: str | None,
-                 out: str | Path, params: Mapping[str, Any], device: str, threads: int | None = None) -> dict[str, Any]:
+                 out: str | Path, params: Mapping[str, Any], device: str, threads: int | None = None,
+                 tags: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Train (or fit) one model and write RUN_DIR; returns the run record (run.json)."""
     out = Path(out)
     method, backbone, bits = job_choice(params)
+    identity = run_identity(tags, method, backbone, bits)
     seed = int(params["seed"])
     train = effective_train(params, method, mode, init)
     if init and not (Path(init) / MODEL_FILE).exists():
@@ -154,6 +167,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
     model = build_model(params, method, backbone, bits, data.num_classes, data.input_shape, counts, seed)
     init_info = init_from_run(model, init) if init else None
     record: dict[str, Any] = {
+        "identity": identity,
         "method": method, "backbone": backbone, "bits": bits, "seed": seed, "mode": mode, "group": group,
         "split": str(split), "synthetic": [str(s) for s in shards], "init": str(init) if init else None,
         "init_info": init_info, "params": dict(params), "train": train, "device": device,
@@ -238,6 +252,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     is_main = accelerator is None or accelerator.is_main_process
 
     n = len(train_set)
+    balanced = train_set.labels if train["sampling"] == "class_balanced" else None
     steps_per_epoch = len(epoch_batches(n, batch_size, seed, 0, shard))
     if train.get("steps"):
         epochs = max(1, math.ceil(int(train["steps"]) / steps_per_epoch))
@@ -251,7 +266,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         model.on_epoch_start(lambda: ordered_batches(train_set.images, train_set.labels, EVAL_BATCH, device))
         wrapped.train()
         generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 505]).integers(2**62)))
-        batches = epoch_batches(n, batch_size, seed, epoch, shard)
+        batches = epoch_batches(n, batch_size, seed, epoch, shard, balanced)
         losses, seen = [], 0
         bar = tqdm(batches, desc=f"{model.name} epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False,
                    mininterval=2.0, disable=not is_main)

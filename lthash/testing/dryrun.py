@@ -1,45 +1,24 @@
-"""What Snakemake would rerun: a dry run through the Snakemake API, mapped to stages.
+"""What Snakemake would rerun: a dry run through the Snakemake API, counted per rule.
 
-``python -m lthash.testing.dryrun WORKDIR [CONFIGFILE ...]`` prints, as JSON, the outputs a
-dry run of the workflow in WORKDIR would (re)create. Run it in a subprocess: the API changes
-the working directory and keeps global logging state.
+``python -m lthash.testing.dryrun WORKDIR [CONFIGFILE ...]`` prints, as JSON, the rule of
+every job a dry run of the workflow in WORKDIR would (re)run, with the outputs it would
+(re)create; ``WORKDIR --each CONFIGFILE ...`` one such dry run per config file. Rules are named after what they do (``split``, ``synthesize``, an arm such as
+``augmented``, ``pretrain``, ``encode``...), so no path is parsed. Run it in a subprocess:
+the API changes the working directory and keeps global logging state.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-STAGE_PATTERNS = (
-    ("split", r"/data/"),
-    ("base", r"/generate/base(_samples\.png)?$"),
-    ("plan", r"/generate/plan\.json$"),
-    ("personalize", r"/generate/[^/]+/concepts/"),
-    ("synthesize", r"/generate/[^/]+/shards/"),
-    ("quality", r"/generate/[^/]+/(quality\.json|real_vs_synthetic\.png)$"),
-    ("pretrain", r"/pretrain/"),
-    ("train", r"/runs/[^/]+/[^/]+/model$"),
-    ("encode", r"/codes\.h5$"),
-    ("score", r"/runs/[^/]+/[^/]+/(metrics\.json|metrics\.csv|plots)$"),
-    ("report", r"/(report\.md|tables/map\.csv)$"),
-)
 
-
-def stage_of(output: str) -> str:
-    """The stage that writes ``output`` (a path under the results folder)."""
-    for stage, pattern in STAGE_PATTERNS:
-        if re.search(pattern, "/" + output):
-            return stage
-    raise ValueError(f"no stage writes {output}")
-
-
-def dry_run_outputs(workdir: str | Path, configfiles: Sequence[str | Path] = ()) -> list[str]:
-    """Outputs a dry run in ``workdir`` would create, via the Snakemake API in a subprocess."""
+def dry_run(workdir: str | Path, configfiles: Sequence[str | Path] = ()) -> dict:
+    """``{"rules": {rule: jobs}, "outputs": [...]}`` of a dry run in ``workdir`` (via a subprocess)."""
     command = [sys.executable, "-m", "lthash.testing.dryrun", str(workdir), *map(str, configfiles)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
@@ -47,12 +26,22 @@ def dry_run_outputs(workdir: str | Path, configfiles: Sequence[str | Path] = ())
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def stages_to_rerun(workdir: str | Path, configfiles: Sequence[str | Path] = ()) -> Counter:
-    """How many outputs of each stage a dry run would (re)create."""
-    return Counter(stage_of(output) for output in dry_run_outputs(workdir, configfiles))
+def rules_to_rerun_each(workdir: str | Path, configfiles: Sequence[str | Path]) -> list[Counter]:
+    """:func:`rules_to_rerun` of one dry run per config file, all in one subprocess (Snakemake loads once)."""
+    command = [sys.executable, "-m", "lthash.testing.dryrun", str(workdir), "--each", *map(str, configfiles)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300 + 60 * len(configfiles))
+    if result.returncode != 0:
+        raise RuntimeError(f"dry runs failed:\n{result.stderr[-3000:]}")
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    return [Counter({rule: n for rule, n in run["rules"].items() if rule != "all"}) for run in runs]
 
 
-def _main(argv: Sequence[str]) -> None:
+def rules_to_rerun(workdir: str | Path, configfiles: Sequence[str | Path] = ()) -> Counter:
+    """How many jobs of each rule a dry run would (re)run (the ``all`` target not counted)."""
+    return Counter({rule: n for rule, n in dry_run(workdir, configfiles)["rules"].items() if rule != "all"})
+
+
+def _rules_and_outputs(workdir: Path, configfiles: Sequence[Path]) -> dict:
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (
         ConfigSettings,
@@ -63,20 +52,28 @@ def _main(argv: Sequence[str]) -> None:
         StorageSettings,
     )
 
-    workdir = Path(argv[0]).resolve()
-    configfiles = [Path(p).resolve() for p in argv[1:]]
     updated: list[str] = []
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(configfiles=configfiles) if configfiles else ConfigSettings(),
+            config_settings=ConfigSettings(configfiles=list(configfiles)) if configfiles else ConfigSettings(),
             storage_settings=StorageSettings(),
             snakefile=workdir / "Snakefile",
             workdir=workdir,
         )
-        workflow.dag(DAGSettings()).execute_workflow(
-            executor="local", pseudo_executor="dryrun", updated_files=updated)
-    print(json.dumps(sorted(set(updated))))
+        dag = workflow.dag(DAGSettings())
+        dag.execute_workflow(executor="local", pseudo_executor="dryrun", updated_files=updated)
+        jobs = workflow._workflow.dag.needrun_jobs(exclude_finished=False)  # the dry run marks them finished
+        rules = Counter(job.rule.name for job in jobs)
+    return {"rules": dict(sorted(rules.items())), "outputs": sorted(set(updated))}
+
+
+def _main(argv: Sequence[str]) -> None:
+    workdir = Path(argv[0]).resolve()
+    if argv[1:2] == ["--each"]:
+        print(json.dumps([_rules_and_outputs(workdir, [Path(p).resolve()]) for p in argv[2:]]))
+    else:
+        print(json.dumps(_rules_and_outputs(workdir, [Path(p).resolve() for p in argv[1:]])))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-# Data stage: the dataset -> query / database / balanced and long-tail training sets.
+# Data stage: the dataset -> query / database / balanced and long-tail training sets, and
+# the resampled shards (copies of the real long-tail images where the plan puts synthetic ones).
 
 
 rule split:
@@ -11,7 +12,7 @@ rule split:
             category="Data",
         ),
     params:
-        config=lw.shell_json(dataset=config["dataset"], split=config["split"]),
+        config=lw.params(config, "split"),
     log:
         f"{R}/logs/split.log",
     benchmark:
@@ -25,3 +26,27 @@ rule split:
     shell:
         "lthash split --out {output.split} --summary {output.summary}"
         " --figure {output.figure} --params {params.config} --threads {threads} 2> {log}"
+
+
+rule resample:
+    input:
+        split=rules.split.output.split,
+        plan=f"{R}/generate/plan.json",
+    output:
+        shard=lw.shard_path(R, lw.RESAMPLED, "{purpose}", "{cls}", "{shard}"),
+    params:
+        config=lw.params(config, "resample"),
+    log:
+        f"{R}/logs/resample/{{purpose}}/class{{cls}}/shard{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/resample/{{purpose}}/class{{cls}}/shard{{shard}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "lthash resample --split {input.split} --plan {input.plan} --class {wildcards.cls}"
+        " --purpose {wildcards.purpose} --shard {wildcards.shard} --out {output.shard}"
+        " --params {params.config} --threads {threads} 2> {log}"

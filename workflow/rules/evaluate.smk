@@ -1,6 +1,8 @@
-# Evaluation stage: encode database and query with each trained model, then score.
+# Evaluation stage: encode database and query with each trained model, then score. A run's
+# identity (arm, generator, synthesis, method, backbone) goes into its metrics as tags, from
+# the experiment's run list, so the report never parses a path.
 
-RUN = "{arm}/{method}-{backbone}-{bits}"
+RUN = "{label}/{method}-{backbone}-{bits}"
 
 
 rule encode:
@@ -9,6 +11,8 @@ rule encode:
         split=rules.split.output.split,
     output:
         codes=f"{R}/runs/{RUN}/codes.h5",
+    params:
+        config=lw.params(config, "encode"),
     log:
         f"{R}/logs/encode/{RUN}.log",
     benchmark:
@@ -22,7 +26,7 @@ rule encode:
         **HEAVY,
     shell:
         "lthash encode --model {input.model} --split {input.split} --out {output.codes}"
-        " --threads {threads} 2> {log}"
+        " --params {params.config} --threads {threads} 2> {log}"
 
 
 rule score:
@@ -34,7 +38,8 @@ rule score:
         table=f"{R}/runs/{RUN}/metrics.csv",
         plots=directory(f"{R}/runs/{RUN}/plots"),
     params:
-        config=lw.shell_json(**config["evaluate"]),
+        config=lw.params(config, "score"),
+        tags=run_tags,
     log:
         f"{R}/logs/score/{RUN}.log",
     conda:
@@ -45,7 +50,5 @@ rule score:
         runtime=60,
     shell:
         "lthash score --codes {input.codes} --split {input.split} --out {output.metrics}"
-        " --csv {output.table} --plots {output.plots} --params {params.config}"
-        " --tag arm={wildcards.arm} --tag method={wildcards.method}"
-        " --tag backbone={wildcards.backbone}"
+        " --csv {output.table} --plots {output.plots} --params {params.config} {params.tags}"
         " --threads {threads} 2> {log}"
