@@ -84,13 +84,13 @@ rule synthesize:
         split=rules.split.output.split,
         plan=f"{R}/generate/plan.json",
     output:
-        shard=f"{R}/generate/{{generator}}/shards/{{purpose}}/class{{cls}}/shard{{shard}}.h5",
+        shard=f"{R}/generate/{{generator}}/{{synthesis}}/shards/{{purpose}}/class{{cls}}/shard{{shard}}.h5",
     params:
-        config=lw.shell_json(**lw.generate_params(config, "synthesize")),
+        config=lambda w: lw.params(config, "synthesize", w),
     log:
-        f"{R}/logs/synthesize/{{generator}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
+        f"{R}/logs/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
-        f"{R}/benchmarks/synthesize/{{generator}}/{{purpose}}/class{{cls}}/shard{{shard}}.tsv"
+        f"{R}/benchmarks/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.tsv"
     conda:
         ENV
     threads: 1
@@ -108,11 +108,11 @@ rule synthesize:
 rule quality:
     input:
         split=rules.split.output.split,
-        shards=lambda w: shard_files(w.generator, "pretrain"),
+        shards=lambda w: shard_files(f"{w.generator}/{w.synthesis}", "pretrain"),
     output:
-        metrics=f"{R}/generate/{{generator}}/quality.json",
+        metrics=f"{R}/generate/{{generator}}/{{synthesis}}/quality.json",
         grid=report(
-            f"{R}/generate/{{generator}}/real_vs_synthetic.png",
+            f"{R}/generate/{{generator}}/{{synthesis}}/real_vs_synthetic.png",
             caption="../report/real_vs_synthetic.rst",
             category="Generation",
             subcategory="{generator}",
@@ -120,7 +120,7 @@ rule quality:
     params:
         config=lw.shell_json(**lw.generate_params(config, "quality")),
     log:
-        f"{R}/logs/quality/{{generator}}.log",
+        f"{R}/logs/quality/{{generator}}/{{synthesis}}.log",
     conda:
         ENV
     threads: 1

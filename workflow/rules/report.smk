@@ -6,7 +6,7 @@ rule report:
     input:
         metrics=[f"{run.directory(R)}/metrics.json" for run in RUNS],
         quality=(
-            expand(f"{R}/generate/{{generator}}/quality.json", generator=GENERATORS)
+            lw.quality_files(config)
             if config["experiment"]["quality"]
             else []
         ),
