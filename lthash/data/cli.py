@@ -1,4 +1,4 @@
-"""Subcommands of the data stage group: ``lthash split``."""
+"""Subcommands of the data stage group: ``lthash split`` and ``lthash export-imagefolder``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="class-distribution PNG to write (default: none)")
     add_common_arguments(parser)
     parser.set_defaults(func=split_command)
+
+    export = subparsers.add_parser(
+        "export-imagefolder", help="write a dataset as an ImageFolder tree of PNG files",
+        description="Write every image of a dataset (default: scikit-learn's digits) to OUT/<class>/<n>.png, "
+                    "resized to --size, so the imagefolder reader can use it like a user's own collection.")
+    export.add_argument("--out", required=True, help="a new or empty folder")
+    export.add_argument("--size", type=int, default=None, help="square side in pixels (default: as stored)")
+    add_common_arguments(export)
+    export.set_defaults(func=export_command)
+
+
+def export_command(args: argparse.Namespace) -> None:
+    """Validate the dataset section and write the ImageFolder tree."""
+    from lthash.config import parse_params, validate_config
+    from lthash.data.export import counts_summary, export_imagefolder
+
+    params = parse_params(args.params) or {"dataset": {"name": "digits"}}
+    config = validate_config({"dataset": params.get("dataset") or {}})
+    print(counts_summary(export_imagefolder(config["dataset"], args.out, args.size)))
 
 
 def split_command(args: argparse.Namespace) -> None:
