@@ -11,7 +11,7 @@ import pytest
 from lthash.cli import main
 from lthash.generate.plan import make_plan
 from lthash.generate.resample import resample_shard
-from lthash.generate.synthesize import shard_seed
+from lthash.generate.shards import shard_seed
 from lthash.hashing.data import load_training_set
 from lthash.io import read_attrs, read_image_set, write_json
 

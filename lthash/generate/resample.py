@@ -5,7 +5,7 @@ A resampled shard is one (class, purpose, shard) of the balancing plan, in exact
 synthetic shard format (group ``synthetic``, written by :func:`lthash.io.write_image_sets`),
 so every training rule takes it like a generated one. Its images are the class's images of
 the split's ``train`` group, in a permutation seeded by the shard's seed
-(:func:`lthash.generate.synthesize.shard_seed` with generator ``resampled``), cycled so each
+(:func:`lthash.generate.shards.shard_seed` with generator ``resampled``), cycled so each
 is used ``count // n`` or one more times; ``source_index`` records each copy's dataset index.
 """
 
@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lthash.generate.plan import shard_entry
+from lthash.generate.shards import class_train_images, init_choice, read_plan, shard_is_complete, shard_seed
 from lthash.io import ImageSet, canonical_json, write_image_sets
 
 log = logging.getLogger("lthash.resample")
@@ -30,8 +31,6 @@ GENERATOR = "resampled"
 def resample_shard(split_path: str | os.PathLike, plan: Mapping[str, Any], class_index: int, purpose: str,
                    shard: int, out: str | os.PathLike, params: Mapping[str, Any]) -> dict[str, Any]:
     """Write one resampled shard of the plan to ``out``; ``params`` is the ``generate`` section (its ``seed``)."""
-    from lthash.generate.synthesize import class_train_images, init_choice, shard_is_complete, shard_seed
-
     entry = shard_entry(plan, class_index, purpose, shard)
     class_names = list(plan["class_names"])
     seed = shard_seed(params["seed"], GENERATOR, class_index, purpose, shard)
@@ -74,7 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _resample(args: argparse.Namespace) -> None:
     from lthash.generate.cli import generate_params
-    from lthash.generate.synthesize import read_plan
 
     resample_shard(args.split, read_plan(args.plan), args.class_index, args.purpose, args.shard, Path(args.out),
                    generate_params(args.params))

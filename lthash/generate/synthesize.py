@@ -12,7 +12,6 @@ temporary file, which the next writer of the same shard removes (``lthash.io.ato
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -28,19 +27,15 @@ from lthash.generate.judge import check_judge_for, judge_weights, load_judge
 from lthash.generate.models import DiffusionComponents, load_components
 from lthash.generate.pipeline import SamplerConfig, generate
 from lthash.generate.plan import shard_entry
+from lthash.generate.shards import (class_train_images, init_choice, read_plan, shard_is_complete,  # noqa: F401
+                                    shard_seed)
 from lthash.generate.corpus import check_base_corpus, prompt_words
 from lthash.generate.prompts import category_prompt
-from lthash.io import ImageSet, canonical_json, open_complete_h5, read_image_set, read_json, write_image_sets
+from lthash.io import ImageSet, canonical_json, open_complete_h5, write_image_sets
 
 log = logging.getLogger("lthash.synthesize")
 
 BASE_GENERATOR = "base-category"
-
-
-def shard_seed(seed: int, generator: str, class_index: int, purpose: str, shard: int) -> int:
-    """A 63-bit seed unique to one shard (SHA-256 of its coordinates)."""
-    key = canonical_json([int(seed), str(generator), int(class_index), str(purpose), int(shard)])
-    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) >> 1
 
 
 def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
@@ -75,39 +70,6 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
     components = load_components(model_dir, device=device)
     words = prompt_words(components.info, class_names, categories)
     return components, category_prompt(words[class_index]), BASE_GENERATOR
-
-
-def shard_is_complete(path: str | os.PathLike, expected: Mapping[str, Any]) -> bool:
-    """True when ``path`` is a finished shard with the same coordinates and settings."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    try:
-        with open_complete_h5(path) as h5:
-            attrs = dict(h5["synthetic"].attrs)
-    except (LthashError, KeyError, OSError):
-        return False
-    return all(str(attrs.get(key)) == str(value) for key, value in expected.items())
-
-
-def init_choice(train_index: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Positions into the class's training images for ``count`` images: a permutation seeded by
-    ``seed``, cycled, so every image is used ``count // n`` or one more times."""
-    n = len(train_index)
-    return np.random.default_rng(seed).permutation(n)[np.arange(count) % n]
-
-
-def class_train_images(split_path: str | os.PathLike, class_index: int, class_name: str) -> ImageSet:
-    """The class's long-tail training images (group ``train``): the only init images allowed."""
-    train = read_image_set(split_path, "train")
-    if train.images is None or train.labels.ndim != 1:
-        raise LthashError("config key 'generate.synthesis.init': real needs the train group's images "
-                          "with single-label classes")
-    keep = train.labels == class_index
-    if not keep.any():
-        raise LthashError(f"config key 'generate.synthesis.init': real, but class {class_index} "
-                          f"({class_name}) has no image in the split's train group")
-    return ImageSet(images=train.images[keep], labels=train.labels[keep], index=train.index[keep])
 
 
 def candidate_count(count: int, factor: float) -> int:
@@ -205,10 +167,3 @@ def synthesize_shard(
              seconds, rate)
     return {"images": len(images), "candidates": candidates, "seconds": seconds, "images_per_second": rate,
             "skipped": False}
-
-
-def read_plan(path: str | os.PathLike) -> dict[str, Any]:
-    plan = read_json(path)
-    if "classes" not in plan or "class_names" not in plan:
-        raise LthashError(f"{path} is not a balancing plan (written by lthash plan)")
-    return plan
