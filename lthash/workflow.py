@@ -314,7 +314,7 @@ RUNTIME: dict[str, tuple[str, str]] = {
 #: The ``lthash`` stage (subcommand) each rule runs; stages with no rule read what is listed.
 STAGE_OF_RULE: dict[str, str] = {**{name: name for name in READS}, **{name: "train" for name in TRAINING},
                                  "filter_judge": "filter-judge"}
-STAGE_ONLY_READS: dict[str, tuple[str, ...]] = {"search": ("evaluate",)}
+STAGE_ONLY_READS: dict[str, tuple[str, ...]] = {"search": ("evaluate",), "export-imagefolder": ("dataset",)}
 TOP_LEVEL = ("results", "device", "dataset", "split", "generate", "hashing", "evaluate", "experiment", "report")
 
 
