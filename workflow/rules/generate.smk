@@ -2,6 +2,10 @@
 # personalisation, sharded synthesis, and the quality of what was drawn.
 
 GEN = config["generate"]
+# The filter judge feeds synthesis only when it over-generates (filter_factor > 1); the
+# quality stage's judge is a separate instrument and never feeds the method.
+FILTER_JUDGE = f"{R}/generate/filter_judge"
+FILTERING = GEN["synthesis"]["filter_factor"] > 1
 
 
 rule base:
@@ -77,16 +81,40 @@ rule personalize:
         " --threads {threads} 2> {log}"
 
 
+rule filter_judge:
+    input:
+        split=rules.split.output.split,
+    output:
+        judge=directory(FILTER_JUDGE),
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "filter_judge")),
+    log:
+        f"{R}/logs/filter_judge.log",
+    benchmark:
+        f"{R}/benchmarks/filter_judge.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "lthash filter-judge --split {input.split} --out {output.judge}"
+        " --params {params.config} --threads {threads} 2> {log}"
+
+
 rule synthesize:
     input:
         concept=f"{R}/generate/{{generator}}/concepts/class{{cls}}",
         base=BASE_DIR,
         split=rules.split.output.split,
         plan=f"{R}/generate/plan.json",
+        judge=[FILTER_JUDGE] if FILTERING else [],
     output:
         shard=f"{R}/generate/{{generator}}/{{synthesis}}/shards/{{purpose}}/class{{cls}}/shard{{shard}}.h5",
     params:
         config=lambda w: lw.params(config, "synthesize", w),
+        judge=f"--judge {FILTER_JUDGE}" if FILTERING else "",
     log:
         f"{R}/logs/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
@@ -101,7 +129,7 @@ rule synthesize:
     shell:
         "lthash synthesize --model {input.concept} --base {input.base} --class {wildcards.cls}"
         " --purpose {wildcards.purpose} --shard {wildcards.shard} --plan {input.plan}"
-        " --split {input.split} --out {output.shard} --params {params.config}"
+        " --split {input.split} --out {output.shard} {params.judge} --params {params.config}"
         " --threads {threads} 2> {log}"
 
 
