@@ -220,7 +220,8 @@ def check_disjoint(plan: SplitPlan, source: str = "train_balanced",
 
 
 def build_image_sets(dataset: Dataset, plan: SplitPlan) -> dict[str, ImageSet]:
-    """Gather pixels (or paths) of every group in the order of the source index."""
+    """Gather pixels (or paths) of every group in the order of the source index; with pixels of an
+    image-file dataset, each image's file (relative to the root) as the extra dataset ``files``."""
     num_classes = len(dataset.class_names)
     sets = {}
     for name in ALL_GROUPS:
@@ -228,12 +229,18 @@ def build_image_sets(dataset: Dataset, plan: SplitPlan) -> dict[str, ImageSet]:
         if name == "validation" and not len(idx):
             continue
         labels = dataset.labels[idx]
+        files = {}
+        if dataset.files is not None and dataset.paths is None:
+            import h5py
+
+            files["files"] = np.array([dataset.files[i] for i in idx], dtype=h5py.string_dtype())
         sets[name] = ImageSet(
             images=dataset.images[idx] if dataset.images is not None else None,
             labels=labels,
             index=idx,
             paths=[dataset.paths[i] for i in idx] if dataset.paths is not None else None,
             attrs={"counts": np.bincount(labels, minlength=num_classes).astype(int).tolist()},
+            extra=files,
         )
     return sets
 
@@ -322,7 +329,7 @@ def run_split(dataset_cfg: Mapping[str, Any], split_cfg: Mapping[str, Any], out:
         "image_shape": list(dataset.image_shape),
         "store": summary["store"],
     }
-    if dataset.paths is not None:
+    if dataset.paths is not None or dataset.files is not None:
         attrs["root"] = dataset.root
     with contextlib.ExitStack() as stack:
         tmp_h5 = stack.enter_context(atomic_path(out, suffix=".h5"))

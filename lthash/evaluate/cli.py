@@ -25,20 +25,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=_score)
 
     search = subparsers.add_parser(
-        "search", help="top-k database items by Hamming distance (exact scan, or faiss)",
-        description="Return the nearest database items (row, index, label, distance) of each query as JSON.")
-    search.add_argument("--codes", required=True, help="codes file holding the database")
+        "search", help="top-k database items by Hamming distance, for query images or codes (exact scan, or faiss)",
+        description="Print the nearest database items (class, source file or dataset index, Hamming distance) of "
+                    "each query as a table; optionally write them as JSON and draw a contact sheet. Query images "
+                    "are encoded by a trained model folder (lthash train) and searched in the codes file lthash "
+                    "encode wrote with that model; no split file is needed.")
+    search.add_argument("--codes", required=True, help="codes file holding the database (lthash encode)")
     source = search.add_mutually_exclusive_group(required=True)
     source.add_argument("--query-index", help="comma-separated rows of the codes file's query set")
     source.add_argument("--query-codes", help="codes file (its --group set) or .npy of query codes")
-    source.add_argument("--model", help="trained model folder; encodes the images of --images")
-    search.add_argument("--images", help="image-set file (HDF5) of query images, with --model")
-    search.add_argument("--group", default="query", help="set to read from --query-codes / --images (default query)")
+    source.add_argument("--model", help="trained model folder (a run's model/); encodes the images of --images")
+    search.add_argument("--images", nargs="+", metavar="IMAGE",
+                        help="with --model: image files (PNG, JPEG, any size, grey or colour), folders or glob "
+                             "patterns (quote them), or one HDF5 image-set file (its --group)")
+    search.add_argument("--group", default="query", help="set to read from --query-codes / an HDF5 --images "
+                                                         "(default query)")
     search.add_argument("--k", type=int, default=None, help="items per query (default: params search.k, 10)")
     search.add_argument("--backend", choices=("exact", "faiss"), default=None,
                         help="exact scan (default) or faiss IndexBinaryFlat")
     search.add_argument("--device", default="cpu", help="device for --model encoding (cpu, cuda, auto)")
-    search.add_argument("--out", required=True, help="results JSON")
+    search.add_argument("--json", "--out", dest="json", default=None, metavar="JSON", help="write the results as JSON")
+    search.add_argument("--grid", default=None, metavar="PNG",
+                        help="contact sheet: each query and its top-k, framed green / red (same class or not) when "
+                             "the query's class is known (its folder names a class, or it is a codes-file row)")
     add_common_arguments(search)
     search.set_defaults(func=_search)
 
@@ -77,6 +86,6 @@ def _search(args: argparse.Namespace) -> None:
         from lthash.runtime import select_device
 
         device = select_device("auto")
-    run_search(args.codes, args.out, k=args.k or settings["k"], backend=args.backend or settings["backend"],
+    run_search(args.codes, args.json, k=args.k or settings["k"], backend=args.backend or settings["backend"],
                query_index=args.query_index, query_codes=args.query_codes, model=args.model, images=args.images,
-               group=args.group, device=device, threads=args.threads)
+               group=args.group, device=device, threads=args.threads, grid=args.grid)

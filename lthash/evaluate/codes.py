@@ -2,8 +2,12 @@
 
 Packing: bit j of an item is 1 where its code is > 0, stored most-significant-bit first
 (``np.packbits`` big-endian), ``ceil(bits / 8)`` bytes per item. The codes file is HDF5 with
-one group per set (``database``, ``query``), each holding ``codes`` (uint8, N x bytes),
-``labels`` and ``index``; the file's ``bits`` attribute gives the code length.
+one group per set (``database``, ``query``, and ``validation`` when the split has one), each
+holding ``codes`` (uint8, N x bytes), ``labels``, ``index`` (position in the source dataset)
+and, for image-file datasets, ``sources`` (each item's file, relative to the file attribute
+``root``). File attributes: ``bits`` (the code length) and, written by ``lthash encode``,
+``class_names``, ``dataset``, ``input_shape``, ``model`` / ``model_sha256`` (the model folder
+and its weights' checksum), ``method``, ``backbone``, ``split``.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ def as_words(packed: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CodeSet:
-    """Packed codes of one set with their labels (class indices or one-hot rows) and index."""
+    """Packed codes of one set with their labels (class indices or one-hot rows), index and,
+    for image-file datasets, each item's source file (relative to the codes file's ``root``)."""
 
     codes: np.ndarray
     labels: np.ndarray
     index: np.ndarray
     bits: int
     attrs: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -79,6 +85,11 @@ def write_codes(path: str | os.PathLike, sets: Mapping[str, CodeSet], attrs: Map
                 grp.create_dataset("codes", data=np.ascontiguousarray(code_set.codes, dtype=np.uint8))
                 grp.create_dataset("labels", data=np.asarray(code_set.labels, dtype=np.int64))
                 grp.create_dataset("index", data=np.asarray(code_set.index, dtype=np.int64))
+                if code_set.sources is not None:
+                    if len(code_set.sources) != len(code_set):
+                        raise ValueError(f"code set {name}: {len(code_set.sources)} sources for {len(code_set)} codes")
+                    grp.create_dataset("sources", data=np.array(code_set.sources, dtype=object),
+                                       dtype=h5py.string_dtype())
                 for key, value in code_set.attrs.items():
                     grp.attrs[key] = _attr_value(value)
             h5.flush()
@@ -95,10 +106,21 @@ def read_codes(path: str | os.PathLike, group: str) -> CodeSet:
         codes = grp["codes"][()]
         if codes.shape[1] != -(-bits // 8):
             raise LthashError(f"{path}/{group}: {codes.shape[1]} bytes per code do not hold {bits} bits")
+        sources = None
+        if "sources" in grp:
+            sources = [p.decode() if isinstance(p, bytes) else str(p) for p in grp["sources"][()]]
         return CodeSet(
             codes=codes,
             labels=grp["labels"][()],
             index=grp["index"][()],
             bits=bits,
             attrs={key: _decode_attr(value) for key, value in grp.attrs.items()},
+            sources=sources,
         )
+
+
+def code_set_names(path: str | os.PathLike) -> list[str]:
+    """Names of the code sets of a codes file."""
+    with open_complete_h5(path) as h5:
+        return sorted(key for key in h5.keys() if "codes" in h5[key])
+

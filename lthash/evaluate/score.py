@@ -3,7 +3,9 @@
 For every cut-off R and tie policy: mAP@R over all queries and over the queries of head /
 medium / tail classes (training count > many_shot / < few_shot / otherwise), P@R, and a
 per-class AP table; beside them the precision within a Hamming radius, the precision-recall
-curve over the radius and the (tie-averaged) precision@k curve.
+curve over the radius and the (tie-averaged) precision@k curve. A codes file with a
+``validation`` set also gets a separate ``validation`` section (see :func:`validation_metrics`),
+for choosing models without looking at the query results.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lthash.errors import LthashError
-from lthash.evaluate.codes import CodeSet, read_codes
+from lthash.evaluate.codes import CodeSet, code_set_names, read_codes
 from lthash.io import atomic_dir, atomic_path, read_attrs, write_json
 
 METRIC_COLUMNS = ("R", "R_effective", "ties", "bits", "n_query", "n_database", "seed", "map", "map_head",
@@ -135,6 +137,41 @@ def compute_metrics(query: CodeSet, database: CodeSet, counts: Sequence[int], pa
     }
 
 
+def validation_metrics(validation: CodeSet, database: CodeSet, counts: Sequence[int], params: Mapping[str, Any],
+                       threads: int | None = None) -> dict[str, Any]:
+    """Model-selection figures, kept apart from the query results: mAP@R (ties by index) of the
+    validation images as queries against the database, for every R of ``topk`` and R = all,
+    over all of them and over head / medium / tail classes (None for a group without any).
+
+    Shape: ``{"n_query", "n_database", "ties": "index", "R": [...], "R_effective": {R: n},
+    "map": {R: x}, "map_head": {R: x | None}, "map_medium": ..., "map_tail": ...}`` with R
+    keys as strings ("all", "1000").
+    """
+    from lthash.evaluate.metrics import class_groups, group_map, score_codes
+
+    if validation.bits != database.bits:
+        raise LthashError(f"validation codes have {validation.bits} bits but database codes have {database.bits}")
+    found = _n_label_classes(validation.labels)
+    if found > len(counts):
+        raise LthashError(f"validation labels reach class {found - 1} but the training counts list "
+                          f"{len(counts)} classes")
+    requested = list(dict.fromkeys(["all", *params["topk"]]))
+    topk = [None if k == "all" else int(k) for k in requested]
+    scores = score_codes(validation.codes, database.codes, validation.labels, database.labels, topk,
+                         bits=validation.bits, threads=threads)
+    groups = class_groups(counts, params["many_shot"], params["few_shot"])
+    out: dict[str, Any] = {"n_query": scores.n_query, "n_database": scores.n_database, "ties": "index",
+                           "R": requested, "R_effective": {}, "map": {},
+                           "map_head": {}, "map_medium": {}, "map_tail": {}}
+    for key, k in zip(requested, topk):
+        ap = scores.ap(k, "index")
+        out["R_effective"][str(key)] = int(scores.cutoffs[scores.column(k)])
+        out["map"][str(key)] = float(ap.mean())
+        for name, value in group_map(ap, validation.labels, groups).items():
+            out[f"map_{name}"][str(key)] = value
+    return out
+
+
 def parse_tags(items: Sequence[str] | None) -> dict[str, str]:
     """``["method=csq", "bits=64"]`` -> dict; a tag needs ``key=value`` and must not shadow a column."""
     tags: dict[str, str] = {}
@@ -216,6 +253,8 @@ def run_score(codes: str | os.PathLike, out: str | os.PathLike, params: Mapping[
     database = read_codes(codes, "database")
     query = read_codes(codes, "query")
     metrics = compute_metrics(query, database, list(counts), params, names, threads)
+    metrics["validation"] = (validation_metrics(read_codes(codes, "validation"), database, list(counts), params,
+                                                threads) if "validation" in code_set_names(codes) else None)
     metrics["codes"] = str(codes)
     metrics["split"] = None if split is None else str(split)
     metrics["tags"] = dict(tags or {})

@@ -1,5 +1,13 @@
 """The search stage: top-k database items by Hamming distance for query codes or images.
 
+Queries: rows of the codes file's query set, a codes / ``.npy`` file, or images encoded by a
+trained model folder: image files, folders or globs (prepared as the training images were,
+:mod:`lthash.evaluate.query_images`) or an HDF5 image set. A model folder and the codes file
+``lthash encode`` wrote with it are enough: the codes file records the class names, the
+dataset, the model's checksum and input shape, and each database item's source file for
+image-file datasets (else its dataset index). Results: a table on stdout, JSON (``json``),
+and a contact sheet (``grid``, :mod:`lthash.evaluate.grid`).
+
 Exact scan (default): order by (distance, database row), deterministic. ``faiss`` backend:
 ``faiss.IndexBinaryFlat`` (exact distances; which items fill the last tied places is faiss's
 choice), used only where faiss is installed.
@@ -8,16 +16,20 @@ choice), used only where faiss is installed.
 from __future__ import annotations
 
 import os
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, read_codes
-from lthash.io import write_json
+from lthash.io import read_attrs, write_json
 
 BACKENDS = ("exact", "faiss")
+FEW_QUERIES = 8
 
 
 def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: int = 10,
@@ -35,6 +47,8 @@ def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: in
     k = min(int(k), db_words.shape[0])
     if backend == "faiss":
         return _faiss_search(q_words, db_words, k)
+    if q_words.shape[0] <= FEW_QUERIES:
+        return _few_queries_topk(q_words, db_words, k)
     from lthash.evaluate import _kernels
 
     if threads is not None:
@@ -42,6 +56,18 @@ def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: in
     from lthash.evaluate.metrics import _dynamic
 
     return _dynamic(_kernels.topk_kernel)(q_words, db_words, k, bits)
+
+
+def _few_queries_topk(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_kernels.topk_kernel`'s answer (by distance, ties by row) with numpy, one query at
+    a time: for a few queries it skips numba's start-up (1-2 s the first time in a process)."""
+    rows = np.empty((q_words.shape[0], k), np.int64)
+    dist = np.empty((q_words.shape[0], k), np.int64)
+    for i, query in enumerate(q_words):
+        distances = np.bitwise_count(db_words ^ query).sum(axis=1, dtype=np.uint16)
+        order = np.argsort(distances, kind="stable")[:k]
+        rows[i], dist[i] = order, distances[order]
+    return rows, dist
 
 
 def _faiss_search(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +82,6 @@ def _faiss_search(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np
     dist, rows = index.search(q_bytes, k)
     order = np.lexsort((rows, dist), axis=1)
     return np.take_along_axis(rows, order, 1).astype(np.int64), np.take_along_axis(dist, order, 1).astype(np.int64)
-
-
-def _label_value(label: np.ndarray | np.integer) -> Any:
-    label = np.asarray(label)
-    return np.flatnonzero(label).tolist() if label.ndim == 1 else int(label)
 
 
 def parse_query_index(text: str, n_query: int) -> list[int]:
@@ -106,68 +127,310 @@ def load_query_codes(path: str | os.PathLike, bits: int, group: str = "query") -
     return code_set.codes, code_set
 
 
+def check_model_matches(model_dir: str | os.PathLike, codes: str | os.PathLike, attrs: dict[str, Any], bits: int,
+                        device: str) -> dict[str, Any]:
+    """The model's metadata, after checking that the codes file was encoded with this model:
+    same code length, input shape and class count and, where the codes file records it, the
+    same weights (sha256)."""
+    from lthash.hashing.encode import load_run_model, model_checksum
+
+    if not Path(model_dir).exists():
+        raise LthashError(f"model folder not found: {model_dir}")
+    _, meta = load_run_model(model_dir, device)
+    hint = f"encode the database with this model: lthash encode --model {model_dir} --split SPLIT --out CODES"
+    if int(meta["bits"]) != int(bits):
+        raise LthashError(f"{codes} holds {bits}-bit codes but the model in {model_dir} gives {meta['bits']} bits; "
+                          f"{hint}")
+    shape = attrs.get("input_shape")
+    if shape is not None and list(shape) != list(meta["input_shape"]):
+        raise LthashError(f"{codes} was encoded from {attrs.get('dataset', 'a dataset')} images of shape {shape} "
+                          f"(H x W x C) but the model in {model_dir} takes {meta['input_shape']}: another dataset; "
+                          f"{hint}")
+    names = attrs.get("class_names")
+    if isinstance(names, list) and len(names) != int(meta["num_classes"]):
+        raise LthashError(f"{codes} has {len(names)} classes ({attrs.get('dataset', 'its dataset')}) but the model in "
+                          f"{model_dir} was trained on {meta['num_classes']}: another dataset; {hint}")
+    if attrs.get("model_sha256") and attrs["model_sha256"] != model_checksum(model_dir):
+        raise LthashError(f"{codes} was encoded with other weights than {model_dir}'s (recorded model: "
+                          f"{attrs.get('model')}); {hint}")
+    return meta
+
+
 def encode_query_images(model_dir: str | os.PathLike, images: str | os.PathLike, group: str = "query",
                         device: str = "cpu") -> tuple[np.ndarray, Any]:
     """Packed codes of the images of ``group`` in an image-set file, by the trained model."""
+    from lthash.hashing.encode import encode_array
     from lthash.io import read_image_set
 
-    try:
-        from lthash.hashing.encode import encode_array
-    except ImportError as exc:
-        raise LthashError(f"--model needs lthash.hashing.encode.encode_array, which is not available "
-                          f"in this install ({exc})") from exc
-    if not Path(model_dir).exists():
-        raise LthashError(f"model folder not found: {model_dir}")
     image_set = read_image_set(images, group)
     if image_set.images is None:
         raise LthashError(f"{images}/{group} holds no images")
     return np.asarray(encode_array(model_dir, image_set.images, device=device)), image_set
 
 
-def run_search(codes: str | os.PathLike, out: str | os.PathLike, k: int = 10, backend: str = "exact",
+@dataclass
+class Query:
+    """One query: where it comes from, its label when known, its picture for the grid."""
+
+    source: str
+    label: Any = None
+    row: int | None = None
+    index: int | None = None
+    image: np.ndarray | None = None
+
+
+class Database:
+    """The database set of a codes file with what names its items: class names, source files."""
+
+    def __init__(self, codes: str | os.PathLike) -> None:
+        self.path = Path(codes)
+        self.set = read_codes(codes, "database")
+        self.attrs = read_attrs(codes)
+        names = self.attrs.get("class_names")
+        self.class_names = [str(n) for n in names] if isinstance(names, list) else None
+        self.root = self.attrs.get("root")
+        self.dataset = self.attrs.get("dataset")
+
+    @property
+    def bits(self) -> int:
+        return self.set.bits
+
+    def class_of(self, label: Any) -> str | list[str] | None:
+        """Class name(s) of a label value (index, or list of indices)."""
+        if label is None:
+            return None
+        if isinstance(label, list):
+            return [self._name(c) for c in label]
+        return self._name(label)
+
+    def _name(self, c: int) -> str:
+        return self.class_names[c] if self.class_names and 0 <= c < len(self.class_names) else f"class {c}"
+
+    def source(self, row: int, code_set: CodeSet | None = None) -> str:
+        """Item ``row``'s file (under the dataset root) for image-file datasets, else its dataset
+        index; of the database, or of ``code_set`` (another set of the same codes file)."""
+        code_set = code_set or self.set
+        if code_set.sources is not None:
+            return str(Path(self.root) / code_set.sources[row]) if self.root else code_set.sources[row]
+        return f"{self.dataset or 'dataset'} index {int(code_set.index[row])}"
+
+    def pictures(self, rows: Sequence[int], shape: Sequence[int] | None, group: str = "database",
+                 code_set: CodeSet | None = None) -> list[np.ndarray | None]:
+        """Pixels of items of ``group`` for the grid: their source files, else the split file the
+        codes file names when it is there, else None (a blank tile)."""
+        from lthash.evaluate.query_images import load_query_image
+
+        code_set = code_set or self.set
+        if code_set.sources is not None and self.root:
+            out: list[np.ndarray | None] = []
+            for row in rows:
+                try:
+                    out.append(load_query_image(Path(self.root) / code_set.sources[row], shape)
+                               if shape else None)
+                except LthashError:
+                    out.append(None)
+            return out
+        split = self._split_file()
+        if split is not None:
+            from lthash.io import open_complete_h5
+
+            try:
+                with open_complete_h5(split) as h5:
+                    if group in h5 and "images" in h5[group] and len(h5[group]["images"]) == len(code_set):
+                        unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+                        block = h5[group]["images"][unique]
+                        return [block[i] for i in inverse]
+            except LthashError:
+                pass
+        return [None] * len(rows)
+
+    def _split_file(self) -> Path | None:
+        """The split file the codes file names, as given or relative to a folder above the codes
+        file (the workflow records paths relative to its folder), when it is there."""
+        split = self.attrs.get("split")
+        if not split:
+            return None
+        for base in (Path.cwd(), *self.path.resolve().parents):
+            candidate = base / split
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+
+def _label_value(label: np.ndarray | np.integer) -> Any:
+    label = np.asarray(label)
+    return np.flatnonzero(label).tolist() if label.ndim == 1 else int(label)
+
+
+def _relevant(query_label: Any, label: Any) -> bool | None:
+    """Same class (or a shared label); None when the query's label is unknown."""
+    if query_label is None:
+        return None
+    if isinstance(query_label, list) or isinstance(label, list):
+        return bool(set(np.atleast_1d(query_label).tolist()) & set(np.atleast_1d(label).tolist()))
+    return int(query_label) == int(label)
+
+
+def answer(query: Query, found: np.ndarray, dist: np.ndarray, db: Database) -> dict[str, Any]:
+    """The JSON entry of one query: its source, label, class and ranked results."""
+    results = []
+    for r, (j, d) in enumerate(zip(found, dist)):
+        label = _label_value(db.set.labels[j])
+        entry = {"rank": r + 1, "row": int(j), "index": int(db.set.index[j]), "label": label,
+                 "class": db.class_of(label), "source": db.source(int(j)), "distance": int(d)}
+        if query.label is not None:
+            entry["correct"] = _relevant(query.label, label)
+        results.append(entry)
+    return {"source": query.source, "row": query.row, "index": query.index, "label": query.label,
+            "class": db.class_of(query.label), "results": results}
+
+
+def format_answer(number: int, total: int, entry: dict[str, Any]) -> str:
+    """A readable table of one query's results."""
+    known = entry["label"] is not None
+    title = f"query {number}/{total}: {entry['source']}"
+    if known:
+        title += f"  (class: {_text(entry['class'])})"
+    width = max([5] + [len(_text(r["class"])) for r in entry["results"]])
+    lines = [title, f"  rank  dist  {'class':<{width}}  {'ok ' if known else ''}source"]
+    for r in entry["results"]:
+        mark = ("yes" if r["correct"] else "no ") + " " if known else ""
+        lines.append(f"  {r['rank']:4d}  {r['distance']:4d}  {_text(r['class']):<{width}}  {mark}{r['source']}")
+    if known:
+        hits = sum(bool(r["correct"]) for r in entry["results"])
+        lines.append(f"  {hits}/{len(entry['results'])} of the same class")
+    return "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def image_queries(files: Sequence[Path], shape: Sequence[int], class_names: Sequence[str] | None) -> list[Query]:
+    """Prepared pixels of query image files, their class read from the folder name when it names one."""
+    from lthash.evaluate.query_images import class_from_folder, load_query_image
+
+    return [Query(source=str(path), label=class_from_folder(path, class_names), image=load_query_image(path, shape))
+            for path in files]
+
+
+def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k: int = 10, backend: str = "exact",
                query_index: str | None = None, query_codes: str | os.PathLike | None = None,
-               model: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-               group: str = "query", device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Top-k database items of each query as JSON: row, dataset index, label, distance."""
+               model: str | os.PathLike | None = None, images: Sequence[str] | str | os.PathLike | None = None,
+               group: str = "query", device: str = "cpu", threads: int | None = None,
+               grid: str | os.PathLike | None = None,
+               echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Top-k database items of each query: printed as tables (``echo``, default stdout), returned
+    and written as JSON (``out``) and drawn as a contact sheet (``grid``).
+
+    Query images (``model`` + ``images``): files, folders or glob patterns, or one HDF5 image-set
+    file (its ``group``). With image files the first query is answered alone, so the time to the
+    first answer is that of one image; the rest are encoded and searched together.
+    """
+    from lthash.evaluate.query_images import H5_SUFFIXES, collect_image_files
+
+    started = time.perf_counter()
+    echo = echo or (lambda text: print(text, flush=True))
     sources = [s for s in (query_index, query_codes, model) if s is not None]
     if len(sources) != 1:
         raise LthashError("give exactly one query source: --query-index, --query-codes or --model (+ --images)")
-    if (model is None) != (images is None):
+    specs = [images] if isinstance(images, (str, os.PathLike)) else list(images or [])
+    if (model is None) != (not specs):
         raise LthashError("--model and --images go together")
-    database = read_codes(codes, "database")
-    labels: Sequence[Any]
+    db = Database(codes)
+    shape = db.attrs.get("input_shape")
+    queries: list[Query]
+    packed: np.ndarray | None = None
+    files: list[Path] = []
     if query_index is not None:
         query_set = read_codes(codes, "query")
         rows = parse_query_index(query_index, len(query_set))
         packed = query_set.codes[rows]
-        ids = [int(query_set.index[r]) for r in rows]
-        labels = [_label_value(query_set.labels[r]) for r in rows]
+        queries = [Query(source=db.source(r, query_set), label=_label_value(query_set.labels[r]),
+                         row=r, index=int(query_set.index[r])) for r in rows]
+        if grid is not None:
+            for q, picture in zip(queries, db.pictures(rows, shape, "query", query_set)):
+                q.image = picture
         source = {"codes": str(codes), "group": "query", "rows": rows}
     elif query_codes is not None:
-        packed, code_set = load_query_codes(query_codes, database.bits, group)
-        rows = list(range(len(packed)))
-        ids = [int(i) for i in code_set.index] if code_set is not None else rows
-        labels = [_label_value(x) for x in code_set.labels] if code_set is not None else [None] * len(rows)
+        packed, code_set = load_query_codes(query_codes, db.bits, group)
+        queries = [Query(source=f"{query_codes} row {r}", row=r,
+                         label=_label_value(code_set.labels[r]) if code_set is not None else None,
+                         index=int(code_set.index[r]) if code_set is not None else None) for r in range(len(packed))]
         source = {"query_codes": str(query_codes)}
     else:
-        packed, image_set = encode_query_images(model, images, group, device)
-        if packed.ndim != 2 or packed.shape[1] != database.codes.shape[1]:
-            raise LthashError(f"the model in {model} gives codes of shape {packed.shape[1:]} but the database "
-                              f"codes have {database.codes.shape[1]} bytes ({database.bits} bits)")
-        rows = list(range(len(packed)))
-        ids = [int(i) for i in image_set.index]
-        labels = [_label_value(x) for x in image_set.labels]
-        source = {"model": str(model), "images": str(images), "group": group}
-    found, dist = search_codes(packed, database.codes, database.bits, k, backend, threads)
-    queries = []
-    for q, (row, ident, label) in enumerate(zip(rows, ids, labels)):
-        queries.append({
-            "row": row, "index": ident, "label": label,
-            "results": [{"rank": r + 1, "row": int(j), "index": int(database.index[j]),
-                         "label": _label_value(database.labels[j]), "distance": int(d)}
-                        for r, (j, d) in enumerate(zip(found[q], dist[q]))],
-        })
-    result = {"bits": database.bits, "k": int(found.shape[1]), "backend": backend,
-              "n_database": len(database), "database": str(codes), "source": source, "queries": queries}
-    write_json(out, result)
+        meta = check_model_matches(model, codes, db.attrs, db.bits, device)
+        shape = list(meta["input_shape"])
+        if len(specs) == 1 and Path(specs[0]).suffix.lower() in H5_SUFFIXES and Path(specs[0]).is_file():
+            packed, image_set = encode_query_images(model, specs[0], group, device)
+            names = image_set.extra.get("files")
+            queries = [Query(source=_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
+                             label=_label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
+                             image=image_set.images[r]) for r in range(len(packed))]
+            source = {"model": str(model), "images": str(specs[0]), "group": group}
+        else:
+            files = collect_image_files(specs)
+            queries = []
+            source = {"model": str(model), "images": [str(s) for s in specs]}
+    setup = time.perf_counter() - started
+    entries: list[dict[str, Any]] = []
+    first_answer = None
+    if files:
+        from lthash.hashing.encode import encode_array
+
+        for batch in (files[:1], files[1:]):
+            if not batch:
+                continue
+            batch_queries = image_queries(batch, shape, db.class_names)
+            codes_batch = encode_array(model, np.stack([q.image for q in batch_queries]), device=device)
+            found, dist = search_codes(codes_batch, db.set.codes, db.bits, k, backend, threads)
+            for q, rows_q, dist_q in zip(batch_queries, found, dist):
+                entries.append(answer(q, rows_q, dist_q, db))
+                echo(format_answer(len(entries), len(files), entries[-1]))
+            queries.extend(batch_queries)
+            if first_answer is None:
+                first_answer = time.perf_counter() - started
+    else:
+        found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
+        first_answer = time.perf_counter() - started
+        for q, rows_q, dist_q in zip(queries, found, dist):
+            entries.append(answer(q, rows_q, dist_q, db))
+            echo(format_answer(len(entries), len(queries), entries[-1]))
+    total = time.perf_counter() - started
+    if files:
+        per_query = (total - first_answer) / (len(entries) - 1) if len(entries) > 1 else None
+    else:
+        per_query = (total - setup) / len(entries)
+    timing = {"setup": round(setup, 4), "first_answer": round(first_answer, 4),
+              "per_query": None if per_query is None else round(per_query, 5), "total": round(total, 4)}
+    rate = "" if per_query is None else f", then {per_query * 1000:.1f} ms per query"
+    echo(f"{len(entries)} queries against {len(db.set)} database items: first answer after {first_answer:.3f} s"
+         f" (setup {setup:.3f} s){rate}")
+    result = {"bits": db.bits, "k": len(entries[0]["results"]) if entries else 0, "backend": backend,
+              "n_database": len(db.set), "database": str(codes), "dataset": db.dataset, "source": source,
+              "seconds": timing, "queries": entries}
+    if grid is not None:
+        result["grid"] = {"path": str(grid), "size": list(_write_grid(grid, queries, entries, db, shape))}
+    if out is not None:
+        write_json(out, result)
     return result
+
+
+def _write_grid(path: str | os.PathLike, queries: Sequence[Query], entries: Sequence[dict[str, Any]], db: Database,
+                shape: Sequence[int] | None) -> tuple[int, int]:
+    from lthash.evaluate.grid import Row, Tile, write_grid
+
+    result_rows = [r["row"] for entry in entries for r in entry["results"]]
+    pictures = iter(db.pictures(result_rows, shape))
+    rows = []
+    for q, entry in zip(queries, entries):
+        caption = Path(q.source).name if os.sep in q.source else q.source
+        if entry["class"] is not None:
+            caption = f"{_text(entry['class'])}\n{caption}"
+        tiles = [Tile(next(pictures), f"{_text(r['class'])}\nd={r['distance']}", r.get("correct"))
+                 for r in entry["results"]]
+        rows.append(Row(Tile(q.image, caption), tiles))
+    return write_grid(path, rows)

@@ -44,20 +44,47 @@ def encode_array(model_dir: str | Path, images_uint8: np.ndarray, device: str = 
     return pack_codes(encode_images(model, images, device, batch_size=batch_size))
 
 
+def model_checksum(model_dir: str | Path) -> str:
+    """sha256 of a run folder's weights file: which model a codes file was encoded with."""
+    from lthash.generate.shipped import file_digest
+    from lthash.hashing.model import MODEL_FILE
+
+    return file_digest(Path(model_dir) / MODEL_FILE)
+
+
+def split_groups(split: str | Path) -> tuple[str, ...]:
+    """The groups ``lthash encode`` writes: database and query, and validation when the split has it."""
+    from lthash.io import open_complete_h5
+
+    with open_complete_h5(split) as h5:
+        return ("database", "query") + (("validation",) if "validation" in h5 else ())
+
+
 def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, device: str = "cpu",
-                 batch_size: int = 256, groups: tuple[str, ...] = ("database", "query")) -> dict[str, Any]:
-    """Write the codes file (lthash.evaluate.codes format) of the split's database and query sets."""
+                 batch_size: int = 256, groups: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Write the codes file (lthash.evaluate.codes format) of the split's database, query and
+    (when present) validation sets, with what a search needs without the split: class names,
+    dataset, the model's input shape and checksum, and each item's source file when the
+    dataset is made of image files."""
     from lthash.evaluate.codes import CodeSet, write_codes
-    from lthash.io import read_image_set
+    from lthash.io import read_attrs, read_image_set
 
     _, meta = load_run_model(model_dir, device)
+    split_attrs = read_attrs(split)
     sets = {}
-    for group in groups:
+    for group in groups or split_groups(split):
         data = read_image_set(split, group)
         if data.images is None:
             raise LthashError(f"{split}/{group} holds image paths, not pixels")
         codes = encode_array(model_dir, data.images, device, batch_size)
-        sets[group] = CodeSet(codes=codes, labels=data.labels, index=data.index, bits=int(meta["bits"]))
-    write_codes(out, sets, attrs={"model": str(model_dir), "method": meta["method"], "backbone": meta["backbone"],
-                                  "split": str(split)})
+        files = data.extra.get("files")
+        sources = None if files is None else [f.decode() if isinstance(f, bytes) else str(f) for f in files]
+        sets[group] = CodeSet(codes=codes, labels=data.labels, index=data.index, bits=int(meta["bits"]),
+                              sources=sources)
+    attrs = {"model": str(model_dir), "model_sha256": model_checksum(model_dir), "method": meta["method"],
+             "backbone": meta["backbone"], "input_shape": list(meta["input_shape"]), "split": str(split),
+             "dataset": split_attrs.get("dataset"), "class_names": split_attrs.get("class_names")}
+    if split_attrs.get("root"):
+        attrs["root"] = split_attrs["root"]
+    write_codes(out, sets, attrs=attrs)
     return {group: len(code_set) for group, code_set in sets.items()}
