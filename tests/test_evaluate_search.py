@@ -167,7 +167,8 @@ def test_search_bad_inputs_name_the_file(digits, query_folder, small_split, tmp_
     assert f"query image not found: {tmp_path / 'nope.png'}" in fails(str(tmp_path / "nope.png"))
     image = str(query_folder[0] / "mine" / "unknown.png")
     other_bits = train(split, tmp_path / "run16", bits=16)
-    assert f"{codes} holds 32-bit codes but the model in {other_bits} gives 16 bits" in fails(image, model_dir=other_bits)
+    message = fails(image, model_dir=other_bits)
+    assert f"{codes} holds 32-bit codes but the model in {other_bits} gives 16 bits" in message
     other_seed = train(split, tmp_path / "run_seed", seed=1)
     assert f"{codes} was encoded with other weights than {other_seed}" in fails(image, model_dir=other_seed)
     from lthash.hashing.encode import encode_split
@@ -228,3 +229,26 @@ def test_few_query_search_equals_the_kernel():
         np.testing.assert_array_equal(by_numpy[1], by_kernel[1][:FEW_QUERIES])
         dist = np.unpackbits(queries[:, None] ^ db[None], axis=2)[:, :, :bits].sum(axis=2)
         np.testing.assert_array_equal(by_kernel[0], np.argsort(dist, axis=1, kind="stable")[:, :40])
+
+
+def test_query_images_take_the_model_input_shape(tmp_path):
+    """Grey or colour, any size, into the model's channels and size: a square input through the
+    split stage's reader (shorter side, centre crop), a non-square one scaled to cover it."""
+    from lthash.data.images import decode_image
+    from lthash.evaluate.query_images import class_from_folder, load_query_image
+
+    rng = np.random.default_rng(0)
+    colour = tmp_path / "colour.png"
+    Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(colour)
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(rng.integers(0, 256, (41, 17), dtype=np.uint8)).save(grey)
+    np.testing.assert_array_equal(load_query_image(colour, (16, 16, 1)), decode_image(colour, 1, 16))
+    assert load_query_image(grey, (16, 16, 3)).shape == (16, 16, 3)
+    wide = load_query_image(colour, (8, 24, 3))
+    assert wide.shape == (8, 24, 3) and wide.dtype == np.uint8
+    stripes = tmp_path / "stripes.png"
+    Image.fromarray(np.repeat(np.arange(0, 250, 10, dtype=np.uint8)[None, :], 10, axis=0)).save(stripes)
+    assert load_query_image(stripes, (10, 25, 1))[..., 0].tolist() == [list(range(0, 250, 10))] * 10
+    assert class_from_folder(tmp_path / "t-shirt_top" / "a.png", ["T-shirt/top", "Trouser"]) == 0
+    assert class_from_folder(tmp_path / "Trouser" / "a.png", ["T-shirt/top", "Trouser"]) == 1
+    assert class_from_folder(tmp_path / "misc" / "a.png", ["T-shirt/top", "Trouser"]) is None

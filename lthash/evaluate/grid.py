@@ -2,9 +2,10 @@
 
 Every tile is ``TILE`` x ``TILE`` pixels (images scaled up with nearest neighbours, down with
 bicubic, aspect kept, centred on grey) with a ``CAPTION``-pixel caption below; ``PAD`` pixels
-between tiles and around the sheet, twice that (with a rule) between a query and its results. A result tile is framed green when its class is the
-query's, red when not, and unframed when the query's class is unknown. A sheet of ``n``
-queries with ``k`` results each is :func:`grid_size` ``(n, k)`` pixels.
+between tiles and around the sheet, twice that (with a rule) between a query and its
+results. A result tile is framed green when its class is the query's, red when not, and
+unframed when the query's class is unknown. A sheet of ``n`` queries with ``k`` results each
+is :func:`grid_size` ``(n, k)`` pixels.
 """
 
 from __future__ import annotations

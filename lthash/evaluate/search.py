@@ -16,7 +16,6 @@ choice), used only where faiss is installed.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +100,6 @@ def parse_query_index(text: str, n_query: int) -> list[int]:
 def load_query_codes(path: str | os.PathLike, bits: int, group: str = "query") -> tuple[np.ndarray, CodeSet | None]:
     """Packed query codes from a codes file (HDF5, ``group``) or a ``.npy`` array of
     {-1,+1} / {0,1} rows (items x bits) or packed uint8 rows (items x ceil(bits/8))."""
-    from lthash.evaluate.codes import pack_codes
-
     path = Path(path)
     if path.suffix == ".npy":
         if not path.exists():
@@ -113,10 +110,10 @@ def load_query_codes(path: str | os.PathLike, bits: int, group: str = "query") -
         if array.ndim != 2:
             raise LthashError(f"{path}: query codes must be a 2-D array, got shape {array.shape}")
         if array.shape[1] == bits and (bits != 1 or array.dtype != np.uint8):
-            from lthash.evaluate.metrics import code_words
+            from lthash.evaluate.metrics import pack_words
 
-            code_words(array, None, f"query codes in {path}")
-            return pack_codes(array), None
+            words = pack_words(array, f"query codes in {path}")
+            return np.ascontiguousarray(words.view(np.uint8)[:, : -(-bits // 8)]), None
         if array.dtype == np.uint8 and array.shape[1] == -(-bits // 8):
             return array, None
         raise LthashError(f"{path}: {array.shape[1]} columns match neither {bits} bits nor "
@@ -317,6 +314,54 @@ def image_queries(files: Sequence[Path], shape: Sequence[int], class_names: Sequ
             for path in files]
 
 
+@dataclass
+class QuerySource:
+    """The queries of one search: known up front (``queries`` with their ``packed`` codes) or
+    image files still to read and encode (``files``), and how the JSON names their source."""
+
+    queries: list[Query]
+    packed: np.ndarray | None
+    files: list[Path]
+    shape: Sequence[int] | None
+    describe: dict[str, Any]
+
+
+def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | None,
+                   query_codes: str | os.PathLike | None, model: str | os.PathLike | None, specs: list[str],
+                   group: str, device: str, pictures: bool) -> QuerySource:
+    """Queries from rows of the codes file's query set, a codes / .npy file, or a model and images."""
+    from lthash.evaluate.query_images import H5_SUFFIXES, collect_image_files
+
+    shape = db.attrs.get("input_shape")
+    if query_index is not None:
+        query_set = read_codes(codes, "query")
+        rows = parse_query_index(query_index, len(query_set))
+        queries = [Query(source=db.source(r, query_set), label=_label_value(query_set.labels[r]),
+                         row=r, index=int(query_set.index[r])) for r in rows]
+        if pictures:
+            for q, picture in zip(queries, db.pictures(rows, shape, "query", query_set)):
+                q.image = picture
+        return QuerySource(queries, query_set.codes[rows], [], shape,
+                           {"codes": str(codes), "group": "query", "rows": rows})
+    if query_codes is not None:
+        packed, code_set = load_query_codes(query_codes, db.bits, group)
+        queries = [Query(source=f"{query_codes} row {r}", row=r,
+                         label=_label_value(code_set.labels[r]) if code_set is not None else None,
+                         index=int(code_set.index[r]) if code_set is not None else None) for r in range(len(packed))]
+        return QuerySource(queries, packed, [], shape, {"query_codes": str(query_codes)})
+    meta = check_model_matches(model, codes, db.attrs, db.bits, device)
+    shape = list(meta["input_shape"])
+    if len(specs) == 1 and Path(specs[0]).suffix.lower() in H5_SUFFIXES and Path(specs[0]).is_file():
+        packed, image_set = encode_query_images(model, specs[0], group, device)
+        names = image_set.extra.get("files")
+        queries = [Query(source=_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
+                         label=_label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
+                         image=image_set.images[r]) for r in range(len(packed))]
+        return QuerySource(queries, packed, [], shape, {"model": str(model), "images": str(specs[0]), "group": group})
+    return QuerySource([], None, collect_image_files(specs), shape,
+                       {"model": str(model), "images": [str(spec) for spec in specs]})
+
+
 def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k: int = 10, backend: str = "exact",
                query_index: str | None = None, query_codes: str | os.PathLike | None = None,
                model: str | os.PathLike | None = None, images: Sequence[str] | str | os.PathLike | None = None,
@@ -328,79 +373,42 @@ def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k
 
     Query images (``model`` + ``images``): files, folders or glob patterns, or one HDF5 image-set
     file (its ``group``). With image files the first query is answered alone, so the time to the
-    first answer is that of one image; the rest are encoded and searched together.
+    first answer is that of one image; the rest are encoded and searched together. ``seconds``
+    in the result: ``setup`` (codes file and model loaded), ``first_answer`` (from the call to
+    the first query's results), ``per_query`` (each later query; for codes, all queries'
+    search time over their number; None for a single image), ``total``.
     """
-    from lthash.evaluate.query_images import H5_SUFFIXES, collect_image_files
-
     started = time.perf_counter()
     echo = echo or (lambda text: print(text, flush=True))
-    sources = [s for s in (query_index, query_codes, model) if s is not None]
-    if len(sources) != 1:
+    if len([s for s in (query_index, query_codes, model) if s is not None]) != 1:
         raise LthashError("give exactly one query source: --query-index, --query-codes or --model (+ --images)")
-    specs = [images] if isinstance(images, (str, os.PathLike)) else list(images or [])
+    specs = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(i) for i in images or []]
     if (model is None) != (not specs):
         raise LthashError("--model and --images go together")
     db = Database(codes)
-    shape = db.attrs.get("input_shape")
-    queries: list[Query]
-    packed: np.ndarray | None = None
-    files: list[Path] = []
-    if query_index is not None:
-        query_set = read_codes(codes, "query")
-        rows = parse_query_index(query_index, len(query_set))
-        packed = query_set.codes[rows]
-        queries = [Query(source=db.source(r, query_set), label=_label_value(query_set.labels[r]),
-                         row=r, index=int(query_set.index[r])) for r in rows]
-        if grid is not None:
-            for q, picture in zip(queries, db.pictures(rows, shape, "query", query_set)):
-                q.image = picture
-        source = {"codes": str(codes), "group": "query", "rows": rows}
-    elif query_codes is not None:
-        packed, code_set = load_query_codes(query_codes, db.bits, group)
-        queries = [Query(source=f"{query_codes} row {r}", row=r,
-                         label=_label_value(code_set.labels[r]) if code_set is not None else None,
-                         index=int(code_set.index[r]) if code_set is not None else None) for r in range(len(packed))]
-        source = {"query_codes": str(query_codes)}
-    else:
-        meta = check_model_matches(model, codes, db.attrs, db.bits, device)
-        shape = list(meta["input_shape"])
-        if len(specs) == 1 and Path(specs[0]).suffix.lower() in H5_SUFFIXES and Path(specs[0]).is_file():
-            packed, image_set = encode_query_images(model, specs[0], group, device)
-            names = image_set.extra.get("files")
-            queries = [Query(source=_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
-                             label=_label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
-                             image=image_set.images[r]) for r in range(len(packed))]
-            source = {"model": str(model), "images": str(specs[0]), "group": group}
-        else:
-            files = collect_image_files(specs)
-            queries = []
-            source = {"model": str(model), "images": [str(s) for s in specs]}
+    source = gather_queries(db, codes, query_index, query_codes, model, specs, group, device, grid is not None)
     setup = time.perf_counter() - started
-    entries: list[dict[str, Any]] = []
+    queries, entries = list(source.queries), []
     first_answer = None
-    if files:
-        from lthash.hashing.encode import encode_array
+    total_queries = len(source.files) or len(queries)
+    batches = [(None, source.packed)] if not source.files else [(batch, None) for batch in
+                                                                 (source.files[:1], source.files[1:]) if batch]
+    for files, packed in batches:
+        batch_queries = queries
+        if files is not None:
+            from lthash.hashing.encode import encode_array
 
-        for batch in (files[:1], files[1:]):
-            if not batch:
-                continue
-            batch_queries = image_queries(batch, shape, db.class_names)
-            codes_batch = encode_array(model, np.stack([q.image for q in batch_queries]), device=device)
-            found, dist = search_codes(codes_batch, db.set.codes, db.bits, k, backend, threads)
-            for q, rows_q, dist_q in zip(batch_queries, found, dist):
-                entries.append(answer(q, rows_q, dist_q, db))
-                echo(format_answer(len(entries), len(files), entries[-1]))
+            batch_queries = image_queries(files, source.shape, db.class_names)
+            packed = encode_array(model, np.stack([q.image for q in batch_queries]), device=device)
             queries.extend(batch_queries)
-            if first_answer is None:
-                first_answer = time.perf_counter() - started
-    else:
         found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
-        first_answer = time.perf_counter() - started
-        for q, rows_q, dist_q in zip(queries, found, dist):
+        for q, rows_q, dist_q in zip(batch_queries, found, dist):
             entries.append(answer(q, rows_q, dist_q, db))
-            echo(format_answer(len(entries), len(queries), entries[-1]))
+            echo(format_answer(len(entries), total_queries, entries[-1]))
+        if first_answer is None:
+            first_answer = time.perf_counter() - started
     total = time.perf_counter() - started
-    if files:
+    if source.files:
         per_query = (total - first_answer) / (len(entries) - 1) if len(entries) > 1 else None
     else:
         per_query = (total - setup) / len(entries)
@@ -409,11 +417,11 @@ def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k
     rate = "" if per_query is None else f", then {per_query * 1000:.1f} ms per query"
     echo(f"{len(entries)} queries against {len(db.set)} database items: first answer after {first_answer:.3f} s"
          f" (setup {setup:.3f} s){rate}")
-    result = {"bits": db.bits, "k": len(entries[0]["results"]) if entries else 0, "backend": backend,
-              "n_database": len(db.set), "database": str(codes), "dataset": db.dataset, "source": source,
-              "seconds": timing, "queries": entries}
+    result = {"bits": db.bits, "k": len(entries[0]["results"]), "backend": backend, "n_database": len(db.set),
+              "database": str(codes), "dataset": db.dataset, "source": source.describe, "seconds": timing,
+              "queries": entries}
     if grid is not None:
-        result["grid"] = {"path": str(grid), "size": list(_write_grid(grid, queries, entries, db, shape))}
+        result["grid"] = {"path": str(grid), "size": list(_write_grid(grid, queries, entries, db, source.shape))}
     if out is not None:
         write_json(out, result)
     return result
