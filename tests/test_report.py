@@ -226,22 +226,30 @@ def test_gap_share_per_group_and_undefined_cases():
 
 
 def test_validation_table_when_present(scored, tmp_path):
+    """Two runs' codes gain a validation set (scored by the real score stage), two do not."""
+    from lthash.evaluate.codes import read_codes
     from lthash.io import read_json
 
     root, metrics, codes, split, *_ = scored
     edited = []
-    for i, path in enumerate(metrics):
+    for i, (path, code_path) in enumerate(zip(metrics, codes)):
         data = read_json(path)
-        if i < 2:
-            data["validation"] = {"R": "all", "ties": "index", "map": 0.5 + i / 10, "n_query": 30}
         target = tmp_path / f"r{i}" / "metrics.json"
+        if i < 2:
+            query, database = read_codes(code_path, "query"), read_codes(code_path, "database")
+            held = CodeSet(database.codes[::7], database.labels[::7], database.index[::7], BITS)
+            write_codes(tmp_path / f"r{i}" / "codes.h5", {"query": query, "database": database, "validation": held})
+            data = run_score(tmp_path / f"r{i}" / "codes.h5", target, PARAMS, split=split, tags=data["tags"])
         write_json(target, data)
         edited.append(target)
     write_report(edited, tmp_path / "report.md", tmp_path / "map.csv", root / "data" / "split.json",
                  tables=tmp_path / "tables")
     rows = _csv(tmp_path / "tables" / "validation.csv")
-    assert [(r["arm_label"], float(r["map"])) for r in rows] == [("balanced", 0.5), ("longtail", 0.6)]
+    expected = [(read_json(p)["tags"]["arm"], read_json(p)["validation"]["map"]["all"]) for p in edited[:2]]
+    assert [(r["arm_label"], float(r["map"])) for r in rows] == pytest.approx(expected)
+    assert expected[0][1] > 0 and rows[0]["R"] == "all" and rows[0]["n_query"] == str(len(held))
     assert "Validation mAP (for model selection" in (tmp_path / "tables" / "validation.html").read_text()
+    assert "Validation mAP" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_runs_are_refused_naming_the_file(scored, tmp_path):

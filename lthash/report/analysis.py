@@ -325,21 +325,32 @@ def per_class_table(runs: Sequence[RunRecord], R: Any, ties: str) -> Table:
 
 
 def validation_entry(metrics: Mapping[str, Any], R: Any, ties: str) -> dict[str, Any] | None:
-    """``metrics["validation"]`` as one row (its ``results`` row of R / ties, else its first, else
-    the mapping itself); None when absent or holding no mAP."""
+    """``metrics["validation"]`` (the score stage's model-selection section) as one row at cut-off
+    ``R``, else its R = all, else its first cut-off; None when absent or holding no mAP.
+
+    The score stage writes ``{"ties", "R": [...], "map": {R: x}, "map_head": {R: x}, ...}``
+    (values keyed by R as text); a section of scalars (``{"map": x, ...}``) is read as it is.
+    """
     validation = metrics.get("validation")
     if not isinstance(validation, Mapping):
         return None
-    rows = validation.get("results")
-    row: Mapping[str, Any] = validation
-    if isinstance(rows, list) and rows:
-        matching = [r for r in rows if str(r.get("R")) == str(R) and r.get("ties") == ties]
-        row = matching[0] if matching else rows[0]
-    entry = {key: row.get(key) for key in KEYS if isinstance(row.get(key), (int, float))}
+    by_r = validation.get("map")
+    cut = None
+    if isinstance(by_r, Mapping):
+        if not by_r:
+            return None
+        cut = next((key for key in (str(R), "all") if key in by_r), next(iter(by_r)))
+    entry: dict[str, Any] = {}
+    for key in KEYS:
+        value = validation.get(key)
+        value = value.get(cut) if isinstance(value, Mapping) else value
+        if isinstance(value, (int, float)):
+            entry[key] = float(value)
     if "map" not in entry:
         return None
-    for key in ("R", "ties", "n_query", "n_database"):
-        entry[key] = row.get(key, validation.get(key))
+    entry["R"] = cut if cut is not None else validation.get("R")
+    entry["ties"] = validation.get("ties")
+    entry["n_query"], entry["n_database"] = validation.get("n_query"), validation.get("n_database")
     return entry
 
 
