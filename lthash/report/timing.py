@@ -69,7 +69,7 @@ def timing_table(folder: str | os.PathLike | None) -> Table:
         empty="_no benchmark files under the results folder_")
     order = sorted(stages, key=lambda s: -stages[s]["wall_s"])
     for stage in order:
-        table.records.append({"stage": stage, **stages[stage]})
+        table.records.append({"stage": stage, **{key: round(value, 3) for key, value in stages[stage].items()}})
     if order:
         total = sum(stages[s]["wall_s"] for s in order)
         rows = [[stage, int(stages[stage]["jobs"]), _clock(stages[stage]["wall_s"]),
