@@ -289,7 +289,6 @@ READS: dict[str, tuple[str, ...]] = {
     "resample": ("generate.seed",),
     "quality": ("generate.seed", "generate.categories", "generate.quality"),
     "filter_judge": ("generate.seed", "generate.filter_judge"),
-    "filter_judge": ("generate.seed", "generate.filter_judge"),
     **{name: _train_reads(arm) for name, arm in TRAINING.items()},
     "encode": ("hashing.encode",),
     "score": ("evaluate", "-evaluate.search"),
