@@ -213,20 +213,22 @@ def test_score_reports_validation_apart_from_the_queries(digits, tmp_path):
     assert metrics2["results"] == metrics["results"] and metrics2["per_class"] == metrics["per_class"]
 
 
-def test_few_query_search_equals_the_kernel():
-    """Up to FEW_QUERIES queries are answered with numpy, more by the numba kernel: same rows
-    and distances, ties by row (6-bit codes: ties everywhere)."""
+def test_small_search_in_numpy_equals_the_kernel(monkeypatch):
+    """Searches of few (query, item) pairs run in numpy, larger ones in the numba kernel: same
+    rows and distances, ties by row (6-bit codes: ties everywhere)."""
+    from lthash.evaluate import search
     from lthash.evaluate.codes import pack_codes
-    from lthash.evaluate.search import FEW_QUERIES, search_codes
 
     rng = np.random.default_rng(0)
     for bits in (6, 64, 70):
         db = pack_codes(rng.choice([-1, 1], (500, bits)))
-        queries = pack_codes(rng.choice([-1, 1], (FEW_QUERIES + 1, bits)))
-        by_kernel = search_codes(queries, db, bits, 40)
-        by_numpy = search_codes(queries[:FEW_QUERIES], db, bits, 40)
-        np.testing.assert_array_equal(by_numpy[0], by_kernel[0][:FEW_QUERIES])
-        np.testing.assert_array_equal(by_numpy[1], by_kernel[1][:FEW_QUERIES])
+        queries = pack_codes(rng.choice([-1, 1], (9, bits)))
+        by_numpy = search.search_codes(queries, db, bits, 40)
+        with monkeypatch.context() as patch:
+            patch.setattr(search, "NUMPY_PAIRS", 0)
+            by_kernel = search.search_codes(queries, db, bits, 40)
+        np.testing.assert_array_equal(by_numpy[0], by_kernel[0])
+        np.testing.assert_array_equal(by_numpy[1], by_kernel[1])
         dist = np.unpackbits(queries[:, None] ^ db[None], axis=2)[:, :, :bits].sum(axis=2)
         np.testing.assert_array_equal(by_kernel[0], np.argsort(dist, axis=1, kind="stable")[:, :40])
 

@@ -28,7 +28,9 @@ from lthash.evaluate.codes import CodeSet, read_codes
 from lthash.io import read_attrs, write_json
 
 BACKENDS = ("exact", "faiss")
-FEW_QUERIES = 8
+NUMPY_PAIRS = 20_000_000
+"""Searches of at most this many (query, item) pairs run in numpy: 8-40 ns a pair (1-2 words),
+against numba's start-up of 0.5-2 s the first time in a process."""
 
 
 def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: int = 10,
@@ -46,8 +48,8 @@ def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: in
     k = min(int(k), db_words.shape[0])
     if backend == "faiss":
         return _faiss_search(q_words, db_words, k)
-    if q_words.shape[0] <= FEW_QUERIES:
-        return _few_queries_topk(q_words, db_words, k)
+    if q_words.shape[0] * db_words.shape[0] <= NUMPY_PAIRS:
+        return _numpy_topk(q_words, db_words, k)
     from lthash.evaluate import _kernels
 
     if threads is not None:
@@ -57,9 +59,9 @@ def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: in
     return _dynamic(_kernels.topk_kernel)(q_words, db_words, k, bits)
 
 
-def _few_queries_topk(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _numpy_topk(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_kernels.topk_kernel`'s answer (by distance, ties by row) with numpy, one query at
-    a time: for a few queries it skips numba's start-up (1-2 s the first time in a process)."""
+    a time (see :data:`NUMPY_PAIRS`)."""
     rows = np.empty((q_words.shape[0], k), np.int64)
     dist = np.empty((q_words.shape[0], k), np.int64)
     for i, query in enumerate(q_words):
