@@ -63,6 +63,19 @@ def _dotted(path) -> str:
     return ".".join(str(part) for part in path) or "<top level>"
 
 
+#: Config keys renamed to one spelling per concept: an old name is refused naming the new one
+#: (where the new one is allowed at that place).
+RENAMED = {"learning_rate": "lr", "precision": "mixed_precision"}
+
+
+def _suggest(extra: str, allowed: list[str]) -> str | None:
+    """The key meant by ``extra``: its new name when it was renamed, else the closest allowed key."""
+    if RENAMED.get(extra) in allowed:
+        return RENAMED[extra]
+    hint = difflib.get_close_matches(extra, allowed, n=1)
+    return hint[0] if hint else None
+
+
 def _describe(error, schema_root) -> str:
     key = _dotted(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -71,8 +84,8 @@ def _describe(error, schema_root) -> str:
         parts = []
         for extra in extras:
             full = f"{key}.{extra}" if error.absolute_path else extra
-            hint = difflib.get_close_matches(extra, allowed, n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            hint = _suggest(extra, allowed)
+            suggestion = f"; did you mean '{hint}'?" if hint else ""
             parts.append(f"unknown config key '{full}'{suggestion} (allowed here: {', '.join(allowed)})")
         return "\n".join(parts) or error.message
     if error.validator == "enum":

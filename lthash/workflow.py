@@ -255,7 +255,7 @@ METHOD_SECTION = {"lthnet_sq": "lthnet"}
 #: Keys of ``generate.synthesis`` only one synthesis mode reads (so editing them reruns only its shards).
 SYNTHESIS_MODE_KEYS: dict[str, tuple[str, ...]] = {"real": ("strength",)}
 
-_TRAIN = ("hashing.seed", "hashing.image_size", "hashing.precision", "hashing.distributed", "hashing.train",
+_TRAIN = ("hashing.seed", "hashing.image_size", "hashing.mixed_precision", "hashing.distributed", "hashing.train",
           "hashing.method_train.{method}", "hashing.{method_sections}", "hashing.{backbone}",
           "hashing.pretrained.{backbone}")
 

@@ -19,6 +19,27 @@ def test_misspelt_key_is_named_with_suggestion():
         validate_config({"dataset": {}, "split": {"query_per_clas": 3}})
 
 
+@pytest.mark.parametrize("section,old,new", [
+    ({"generate": {"base": {"learning_rate": 0.001}}}, "generate.base.learning_rate", "lr"),
+    ({"hashing": {"train": {"learning_rate": 0.001}}}, "hashing.train.learning_rate", "lr"),
+    ({"hashing": {"precision": "bf16"}}, "hashing.precision", "mixed_precision"),
+])
+def test_renamed_keys_are_refused_naming_the_new_key(section, old, new):
+    with pytest.raises(LthashError, match=rf"unknown config key '{old}'; did you mean '{new}'\?"):
+        validate_config({"dataset": {}, **section})
+
+
+def test_one_spelling_of_lr_and_mixed_precision_validates():
+    config = validate_config({"dataset": {}, "generate": {"base": {"lr": 0.001}},
+                              "hashing": {"mixed_precision": "bf16", "train": {"lr": 0.001}}})
+    assert config["generate"]["base"]["lr"] == 0.001 and config["hashing"]["mixed_precision"] == "bf16"
+    defaults = validate_config({"dataset": {}})
+    assert defaults["hashing"]["mixed_precision"] == "no" and defaults["generate"]["base"]["lr"] == 0.002
+    assert defaults["generate"]["personalize"]["mixed_precision"] == "no"
+    with pytest.raises(LthashError, match=r"'hashing.mixed_precision': 'fp32' is not one of"):
+        validate_config({"dataset": {}, "hashing": {"mixed_precision": "fp32"}})
+
+
 def test_wrong_type_and_range_are_named():
     with pytest.raises(LthashError) as info:
         validate_config({"dataset": {"name": "mnist"}, "split": {"seed": -1, "train_per_class": "many"}})

@@ -84,11 +84,11 @@ def test_validation_selection_never_uses_query(small_split, tmp_path):
         run_training(small_split, "train", [], "real", None, tmp_path / "bad", params(train={**TINY, "select": "best"}), "cpu")
 
 
-@pytest.mark.parametrize("precision,distributed", [("bf16", "none"), ("fp32", "accelerate")])
+@pytest.mark.parametrize("precision,distributed", [("bf16", "none"), ("no", "accelerate")])
 def test_mixed_precision_and_accelerate_paths_on_cpu(small_split, tmp_path, precision, distributed):
     run = tmp_path / "run"
     record = run_training(small_split, "train", [], "real", None, run,
-                          params(method="csq", precision=precision, distributed=distributed), "cpu")
+                          params(method="csq", mixed_precision=precision, distributed=distributed), "cpu")
     assert record["final_loss"] is not None and np.isfinite(record["final_loss"])
     codes = encode_array(run, read_image_set(small_split, "query").images[:5])
     assert codes.shape == (5, 2) and codes.dtype == np.uint8

@@ -45,7 +45,7 @@ class BaseTrainingConfig:
 
     steps: int = 600
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 1e-2
     ema_decay: float = 0.995
@@ -101,9 +101,9 @@ def trainable_parameters(components: DiffusionComponents, train_text_encoder: bo
 def learning_rate(config: BaseTrainingConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to 0 at ``steps``."""
     if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
+        return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # --- checkpoints -------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def train_base(
     if components.vae is not None:
         components.vae.requires_grad_(False)
     params = trainable_parameters(components, train_text)
-    optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate,
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr,
                                   weight_decay=config.weight_decay)
     ema = ExponentialMovingAverage(params, config.ema_decay)
     partial = Path(partial_dir) if partial_dir else None
@@ -279,13 +279,13 @@ def split_fingerprint(images: np.ndarray, index: np.ndarray) -> str:
 
 
 def write_loss_curve(folder: Path, losses: Sequence[float], config: BaseTrainingConfig) -> None:
-    """loss.csv (step, loss, learning rate) and loss.png (raw and smoothed)."""
+    """loss.csv (step, loss, lr) and loss.png (raw and smoothed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ["step,loss,learning_rate"] + [f"{i + 1},{loss:.6f},{learning_rate(config, i):.6g}"
+    rows = ["step,loss,lr"] + [f"{i + 1},{loss:.6f},{learning_rate(config, i):.6g}"
                                           for i, loss in enumerate(losses)]
     (folder / "loss.csv").write_text("\n".join(rows) + "\n")
     values = np.asarray(losses)

@@ -90,15 +90,15 @@ def make_optimizer(model: HashMethod, train: Mapping[str, Any]) -> torch.optim.O
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    """torch.autocast in bf16/fp16 on the run's device type; a no-op in fp32."""
-    if precision == "fp32":
+    """torch.autocast in bf16/fp16 (``hashing.mixed_precision``) on the run's device type; a no-op for "no"."""
+    if precision == "no":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 @torch.no_grad()
-def encode_images(model: HashMethod, images: np.ndarray, device: str, precision: str = "fp32",
+def encode_images(model: HashMethod, images: np.ndarray, device: str, precision: str = "no",
                   batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Real-valued codes (float32 N x bits) of uint8 images, in eval mode."""
     was_training = model.training
@@ -182,7 +182,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
         history, final_state, extra = _train_deep(model, train_set, val_set, train, params, device, out, seed,
                                                   _fingerprint(split, group, shards, mode, init, params, train))
     else:
-        history, final_state, extra = _fit_shallow(model, train_set, device, params["precision"])
+        history, final_state, extra = _fit_shallow(model, train_set, device, params["mixed_precision"])
     is_main = extra.pop("is_main", True)
     record.update(extra)
     record["seconds"] = round(time.time() - started, 3)
@@ -217,7 +217,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
                 params: Mapping[str, Any], device: str, out: Path, seed: int, fingerprint: str):
     from tqdm import tqdm
 
-    precision = params["precision"]
+    precision = params["mixed_precision"]
     model.to(device)
     optimizer = make_optimizer(model, train)
     partial = Path(str(out) + ".partial")
