@@ -67,7 +67,7 @@ def test_base_resumes_after_sigkill_to_the_same_weights(small_split, tmp_path):
     reference = tmp_path / "reference"
     run_base(small_split, reference, settings, progress=False)
     cmd = [sys.executable, "-m", "lthash.cli", "base", "--split", str(small_split), "--out", str(tmp_path / "killed"),
-           "--params", json.dumps({"generate": settings}),
+           "--params", json.dumps({"generate": {"base": settings["base"], "seed": settings["seed"]}}),
            "--threads", os.environ.get("LTHASH_THREADS", "2"), "--device", "cpu"]
     partial = tmp_path / "killed.partial"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -33,6 +33,7 @@ from lthash.errors import LthashError
 from lthash.generate.models import DiffusionComponents, encode_images, tokenize
 from lthash.io import canonical_json, load_safetensors, save_safetensors
 from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
+from lthash.schedules import warmup_decay
 
 log = logging.getLogger("lthash.base")
 
@@ -96,14 +97,6 @@ def trainable_parameters(components: DiffusionComponents, train_text_encoder: bo
     if train_text_encoder:
         params.update({f"text_encoder.{name}": p for name, p in components.text_encoder.named_parameters()})
     return params
-
-
-def learning_rate(config: BaseTrainingConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to 0 at ``steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # --- checkpoints -------------------------------------------------------------------------
@@ -232,7 +225,7 @@ def train_base(
         noisy = scheduler.add_noise(x0, noise, t)
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = warmup_decay(step, config.steps, config.warmup_steps, peak=config.lr)
         hidden = components.text_encoder(ids.to(device))[0]
         pred = components.unet(noisy.to(device, components.dtype), t.to(device), encoder_hidden_states=hidden).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
@@ -285,7 +278,7 @@ def write_loss_curve(folder: Path, losses: Sequence[float], config: BaseTraining
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ["step,loss,lr"] + [f"{i + 1},{loss:.6f},{learning_rate(config, i):.6g}"
+    rows = ["step,loss,lr"] + [f"{i + 1},{loss:.6f},{warmup_decay(i, config.steps, config.warmup_steps, peak=config.lr):.6g}"
                                           for i, loss in enumerate(losses)]
     (folder / "loss.csv").write_text("\n".join(rows) + "\n")
     values = np.asarray(losses)

@@ -31,6 +31,7 @@ from lthash.hashing.metrics import hamming_map
 from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
 from lthash.io import atomic_dir, canonical_json, save_safetensors, write_json
 from lthash.runtime import seed_everything
+from lthash.schedules import warmup_decay
 
 log = logging.getLogger("lthash.hashing")
 VALIDATION_DATABASE_MAX = 5000
@@ -52,19 +53,6 @@ def effective_train(params: Mapping[str, Any], method: str, mode: str, init: str
         raise LthashError("config key 'hashing.train.select' is 'best' but hashing.train.validation_fraction is 0: "
                           "model selection needs a validation split carved from the training data")
     return train
-
-
-def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
-    """Multiplier of the base lr at optimiser step ``step`` of ``total``: linear warm-up, then
-    cosine 0.5 (1 + cos(pi t)), constant, or step (x0.1 at 50% and 75% of the steps)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    if scheduler == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    if scheduler == "step":
-        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    return 1.0
 
 
 def make_optimizer(model: HashMethod, train: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -272,7 +260,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
                    mininterval=2.0, disable=not is_main)
         for step, index in enumerate(bar):
             global_step = epoch * steps_per_epoch + step
-            factor = lr_factor(global_step, total_steps, warmup, train["scheduler"])
+            factor = warmup_decay(global_step, total_steps, warmup, train["scheduler"])
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
             x = to_float(images_all[index])
