@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lthash.checkpointing import capture_rng, restore_rng
 from lthash.errors import LthashError
 from lthash.generate.models import DiffusionComponents, encode_images, tokenize
 from lthash.io import canonical_json, load_safetensors, save_safetensors
@@ -114,8 +115,7 @@ def save_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: Ex
         tensors.update({f"ema.{name}": value for name, value in ema.shadow.items()})
         optim_tensors, optim_meta = flatten_optimizer_state(optimizer.state_dict(), prefix="optim")
         tensors.update(optim_tensors)
-        tensors["rng.generator"] = generator.get_state()
-        tensors["rng.torch_cpu"] = torch.get_rng_state()
+        tensors.update(capture_rng(generator, prefix="rng."))
         save_safetensors(tmp / "weights.safetensors", tensors, {"optimizer": optim_meta})
         (tmp / "state.json").write_text(canonical_json({**asdict(state), "fingerprint": fingerprint}))
         os.replace(tmp, final)
@@ -154,8 +154,7 @@ def restore_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema:
                 param.copy_(tensors[f"param.{name}"])
                 ema.shadow[name].copy_(tensors[f"ema.{name}"])
         optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"]), prefix="optim"))
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch_cpu"])
+        restore_rng(tensors, generator, prefix="rng.")
         log.info("resuming base training from %s (step %d)", path, step)
         return TrainingState(step=record["step"], losses=record["losses"], seconds=record["seconds"])
     return None

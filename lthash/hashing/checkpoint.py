@@ -1,5 +1,6 @@
-"""Epoch checkpoints in ``<RUN_DIR>.partial/``: weights and optimiser state as safetensors,
-everything else (epoch, history, RNG states, fingerprint of the inputs) as JSON.
+"""Epoch checkpoints in ``<RUN_DIR>.partial/``: weights, optimiser and RNG states
+(:func:`lthash.checkpointing.capture_rng`, keys ``rng.*``) as safetensors, everything else
+(epoch, history, fingerprint of the inputs) as JSON.
 
 A checkpoint is the folder ``epoch-NNNN/`` holding ``model.safetensors``,
 ``optimizer.safetensors`` (and ``best.safetensors`` when selecting by validation), with
@@ -11,42 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
+from lthash.checkpointing import capture_rng
 from lthash.errors import LthashError
 from lthash.io import load_safetensors, read_json, save_safetensors, write_json
 from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 
 log = logging.getLogger("lthash.hashing")
-
-
-def rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """torch (CPU and CUDA) RNG states as tensors; python and numpy states as JSON."""
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = cuda_state
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return tensors, {"python": [version, list(internal), gauss],
-                     "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
-
-
-def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-    version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def save_checkpoint(partial: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -58,11 +35,10 @@ def save_checkpoint(partial: Path, epoch: int, model: torch.nn.Module, optimizer
     folder.mkdir(parents=True)
     save_safetensors(folder / "model.safetensors", model.state_dict())
     opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
-    rng_tensors, rng_meta = rng_states()
-    save_safetensors(folder / "optimizer.safetensors", {**opt_tensors, **rng_tensors})
+    save_safetensors(folder / "optimizer.safetensors", {**opt_tensors, **capture_rng(prefix="rng.")})
     if best is not None:
         save_safetensors(folder / "best.safetensors", best)
-    write_json(folder / "state.json", {**state, "epoch": epoch, "optimizer": opt_meta, "rng": rng_meta})
+    write_json(folder / "state.json", {**state, "epoch": epoch, "optimizer": opt_meta})
     for old in sorted(partial.glob("epoch-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from lthash.checkpointing import restore_rng
 from lthash.errors import LthashError
 from lthash.provenance import code_version
 from lthash.hashing import checkpoint as ckpt
@@ -224,7 +225,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         resumed = state.get("resumed_at_epochs", []) + [start_epoch]
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng(restored["rng_tensors"], state["rng"])
+        restore_rng(restored["rng_tensors"], prefix="rng.")
         log.info("resuming %s from %s (epoch %d of %d)", out, restored["folder"], start_epoch, epochs)
     elif partial.exists():
         shutil.rmtree(partial)

@@ -7,8 +7,9 @@ that stage) holding
   parameters of the stages run so far),
 - ``optimizer.safetensors``: the current stage's optimiser state, flattened to tensors with
   its ``param_groups`` and the gradient scaler state as JSON metadata,
-- ``rng.safetensors``: the run's torch generator state and torch's global CPU/CUDA states
-  (one entry per process under accelerate),
+- ``rng-<process>.safetensors``: the run's torch generator state and the process's global
+  torch CPU/CUDA, python and numpy states (:func:`lthash.checkpointing.capture_rng`, one file
+  per process under accelerate),
 - ``state.json``: stage index, step, fingerprint of the run's settings, and the stage log.
 
 It is written to a temporary sibling and renamed into place, so a kill mid-write leaves no
@@ -38,28 +39,6 @@ from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_
 log = logging.getLogger("lthash.personalize")
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)-(\d{6})$")
-
-
-def capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The run generator's state plus torch's global CPU (and CUDA) RNG states."""
-    states = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            states[f"torch_cuda.{index}"] = state
-    return states
-
-
-def restore_rng(generator: torch.Generator, states: Mapping[str, torch.Tensor]) -> None:
-    """Put back what :func:`capture_rng` captured."""
-    generator.set_state(states["generator"])
-    torch.set_rng_state(states["torch_cpu"])
-    cuda = [states[key] for key in sorted(states, key=_cuda_index) if key.startswith("torch_cuda.")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _cuda_index(key: str) -> int:
-    return int(key.split(".")[1]) if key.startswith("torch_cuda.") else -1
 
 
 @dataclass

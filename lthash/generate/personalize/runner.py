@@ -18,7 +18,8 @@ import torch
 
 from lthash.generate.concepts import write_concept
 from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components
-from lthash.generate.personalize.checkpointing import CheckpointManager, restore_rng
+from lthash.checkpointing import restore_rng
+from lthash.generate.personalize.checkpointing import CheckpointManager
 from lthash.generate.personalize.data import Augmentation, load_class_images
 from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
@@ -122,7 +123,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     first = 0
     if resume is not None:
         load_weights(components.unet, token, resume.weights)
-        restore_rng(generator, resume.rng)
+        restore_rng(resume.rng, generator)
         trainer.stage_log = list(resume.stage_log)
         first = resume.stage_index
         log.info("resuming %s at stage %d step %d", partial, resume.stage_index, resume.step)

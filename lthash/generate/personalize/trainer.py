@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from lthash.errors import LthashError
 from lthash.generate.attention import capture_cross_attention
 from lthash.generate.models import DiffusionComponents, tokenize
-from lthash.generate.personalize.checkpointing import Checkpoint, CheckpointManager, capture_rng
+from lthash.checkpointing import capture_rng
+from lthash.generate.personalize.checkpointing import Checkpoint, CheckpointManager
 from lthash.generate.personalize.data import Augmentation, sample_batch
 from lthash.generate.personalize.schedule import Stage
 from lthash.generate.regularizer import attention_regularizer
