@@ -347,8 +347,8 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
     words = sorted(set(categories))
     arch = TinyModelConfig.from_dict(base["architecture"])
     height, width, channels = train.images.shape[1:]
-    size = model_image_size(height, width, len(arch.block_out_channels), base.get("image_size"))
-    seed = int(params.get("seed", 0))
+    size = model_image_size(height, width, len(arch.block_out_channels), base["image_size"])
+    seed = int(params["seed"])
     components = build_tiny_components(words, size, channels, seed, arch).to(device)
     config = BaseTrainingConfig.from_params(base, seed=seed)
     fingerprint = canonical_json({"base": base, "categories": categories, "seed": seed,
@@ -357,7 +357,7 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
     partial = out.with_name(out.name + ".partial")
     cpu_started = time.process_time()
     state = train_base(components, train.images, prompts, config, partial, fingerprint, progress)
-    grid = sample_grid(components, words, base.get("samples_per_category", 8), seed, (height, width, channels))
+    grid = sample_grid(components, words, base["samples_per_category"], seed, (height, width, channels))
     report = {
         "steps": state.step, "seconds": round(state.seconds, 1),
         "cpu_seconds_this_process": round(time.process_time() - cpu_started, 1),

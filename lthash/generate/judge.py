@@ -134,14 +134,14 @@ def train_filter_judge(split_path: str | os.PathLike, out: str | os.PathLike,
     from lthash.generate.corpus import index_digest
     from lthash.io import atomic_dir, open_complete_h5, read_attrs, write_json
 
-    settings = dict(params.get("filter_judge", {}))
-    seed = int(params.get("seed", 0))
+    settings = params["filter_judge"]
+    seed = int(params["seed"])
     class_names = list(read_attrs(split_path)["class_names"])
     train = read_image_set(split_path, "train")
     if train.images is None or train.labels.ndim != 1:
         raise LthashError(f"{split_path}: the filter judge needs the train group's images with single labels")
     judge = train_judge(train.images, train.labels, len(class_names), seed, class_balanced=True,
-                        epochs=int(settings.get("epochs", 20)))
+                        epochs=int(settings["epochs"]))
     record: dict[str, Any] = {
         "class_names": class_names, "trained_on": "train", "class_balanced": True, "seed": seed,
         "settings": settings, "train_counts": np.bincount(train.labels, minlength=len(class_names)).tolist(),

@@ -73,8 +73,8 @@ def plan_from_params(summary: Mapping[str, Any], synthesis: Mapping[str, Any]) -
         counts = summary["counts"]["train"]
     except (KeyError, TypeError) as exc:
         raise LthashError(f"split summary lacks {exc}: expected class_names and counts.train") from exc
-    return make_plan(counts, names, pretrain_per_class=synthesis.get("pretrain_per_class", 200),
-                     mix_target=synthesis.get("mix_target"), shard_size=synthesis.get("shard_size", 500))
+    return make_plan(counts, names, pretrain_per_class=synthesis["pretrain_per_class"],
+                     mix_target=synthesis["mix_target"], shard_size=synthesis["shard_size"])
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:

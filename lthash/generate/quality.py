@@ -124,8 +124,8 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     """
     from lthash.generate.prompts import class_categories
 
-    settings = dict(params.get("quality", {}))
-    seed = int(params.get("seed", 0))
+    settings = params["quality"]
+    seed = int(params["seed"])
     rng = np.random.default_rng(seed)
     class_names = list(read_attrs(split_path)["class_names"])
     categories = class_categories(class_names, params.get("categories"))
@@ -135,11 +135,11 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     if balanced.labels.ndim != 1:
         raise LthashError("quality needs single-label classes (the split has one-hot labels)")
     judge = train_quality_judge(balanced.images, balanced.labels, len(class_names),
-                                settings.get("classifier", "cnn"), settings.get("feature_dim", 50), seed)
+                                settings["classifier"], settings["feature_dim"], seed)
     query_pred = judge.predict(query.images)
     category_of = np.array(categories)
     synthetic = read_shards(shard_paths)
-    limit = int(settings.get("max_per_class", 500))
+    limit = int(settings["max_per_class"])
     train_counts = np.bincount(train.labels, minlength=len(class_names))
     order = np.argsort(-train_counts, kind="stable")
     tail = set(order[len(order) - max(1, len(order) // 3):].tolist())

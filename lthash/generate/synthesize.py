@@ -107,9 +107,9 @@ def synthesize_shard(
 
     out = Path(out)
     entry = shard_entry(plan, class_index, purpose, shard)
-    synthesis = dict(params.get("synthesis", {}))
-    init, strength = str(synthesis.get("init", "noise")), float(synthesis.get("strength", 1.0))
-    factor = float(synthesis.get("filter_factor", 1))
+    synthesis = params["synthesis"]
+    init, strength = str(synthesis["init"]), float(synthesis["strength"])
+    factor = float(synthesis["filter_factor"])
     class_names = list(plan["class_names"])
     judge_digest = "none"
     if factor > 1:
@@ -121,7 +121,7 @@ def synthesize_shard(
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
     sampler = SamplerConfig.for_model(components, synthesis)
-    seed = shard_seed(params.get("seed", 0), generator_name, class_index, purpose, shard)
+    seed = shard_seed(params["seed"], generator_name, class_index, purpose, shard)
     expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
                 "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__),
                 "init": init, "strength": strength if init == "real" else "none", "filter_factor": factor,

@@ -43,13 +43,13 @@ def effective_train(params: Mapping[str, Any], method: str, mode: str, init: str
     """``train``, then ``method_train[method]``, then ``pretrain`` (synthetic-only runs) or
     ``finetune`` (runs started with --init) overrides."""
     train = dict(params["train"])
-    for name in params.get("method_train", {}):
+    for name in params["method_train"]:
         get_method(name, "hashing.method_train")
-    train.update(params.get("method_train", {}).get(method, {}))
+    train.update(params["method_train"].get(method, {}))
     if mode == "synthetic":
-        train.update(params.get("pretrain", {}))
+        train.update(params["pretrain"])
     if init:
-        train.update(params.get("finetune", {}))
+        train.update(params["finetune"])
     if train["select"] == "best" and train["validation_fraction"] <= 0:
         raise LthashError("config key 'hashing.train.select' is 'best' but hashing.train.validation_fraction is 0: "
                           "model selection needs a validation split carved from the training data")

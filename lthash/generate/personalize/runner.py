@@ -84,15 +84,15 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     """
     method: Method = get_method(method_name)
     check_base_corpus(base_dir, split_path)
-    params = generate_params.get("personalize") or {}
+    params = generate_params["personalize"]
     data = load_class_images(split_path, class_index)
     out = Path(out_dir)
     partial = out.with_name(out.name + ".partial")
-    accelerator = make_accelerator(device, params.get("mixed_precision", "no"))
+    accelerator = make_accelerator(device, params["mixed_precision"])
     components = load_components(base_dir, device=str(accelerator.device))
     has_vae = components.vae is not None
     stages = method.stages(params, has_vae)
-    seed = run_seed(int(generate_params.get("seed", 0)), class_index, method.name)
+    seed = run_seed(int(generate_params["seed"]), class_index, method.name)
     category = prompt_words(components.info, data.class_names, generate_params.get("categories"))[class_index]
     token_name = concept_token_name(class_index)
     token = ConceptToken(components, token_name, category).install()
