@@ -58,7 +58,8 @@ def _walk(node: dict, doc_id: str, path: tuple[str, ...]):
     extra = node.get("additionalProperties")
     if properties is None and isinstance(extra, dict):
         # free-form keys (per-stage overrides by stage name): walk one allowed representative key
-        key = node.get("propertyNames", {}).get("enum", ["unet"])[-1]
+        names, _ = _resolve(node.get("propertyNames", {}), doc_id)
+        key = names.get("enum", ["unet"])[-1]
         FREE_FORM.add(path + (key,))
         yield from _walk(extra, doc_id, path + (key,))
         return
