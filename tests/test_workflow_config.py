@@ -35,7 +35,7 @@ def test_default_config_asks_for_every_arm_at_32_and_64_bits():
     config = load_config(ROOT / "config.yaml")
     labels = {(run.label, run.bits) for run in runs(config)}
     assert labels == {(arm, bits) for arm in ("balanced", "longtail", "class_balanced", "resampled",
-                                              "augmented-attndreambooth-noise")
+                                              "augmented-attndreambooth-noise", "augmented-attndreambooth-real")
                       for bits in (32, 64)}
 
 
