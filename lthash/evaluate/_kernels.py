@@ -329,6 +329,14 @@ def _score_groups(q_words: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_
             _span(q, db, p, c1, h)
             position[gi] = c1
             cursor[gi] = e
+    _finish_groups(groups, ng, stride, hist, hist_all, hist_rel, buf_d, buf_p, record_offsets[:-1],
+                   record_offsets[1:], cutoffs, ap_index, hits, ap_average)
+
+
+@njit(cache=True, inline="always")
+def _finish_groups(groups, ng, stride, hist, hist_all, hist_rel, buf_d, buf_p, record_lo, record_hi,
+                   cutoffs, ap_index, hits, ap_average):
+    """Copy every grouped query's histogram out and finish its AP from records [record_lo[k], record_hi[k])."""
     for gi in range(ng):
         for s in range(GROUP):
             qi = groups[gi, s]
@@ -337,7 +345,7 @@ def _score_groups(q_words: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_
             for d in range(stride):
                 hist_all[qi, d] = hist[gi, s, d]
             k = gi * GROUP + s
-            _finish_query(hist_all[qi], hist_rel[qi], buf_d, buf_p, record_offsets[k], record_offsets[k + 1],
+            _finish_query(hist_all[qi], hist_rel[qi], buf_d, buf_p, record_lo[k], record_hi[k],
                           cutoffs, ap_index[qi], hits[qi], ap_average[qi])
 
 
@@ -480,16 +488,8 @@ def _score_multilabel_groups(q_words: np.ndarray, db: np.ndarray, q_masks: np.nd
         for gi in range(ng):
             _span_multilabel(queries[gi], masks[gi], db, db_masks, c0, c1, hist[gi], buf_d, buf_p,
                              fill[gi * GROUP:(gi + 1) * GROUP])
-    for gi in range(ng):
-        for s in range(GROUP):
-            qi = groups[gi, s]
-            if qi < 0:
-                continue
-            for d in range(stride):
-                hist_all[qi, d] = hist[gi, s, d]
-            k = gi * GROUP + s
-            _finish_query(hist_all[qi], hist_rel[qi], buf_d, buf_p, starts[k], fill[k],
-                          cutoffs, ap_index[qi], hits[qi], ap_average[qi])
+    _finish_groups(groups, ng, stride, hist, hist_all, hist_rel, buf_d, buf_p, starts, fill,
+                   cutoffs, ap_index, hits, ap_average)
 
 
 @njit(parallel=True, cache=True)
