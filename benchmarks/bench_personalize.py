@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lthash.checkpointing import CheckpointFolder
 from lthash.config import validate_config
 from lthash.generate.models import TinyModelConfig, build_tiny_components, images_to_pixels, save_components
-from lthash.generate.personalize.checkpointing import CheckpointManager
 from lthash.generate.personalize.data import Augmentation
 from lthash.generate.personalize.runner import make_accelerator, personalize
 from lthash.generate.personalize.schedule import method_stages
@@ -70,14 +70,16 @@ def bare_step_seconds(components, batch: int, steps: int) -> tuple[float, float]
 def stage_step_seconds(components, images: np.ndarray, batch: int, steps: int) -> dict[str, tuple[float, float]]:
     """Seconds per optimiser step of each AttnDreamBooth stage (tiny preset, batch overridden)."""
     token = ConceptToken(components, "<v0>", "clothing").install()
-    params = {"schedule": "tiny", "attndreambooth": {"stages": {
-        name: {"steps": steps + 1, "batch_size": batch} for name in ("embedding", "cross_attention", "unet")}}}
+    params = validate_config({"dataset": {}, "generate": {"personalize": {"schedule": "tiny", "attndreambooth": {"stages": {
+        name: {"steps": steps + 1, "batch_size": batch} for name in ("embedding", "cross_attention", "unet")}}}}})
+    params = params["generate"]["personalize"]
     stages = method_stages("attndreambooth", params, has_vae=False)
-    data = TrainingData(images_to_pixels(images, 28, 1), "a photo of a <v0> clothing", Augmentation())
+    data = TrainingData(images_to_pixels(images, 28, 1), "a photo of a <v0> clothing",
+                        Augmentation.from_params(params["augment"]))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = StageTrainer(components, token, data, TrainingOptions(checkpoint_every=0),
+        trainer = StageTrainer(components, token, data, TrainingOptions.from_params(params, checkpoint_every=0),
                                make_accelerator("cpu", "no"), torch.Generator().manual_seed(0),
-                               CheckpointManager(Path(tmp) / "p", {"bench": 1}), stages)
+                               CheckpointFolder(Path(tmp) / "p", {"bench": 1}), stages)
         times = {}
         for index, stage in enumerate(stages):
             marks = []

@@ -45,7 +45,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     """
     global WRITE_FAILED
     final = Path(final)
-    shown = _PENDING.get(str(final), final)
+    shown = _shown_name(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(final)
@@ -77,6 +77,15 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         raise
     finally:
         _PENDING.pop(str(tmp_path), None)
+
+
+def _shown_name(final: Path) -> Path:
+    """The name a user knows ``final`` by: itself, or its place in the output a temporary stands for."""
+    if str(final) in _PENDING:
+        return _PENDING[str(final)]
+    if str(final.parent) in _PENDING:  # a file written inside an atomic_dir temporary
+        return _PENDING[str(final.parent)] / final.name
+    return final
 
 
 #: host and process id in every temporary name: a later writer of the same output removes the
@@ -184,6 +193,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise LthashError(f"cannot write {final}: folder {final.parent} is not writable "
                           f"({exc.strerror or exc})") from exc
     os.chmod(tmp, 0o777 & ~_current_umask())
+    _PENDING[str(tmp)] = final
     old = final.parent / f".{final.name}.{_HOST}-{os.getpid()}.old"
     try:
         yield tmp
@@ -203,6 +213,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _PENDING.pop(str(tmp), None)
 
 
 def _current_umask() -> int:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from lthash.checkpointing import CheckpointFolder
 from lthash.errors import LthashError
 from lthash.generate.concepts import load_concept, read_concept
 from lthash.generate.models import (build_tiny_components, encode_prompts, images_to_pixels, load_components,
                                     save_components, save_tiny_stable_diffusion)
-from lthash.generate.personalize.checkpointing import CheckpointManager
 from lthash.generate.personalize.data import Augmentation, load_class_images, sample_batch
 from lthash.generate.personalize.runner import make_accelerator, personalize
 from lthash.generate.personalize.schedule import method_stages
@@ -68,30 +68,41 @@ def tail_split(small_split, tmp_path_factory):
     return path
 
 
+def personalize_section(**spec) -> dict:
+    """``generate.personalize`` validated from ``spec``, with the schema's defaults filled."""
+    from lthash.config import validate_config
+
+    return validate_config({"dataset": {}, "generate": {"personalize": spec}})["generate"]["personalize"]
+
+
 def test_schedule_presets_and_overrides():
-    ref = method_stages("attndreambooth", {"schedule": "auto"}, has_vae=True)
+    ref = method_stages("attndreambooth", personalize_section(schedule="auto"), has_vae=True)
     assert [(s.trains, s.steps, s.lr, s.batch_size, s.lambda_mean, s.lambda_var) for s in ref] == [
         ("embedding", 60, 1e-3, 8, 0.1, 0.0), ("cross_attention", 100, 2e-5, 8, 2.0, 5.0),
         ("unet", 500, 2e-6, 8, 2.0, 5.0)]
-    tiny = method_stages("attndreambooth", {"schedule": "auto", "attndreambooth": {
-        "stages": {"unet": {"steps": 7, "lr": None}}}}, has_vae=False)
-    assert tiny[2].steps == 7 and tiny[2].lr == method_stages("attndreambooth", {}, False)[2].lr
-    db = method_stages("dreambooth", {"dreambooth": {"prior_preservation": {"enabled": True, "weight": 0.5}}}, True)
+    tiny = method_stages("attndreambooth", personalize_section(schedule="auto", attndreambooth={
+        "stages": {"unet": {"steps": 7, "lr": None}}}), has_vae=False)
+    assert tiny[2].steps == 7 and tiny[2].lr == method_stages("attndreambooth", personalize_section(), False)[2].lr
+    db = method_stages("dreambooth", personalize_section(dreambooth={"prior_preservation": {"enabled": True, "weight": 0.5}}),
+                       True)
     assert [(s.trains, s.prior_weight) for s in db] == [("unet", 0.5)]
-    assert [s.trains for s in method_stages("textual_inversion", {}, False)] == ["embedding"]
+    assert [s.trains for s in method_stages("textual_inversion", personalize_section(), False)] == ["embedding"]
     with pytest.raises(LthashError, match="unknown stage"):
-        method_stages("textual_inversion", {"textual_inversion": {"stages": {"unet": {"steps": 1}}}}, False)
+        method_stages("textual_inversion", {**personalize_section(), "textual_inversion": {"stages": {"unet": {"steps": 1}}}},
+                      False)
     with pytest.raises(LthashError, match="unknown personalisation method"):
-        method_stages("lora", {}, False)
+        method_stages("lora", personalize_section(), False)
 
 
 def test_augmentation_and_batches_are_seeded_and_shaped():
     pixels = torch.linspace(-1, 1, 2 * 28 * 28).reshape(2, 1, 28, 28)
-    aug = Augmentation()
+    aug = Augmentation.from_params(personalize_section()["augment"])
     a = aug(pixels, torch.Generator().manual_seed(0))
     b = aug(pixels, torch.Generator().manual_seed(0))
     assert a.shape == pixels.shape and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
-    assert torch.equal(Augmentation.from_params({"enabled": False})(pixels, torch.Generator()), pixels)
+    assert aug.rotation_p == 0.75 and aug.max_zoom == 1.15, "the schema's reference augmentation"
+    disabled = Augmentation.from_params(personalize_section(augment={"enabled": False})["augment"])
+    assert disabled == Augmentation.identity() and torch.equal(disabled(pixels, torch.Generator()), pixels)
     batch = sample_batch(1, 5, torch.Generator().manual_seed(0))
     assert batch.tolist() == [0] * 5
     batch = sample_batch(3, 7, torch.Generator().manual_seed(0))
@@ -108,12 +119,13 @@ def test_each_stage_trains_only_its_parameters(tiny_base, small_split, tmp_path)
     components = load_components(tiny_base)
     token = ConceptToken(components, "<v2>", "clothing").install()
     images = load_class_images(small_split, 2).images
-    data = TrainingData(images_to_pixels(images, 28, 1), "a photo of a <v2> clothing", Augmentation())
     params = fast_params("attndreambooth", steps=2, batch=4)["personalize"]
+    data = TrainingData(images_to_pixels(images, 28, 1), "a photo of a <v2> clothing",
+                        Augmentation.from_params(params["augment"]))
     stages = method_stages("attndreambooth", params, has_vae=False)
-    trainer = StageTrainer(components, token, data, TrainingOptions(checkpoint_every=0),
+    trainer = StageTrainer(components, token, data, TrainingOptions.from_params(params),
                            make_accelerator("cpu", "no"), torch.Generator().manual_seed(0),
-                           CheckpointManager(tmp_path / "partial", {"test": 1}), stages)
+                           CheckpointFolder(tmp_path / "partial", {"test": 1}), stages)
     unet0, text0, row0 = _snapshot(components, token)
 
     trainer.run(0)  # [V] row only

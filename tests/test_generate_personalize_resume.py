@@ -49,7 +49,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, small_split, 
 
     killed = tmp_path / "killed"
     partial = tmp_path / "killed.partial"
-    target = partial / "ckpt-2-000004"  # mid stage 3
+    target = partial / "ckpt-000002-000004"  # mid stage 3
     process = subprocess.Popen(_command(tiny_base, small_split, killed), env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -60,7 +60,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, small_split, 
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not killed.exists() and target.exists()
     # a checkpoint truncated by a kill is skipped on resume
-    broken = partial / "ckpt-2-000010"
+    broken = partial / "ckpt-000002-000010"
     broken.mkdir()
     (broken / "state.json").write_text("{")
 

@@ -10,7 +10,7 @@ import torch
 
 from lthash.hashing.centers import (bernoulli_codes, hadamard, hadamard_codes, min_hamming, rejection_codes,
                                     spread_codes)
-from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
+from lthash.checkpointing import flatten_optimizer_state, unflatten_optimizer_state
 from lthash.hashing.dpp import greedy_map_dpp, quality_diversity_kernel
 from lthash.hashing.methods.lthnet import build_memory, class_balanced_weights
 

@@ -40,7 +40,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(small_split, tmp_path):
     uninterrupted = subprocess.Popen(train_cmd(small_split, reference), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
     killed = tmp_path / "killed"
-    first_checkpoint = Path(str(killed) + ".partial") / "epoch-0001" / "state.json"
+    first_checkpoint = Path(str(killed) + ".partial") / "ckpt-000001" / "state.json"
     proc = subprocess.Popen(train_cmd(small_split, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
@@ -70,11 +70,11 @@ def test_truncated_and_foreign_checkpoints_are_skipped(small_split, tmp_path):
     params = hashing_params(json.dumps({**PARAMS, "train": {"epochs": 2, "batch_size": 32}}))
     out = tmp_path / "run"
     partial = Path(str(out) + ".partial")
-    (partial / "epoch-0001").mkdir(parents=True)
-    (partial / "epoch-0001" / "model.safetensors").write_bytes(b"truncated")
-    (partial / "epoch-0001" / "state.json").write_text('{"fingerprint": "someone else"}')
-    (partial / "epoch-0002").mkdir()
-    (partial / "epoch-0002" / "state.json").write_text("{not json")
+    (partial / "ckpt-000001").mkdir(parents=True)
+    (partial / "ckpt-000001" / "tensors.safetensors").write_bytes(b"truncated")
+    (partial / "ckpt-000001" / "state.json").write_text('{"fingerprint": "someone else"}')
+    (partial / "ckpt-000002").mkdir()
+    (partial / "ckpt-000002" / "state.json").write_text("{not json")
     record = run_training(small_split, "train", [], "real", None, out, params, "cpu")
     assert record["resumed_at_epochs"] == []
     assert (out / "model.safetensors").exists() and not partial.exists()

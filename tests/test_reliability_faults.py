@@ -297,5 +297,5 @@ def test_training_on_a_full_disk_exits_2_naming_the_checkpoint(small_split, tmp_
                                 "--out", str(out), "--device", "cpu", "--threads", "1", "--params", params),
                  fsize_limit=30_000)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert f"failed writing {out}.partial/epoch-0001/model.safetensors: file size limit reached" in last_line(result)
+    assert f"failed writing {out}.partial/ckpt-000001/tensors.safetensors: file size limit reached" in last_line(result)
     assert not out.exists()

@@ -213,7 +213,7 @@ def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weight
     (work / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
     process = start_in_new_group(snakemake_command("--cores", "1", target, "--configfile", "train.yaml"),
                                  work, tmp_path / "snakemake-killed.log")
-    checkpoint = work / (target + ".partial") / "epoch-0001" / "state.json"
+    checkpoint = work / (target + ".partial") / "ckpt-000001" / "state.json"
     wait_for(lambda: checkpoint.exists() or process.poll() is not None, timeout=300, what="a training checkpoint")
     kill_group(process)
     log = (tmp_path / "snakemake-killed.log").read_text()

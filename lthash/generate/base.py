@@ -7,9 +7,10 @@ tail classes, such as Fashion-MNIST's "accessory" = Bag, is otherwise barely lea
 and (for the tiny model) the text encoder are trained jointly with AdamW (warm-up, then cosine
 decay); an exponential moving average of the weights is what gets saved.
 
-Checkpoints (``ckpt-NNNNNN/`` in the partial folder) hold the weights, the EMA, the
-optimiser state, the run generator's state and the loss history; a resumed run replays the
-same batches and ends with bit-identical weights on the same machine and thread count.
+Checkpoints (:class:`lthash.checkpointing.CheckpointFolder`, ``ckpt-<steps>/`` in the
+partial folder) hold the weights, the EMA, the optimiser state, the RNG states and the loss
+history; a resumed run replays the same batches and ends with bit-identical weights on the
+same machine and thread count.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,38 +28,37 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lthash.checkpointing import capture_rng, restore_rng
+from lthash.checkpointing import CheckpointFolder
 from lthash.errors import LthashError
 from lthash.generate.models import DiffusionComponents, encode_images, tokenize
-from lthash.io import canonical_json, load_safetensors, save_safetensors
-from lthash.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
+from lthash.io import canonical_json
 from lthash.schedules import warmup_decay
 
 log = logging.getLogger("lthash.base")
 
-CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{6})$")
-
-
 @dataclass
 class BaseTrainingConfig:
-    """Optimisation settings of the base stage (``generate.base`` in the config)."""
+    """Optimisation settings of the base stage: the keys of validated ``generate.base`` (their
+    defaults live in the schema), the run's seed, and whether the text encoder trains (None: the
+    tiny model's does, a Stable Diffusion one's does not; not a config key)."""
 
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    weight_decay: float = 1e-2
-    ema_decay: float = 0.995
-    cfg_dropout: float = 0.1
-    balance_prompts: bool = True
-    checkpoint_every: int = 100
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    ema_decay: float
+    cfg_dropout: float
+    balance_prompts: bool
+    checkpoint_every: int
+    seed: int
     train_text_encoder: bool | None = None
-    seed: int = 0
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], seed: int = 0) -> "BaseTrainingConfig":
-        fields = set(cls.__dataclass_fields__)
-        return cls(**{key: value for key, value in params.items() if key in fields}, seed=seed)
+    def from_params(cls, params: dict[str, Any], seed: int, **overrides: Any) -> "BaseTrainingConfig":
+        """From validated ``generate.base``; ``overrides`` replace single fields (benchmarks, tests)."""
+        keys = set(cls.__dataclass_fields__) - {"seed", "train_text_encoder"}
+        return cls(**{**{key: params[key] for key in keys}, "seed": seed, **overrides})
 
 
 class ExponentialMovingAverage:
@@ -98,66 +96,6 @@ def trainable_parameters(components: DiffusionComponents, train_text_encoder: bo
     if train_text_encoder:
         params.update({f"text_encoder.{name}": p for name, p in components.text_encoder.named_parameters()})
     return params
-
-
-# --- checkpoints -------------------------------------------------------------------------
-
-
-def save_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: ExponentialMovingAverage,
-                    optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainingState,
-                    fingerprint: str, keep: int = 2) -> Path:
-    """Write ``ckpt-<step>`` atomically and keep only the newest ``keep`` checkpoints."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"ckpt-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", suffix=".tmp", dir=folder))
-    try:
-        tensors = {f"param.{name}": p.detach() for name, p in params.items()}
-        tensors.update({f"ema.{name}": value for name, value in ema.shadow.items()})
-        optim_tensors, optim_meta = flatten_optimizer_state(optimizer.state_dict(), prefix="optim")
-        tensors.update(optim_tensors)
-        tensors.update(capture_rng(generator, prefix="rng."))
-        save_safetensors(tmp / "weights.safetensors", tensors, {"optimizer": optim_meta})
-        (tmp / "state.json").write_text(canonical_json({**asdict(state), "fingerprint": fingerprint}))
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in sorted(checkpoints(folder))[:-keep]:
-        shutil.rmtree(old[1], ignore_errors=True)
-    return final
-
-
-def checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every checkpoint folder, oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return sorted(found)
-
-
-def restore_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], ema: ExponentialMovingAverage,
-                       optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                       fingerprint: str) -> TrainingState | None:
-    """Load the newest valid checkpoint of this run (same fingerprint); None when there is none."""
-    for step, path in reversed(checkpoints(folder)):
-        try:
-            record = json.loads((path / "state.json").read_text())
-            tensors, meta = load_safetensors(path / "weights.safetensors")
-        except (OSError, ValueError, LthashError) as exc:
-            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
-            continue
-        if record.get("fingerprint") != fingerprint:
-            log.warning("ignoring checkpoint %s: it belongs to a run with other settings", path)
-            continue
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(tensors[f"param.{name}"])
-                ema.shadow[name].copy_(tensors[f"ema.{name}"])
-        optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"]), prefix="optim"))
-        restore_rng(tensors, generator, prefix="rng.")
-        log.info("resuming base training from %s (step %d)", path, step)
-        return TrainingState(step=record["step"], losses=record["losses"], seconds=record["seconds"])
-    return None
 
 
 # --- training ----------------------------------------------------------------------------
@@ -206,9 +144,20 @@ def train_base(
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr,
                                   weight_decay=config.weight_decay)
     ema = ExponentialMovingAverage(params, config.ema_decay)
-    partial = Path(partial_dir) if partial_dir else None
-    state = (restore_checkpoint(partial, params, ema, optimizer, generator, fingerprint) if partial else None) \
-        or TrainingState(losses=[])
+    folder = CheckpointFolder(partial_dir, fingerprint) if partial_dir else None
+    state = TrainingState(losses=[])
+    if folder is not None:
+        folder.prepare()
+        resume = folder.latest()
+        if resume is not None:
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(resume.tensors["param"][name])
+                    ema.shadow[name].copy_(resume.tensors["ema"][name])
+            optimizer.load_state_dict(resume.optimizers["adamw"])
+            resume.restore_rng(generator)
+            state = TrainingState(**resume.state)
+            log.info("resuming base training from %s (step %d)", resume.path, state.step)
     scheduler = components.noise_scheduler
     timesteps_total = scheduler.config.num_train_timesteps
     bar = tqdm(total=config.steps, initial=state.step, desc="base", disable=not progress, mininterval=5)
@@ -239,9 +188,10 @@ def train_base(
         bar.update(1)
         if on_step is not None:
             on_step(state.step, state.losses[-1])
-        if partial and config.checkpoint_every and state.step % config.checkpoint_every == 0 \
+        if folder is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0 \
                 and state.step < config.steps:
-            save_checkpoint(partial, params, ema, optimizer, generator, state, fingerprint)
+            folder.save([state.step], {"param": params, "ema": ema.shadow}, asdict(state),
+                        {"adamw": optimizer.state_dict()}, generator)
     bar.close()
     ema.copy_to_parameters()
     components.unet.eval().requires_grad_(False)

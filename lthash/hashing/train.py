@@ -20,10 +20,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from lthash.checkpointing import restore_rng
+from lthash.checkpointing import CheckpointFolder
 from lthash.errors import LthashError
 from lthash.provenance import code_version
-from lthash.hashing import checkpoint as ckpt
 from lthash.hashing.curves import plot_curves, write_history
 from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_batches, load_training_set,
                                  ordered_batches, to_float)
@@ -215,30 +214,33 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     best_state, best_score, best_epoch, start_epoch, resumed = None, -1.0, None, 0, []
     scaler = torch.amp.GradScaler(torch.device(device).type,
                                   enabled=precision == "fp16" and torch.device(device).type == "cuda")
-    restored = ckpt.latest_checkpoint(partial, fingerprint)
-    if restored is not None:
-        model.load_state_dict(restored["model"])
-        optimizer.load_state_dict(restored["optimizer"])
-        state = restored["state"]
-        start_epoch, history = int(state["epoch"]), state["history"]
-        best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], restored["best"]
-        resumed = state.get("resumed_at_epochs", []) + [start_epoch]
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng(restored["rng_tensors"], prefix="rng.")
-        log.info("resuming %s from %s (epoch %d of %d)", out, restored["folder"], start_epoch, epochs)
-    elif partial.exists():
-        shutil.rmtree(partial)
-
-    accelerator, wrapped, shard = None, model, (0, 1)
+    accelerator, shard = None, (0, 1)
     if params["distributed"] == "accelerate":
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
-        wrapped, optimizer = accelerator.prepare(model, optimizer)
         shard = (accelerator.process_index, accelerator.num_processes)
-        device = str(accelerator.device)
     is_main = accelerator is None or accelerator.is_main_process
+    checkpoints = CheckpointFolder(partial, fingerprint, keep=int(train["keep_checkpoints"]),
+                                   process_index=shard[0], is_main_process=is_main,
+                                   barrier=accelerator.wait_for_everyone if accelerator is not None else None)
+    checkpoints.prepare()
+    restored = checkpoints.latest()
+    if restored is not None:
+        model.load_state_dict(restored.tensors["model"])
+        optimizer.load_state_dict(restored.optimizers["optimizer"])
+        state = restored.state
+        start_epoch, history = restored.position[0], state["history"]
+        best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], restored.tensors.get("best")
+        resumed = state["resumed_at_epochs"] + [start_epoch]
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        restored.restore_rng()
+        log.info("resuming %s from %s (epoch %d of %d)", out, restored.path, start_epoch, epochs)
+    wrapped = model
+    if accelerator is not None:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+        device = str(accelerator.device)
 
     n = len(train_set)
     balanced = train_set.labels if train["sampling"] == "class_balanced" else None
@@ -298,11 +300,12 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         history.append(row)
         log.info("%s epoch %d/%d loss %.4f%s (%.1f s)", model.name, epoch + 1, epochs, row["loss"] or float("nan"),
                  f" val mAP {row['val_map']:.4f}" if row["val_map"] is not None else "", seconds)
-        if is_main:
-            state = {"fingerprint": fingerprint, "history": history, "best_score": best_score, "best_epoch": best_epoch,
-                     "resumed_at_epochs": resumed, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-            keep_best = best_state if train["select"] == "best" else None
-            ckpt.save_checkpoint(partial, epoch + 1, model, optimizer, state, keep_best, int(train["keep_checkpoints"]))
+        state = {"history": history, "best_score": best_score, "best_epoch": best_epoch, "resumed_at_epochs": resumed,
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        groups = {"model": model.state_dict()}
+        if train["select"] == "best" and best_state is not None:
+            groups["best"] = best_state
+        checkpoints.save([epoch + 1], groups, state, {"optimizer": optimizer.state_dict()})
     if train["select"] == "best" and best_state is not None:
         final_state, selected = best_state, best_epoch
     else:

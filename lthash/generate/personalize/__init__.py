@@ -2,7 +2,8 @@
 
 Composable pieces: :mod:`.schedule` (stages and presets), :mod:`.data` (class images,
 augmentation), :mod:`.trainer` ([V] token, trainable sets, loss, stage loop),
-:mod:`.checkpointing` (resume after a kill), :mod:`.sampling` (grids, prior images),
+:mod:`.sampling` (grids, prior images), resume after a kill through
+:class:`lthash.checkpointing.CheckpointFolder`,
 one module per method, and :mod:`.runner` tying them into :func:`personalize`.
 (Imported lazily so ``lthash --help`` does not load torch.)
 """

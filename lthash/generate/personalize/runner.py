@@ -18,8 +18,7 @@ import torch
 
 from lthash.generate.concepts import write_concept
 from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components
-from lthash.checkpointing import restore_rng
-from lthash.generate.personalize.checkpointing import CheckpointManager
+from lthash.checkpointing import CheckpointFolder
 from lthash.generate.personalize.data import Augmentation, load_class_images
 from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
@@ -93,7 +92,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     has_vae = components.vae is not None
     stages = method.stages(params, has_vae)
     seed = run_seed(int(generate_params["seed"]), class_index, method.name)
-    category = prompt_words(components.info, data.class_names, generate_params.get("categories"))[class_index]
+    category = prompt_words(components.info, data.class_names, generate_params["categories"])[class_index]
     token_name = concept_token_name(class_index)
     token = ConceptToken(components, token_name, category).install()
     prompt = concept_prompt(token_name, category)
@@ -103,15 +102,14 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
         "stages": [stage.as_dict() for stage in stages], "params": params, "images": int(len(data.images)),
         "base": str(Path(base_dir).resolve()), "processes": accelerator.num_processes,
     }
-    checkpoints = CheckpointManager(partial, fingerprint, process_index=accelerator.process_index,
-                                    is_main_process=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
+    checkpoints = CheckpointFolder(partial, fingerprint, process_index=accelerator.process_index,
+                                   is_main_process=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
     checkpoints.prepare()
-    accelerator.wait_for_everyone()
-    grid = params.get("sample_grid") or {"images": 8}
+    grid = params["sample_grid"]
     prior = method.prior_settings(params)
     training_data = TrainingData(
         pixels=images_to_pixels(data.images, components.image_size, components.channels),
-        prompt=prompt, augmentation=Augmentation.from_params(params.get("augment")))
+        prompt=prompt, augmentation=Augmentation.from_params(params["augment"]))
     if prior is not None:
         training_data.prior_prompt = f"a photo of a {category}"
         training_data.prior_pixels = prior_images(components, training_data.prior_prompt, int(prior["images"]),
@@ -119,17 +117,17 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     generator = torch.Generator().manual_seed(seed + 1_000_003 * accelerator.process_index)
     trainer = StageTrainer(components, token, training_data, TrainingOptions.from_params(params), accelerator,
                            generator, checkpoints, stages)
-    resume = checkpoints.load_latest()
+    resume = checkpoints.latest()
     first = 0
     if resume is not None:
-        load_weights(components.unet, token, resume.weights)
-        restore_rng(resume.rng, generator)
-        trainer.stage_log = list(resume.stage_log)
-        first = resume.stage_index
-        log.info("resuming %s at stage %d step %d", partial, resume.stage_index, resume.step)
+        load_weights(components.unet, token, resume.tensors["weights"])
+        resume.restore_rng(generator)
+        trainer.stage_log = list(resume.state["stage_log"])
+        first = resume.position[0]
+        log.info("resuming %s at stage %d step %d", partial, *resume.position)
     grids: dict[str, Path] = {}
     for index in range(first, len(stages)):
-        trainer.run(index, resume if resume is not None and resume.stage_index == index else None)
+        trainer.run(index, resume if resume is not None and resume.position[0] == index else None)
         if accelerator.is_main_process and int(grid["images"]) > 0:
             path = partial / "samples" / f"stage{index + 1}-{stages[index].name}.png"
             images = sample_images(components, [prompt] * int(grid["images"]), grid,

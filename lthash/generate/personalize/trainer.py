@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 from lthash.errors import LthashError
 from lthash.generate.attention import capture_cross_attention
 from lthash.generate.models import DiffusionComponents, tokenize
-from lthash.checkpointing import capture_rng
-from lthash.generate.personalize.checkpointing import Checkpoint, CheckpointManager
+from lthash.checkpointing import Checkpoint, CheckpointFolder
 from lthash.generate.personalize.data import Augmentation, sample_batch
 from lthash.generate.personalize.schedule import Stage
 from lthash.generate.regularizer import attention_regularizer
@@ -211,17 +210,18 @@ def denoising_loss(components: DiffusionComponents, x0: torch.Tensor, context: t
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """Optimiser and engineering options common to every stage."""
+    """Optimiser and engineering options common to every stage (keys of validated ``generate.personalize``)."""
 
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 50
+    weight_decay: float
+    max_grad_norm: float
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    checkpoint_every: int
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "TrainingOptions":
-        return cls(**{key: params[key] for key in cls.__dataclass_fields__ if key in params})
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "TrainingOptions":
+        """From validated ``generate.personalize``; ``overrides`` replace single fields."""
+        return cls(**{**{key: params[key] for key in cls.__dataclass_fields__}, **overrides})
 
 
 @dataclass
@@ -249,7 +249,7 @@ class StageTrainer:
     options: TrainingOptions
     accelerator: Any
     generator: torch.Generator
-    checkpoints: CheckpointManager
+    checkpoints: CheckpointFolder
     stages: list[Stage]
     stage_log: list[dict[str, Any]] = field(default_factory=list)
     on_step: Callable[[int, int, dict[str, float]], None] | None = None
@@ -277,11 +277,12 @@ class StageTrainer:
         optimizer = torch.optim.AdamW(params.values(), lr=stage.lr, weight_decay=self.options.weight_decay)
         optimizer = accelerator.prepare(optimizer)
         start = 0
-        if resume is not None and resume.stage_index == stage_index and resume.step > 0:
-            optimizer.load_state_dict(resume.optimizer)
-            if resume.scaler is not None and accelerator.scaler is not None:
-                accelerator.scaler.load_state_dict(resume.scaler)
-            start = resume.step
+        resumed_stage, resumed_step = resume.position if resume is not None else (None, 0)
+        if resumed_stage == stage_index and resumed_step > 0:
+            optimizer.load_state_dict(resume.optimizers["optimizer"])
+            if resume.state["scaler"] is not None and accelerator.scaler is not None:
+                accelerator.scaler.load_state_dict(resume.state["scaler"])
+            start = resumed_step
         positions = self.token.positions(self.components, self.data.prompt)
         embedding_stage = stage.trains == "embedding"
         fixed_context = None if embedding_stage else self._encode(self.data.prompt, grad=False).detach()
@@ -356,6 +357,6 @@ class StageTrainer:
         stages_so_far = self.stages[: next_stage_or_current + (1 if step > 0 else 0)]
         scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
         self.checkpoints.save(
-            next_stage_or_current, step, changed_weights(self.components.unet, self.token, stages_so_far),
-            optimizer.state_dict() if optimizer is not None else None, scaler,
-            capture_rng(self.generator), self.stage_log)
+            [next_stage_or_current, step], {"weights": changed_weights(self.components.unet, self.token, stages_so_far)},
+            {"scaler": scaler, "stage_log": self.stage_log},
+            {"optimizer": optimizer.state_dict()} if optimizer is not None else None, self.generator)

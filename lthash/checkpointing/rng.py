@@ -1,4 +1,4 @@
-"""RNG states for resumable checkpoints, shared by base training, personalisation and hash training.
+"""RNG states for resumable checkpoints (:class:`lthash.checkpointing.CheckpointFolder` writes them).
 
 :func:`capture_rng` turns every random state a training loop draws from into tensors that
 go into a checkpoint's safetensors file beside the weights (no pickle, no JSON side file);
@@ -11,7 +11,7 @@ go into a checkpoint's safetensors file beside the weights (no pickle, no JSON s
 - ``numpy.keys`` (int64, 624 words), ``numpy.position`` (int64: pos, has_gauss),
   ``numpy.gauss`` (float64: the cached Gaussian) for numpy's legacy global generator.
 
-Optimiser state is flattened the same way by :mod:`lthash.optimizer_state`.
+Optimiser state is flattened the same way by :mod:`lthash.checkpointing.optimizer`.
 """
 
 from __future__ import annotations
