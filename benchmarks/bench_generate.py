@@ -72,11 +72,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8)
     prompts = [f"a photo of a {WORDS[i % 3]}" for i in range(512)]
-    base = BaseTrainingConfig.from_params(config["base"])
-    train_base(components, images, prompts, BaseTrainingConfig(steps=2, batch_size=base.batch_size), progress=False)
+    train_base(components, images, prompts, BaseTrainingConfig.from_params(config["base"], seed=0, steps=2),
+               progress=False)
     with Timer() as training:
         train_base(components, images, prompts,
-                   BaseTrainingConfig(steps=args.train_steps, batch_size=base.batch_size), progress=False)
+                   BaseTrainingConfig.from_params(config["base"], seed=0, steps=args.train_steps), progress=False)
     step_wall, step_cpu = training.wall / args.train_steps, training.cpu / args.train_steps
 
     with Timer() as synthesis:

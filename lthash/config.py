@@ -52,6 +52,8 @@ def _validator_class():
     def fill_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for name, subschema in properties.items():
+                if "default" not in subschema and "$ref" in subschema:  # a shared definition's default
+                    subschema = _resolve_ref(subschema["$ref"]) or subschema
                 if "default" in subschema and name not in instance:
                     instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
@@ -170,6 +172,11 @@ def validate_config(config: Mapping[str, Any], schema_dir: str | os.PathLike | N
                 messages.append(text)
         raise LthashError("invalid configuration:\n  " + "\n  ".join(messages))
     return instance
+
+
+def validate_section(name: str, value: Mapping[str, Any]) -> dict:
+    """One top-level section validated alone, with the schema's defaults filled (errors name its keys)."""
+    return validate_config({"dataset": {}, name: value})[name]
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict:

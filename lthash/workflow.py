@@ -250,7 +250,7 @@ def shell_json(**parts: Any) -> str:
 #: Methods fitted in closed form (they read ``hashing.shallow``; a test keeps this equal to
 #: the registry's ``trainable`` flags).
 SHALLOW_METHODS = ("lsh", "pcah", "itq", "sdh")
-#: Methods that read another method's section (``lthash.hashing.model.method_options``).
+#: Methods that read another method's section (``lthash.hashing.methods.base.method_section``).
 METHOD_SECTION = {"lthnet_sq": "lthnet"}
 #: Keys of ``generate.synthesis`` only one synthesis mode reads (so editing them reruns only its shards).
 SYNTHESIS_MODE_KEYS: dict[str, tuple[str, ...]] = {"real": ("strength",)}

@@ -97,7 +97,7 @@ def test_tiny_stable_diffusion_trains_and_synthesizes(small_split, tmp_path):
     train = read_image_set(small_split, "train")
     before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
     state = train_base(parts, train.images[:32], ["a photo of a clothing"] * 32,
-                       BaseTrainingConfig(steps=3, batch_size=4, warmup_steps=1), progress=False)
+                       BaseTrainingConfig.from_params(params()["base"], seed=0, steps=3, batch_size=4, warmup_steps=1), progress=False)
     assert len(state.losses) == 3 and all(np.isfinite(state.losses))
     assert any(not torch.equal(before[k], v) for k, v in parts.unet.state_dict().items())
     names = read_attrs(small_split)["class_names"]

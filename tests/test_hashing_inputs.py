@@ -57,7 +57,7 @@ def test_mix_balances_every_class_with_synthetic_images(small_split, shards):
     mix = load_training_set(small_split, "train", "mix", shards, params()["mix"], seed=0)
     assert np.array_equal(mix.counts(), np.full(10, real.max()))
     assert np.array_equal(np.bincount(mix.labels[~mix.synthetic], minlength=10), real)
-    capped = mix_counts(real, np.full(10, 40), {"target_per_class": 50, "max_synthetic_fraction": 0.5})
+    capped = mix_counts(real, np.full(10, 40), params(mix={"target_per_class": 50, "max_synthetic_fraction": 0.5})["mix"])
     assert capped[1] == 50 and np.array_equal(capped[0], np.minimum(np.maximum(50 - real, 0), 25))
     synthetic = load_training_set(small_split, "train", "synthetic", shards, params()["mix"], seed=0)
     assert len(synthetic) == 600 and synthetic.synthetic.all()

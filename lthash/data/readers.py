@@ -62,34 +62,35 @@ class Dataset:
 
 
 def load_dataset(cfg: Mapping[str, Any], threads: int = 1) -> Dataset:
-    """Read the dataset the validated ``dataset`` config section names.
+    """Read the dataset the ``dataset`` config section names (validated here, defaults from the schema).
 
     Fails with :class:`LthashError` on a missing/corrupt file, an empty class or a dataset
     with a single class.
     """
+    from lthash.config import validate_section
+
+    cfg = validate_section("dataset", cfg)
     name = cfg["name"]
-    store = cfg.get("store", "pixels")
+    store = cfg["store"]
     if store == "paths" and name not in ("imagefolder", "list"):
         raise LthashError(f"config key 'dataset.store': 'paths' works for imagefolder and list, not {name}")
-    if store == "paths" and cfg.get("image_size") is None:
+    if store == "paths" and cfg["image_size"] is None:
         raise LthashError("config key 'dataset.image_size' must be set with dataset.store: paths "
                           "(the lazy reader needs one image size)")
     if name == "fashion-mnist":
-        dataset = read_fashion_mnist(cfg.get("root") or DEFAULT_FASHION_ROOT)
+        dataset = read_fashion_mnist(cfg["root"] or DEFAULT_FASHION_ROOT)
     elif name == "digits":
         dataset = read_digits()
     elif name in ("cifar10", "cifar100"):
         dataset = read_cifar(_required_root(cfg, name), name)
     elif name == "imagefolder":
-        dataset = read_imagefolder(_required_root(cfg, name), cfg.get("image_size"),
-                                   cfg.get("on_corrupt", "fail"), store, threads)
+        dataset = read_imagefolder(_required_root(cfg, name), cfg["image_size"], cfg["on_corrupt"], store, threads)
     elif name == "list":
-        dataset = read_lists(_required_root(cfg, name), cfg.get("list_files") or {},
-                             cfg.get("class_names"), cfg.get("image_size"),
-                             cfg.get("on_corrupt", "fail"), store, threads)
+        dataset = read_lists(_required_root(cfg, name), cfg["list_files"], cfg["class_names"], cfg["image_size"],
+                             cfg["on_corrupt"], store, threads)
     else:
         raise LthashError(f"config key 'dataset.name': unknown dataset {name!r}")
-    if dataset.images is not None and cfg.get("image_size") is not None:
+    if dataset.images is not None and cfg["image_size"] is not None:
         dataset.images = resize_stack(dataset.images, cfg["image_size"], threads)
     if dataset.images is not None:
         dataset.image_shape = tuple(int(s) for s in dataset.images.shape[1:])
@@ -98,7 +99,7 @@ def load_dataset(cfg: Mapping[str, Any], threads: int = 1) -> Dataset:
 
 
 def _required_root(cfg: Mapping[str, Any], name: str) -> str:
-    root = cfg.get("root")
+    root = cfg["root"]
     if not root:
         raise LthashError(f"config key 'dataset.root' is required for dataset {name}")
     if not Path(root).exists():

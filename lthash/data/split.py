@@ -66,20 +66,23 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                official: Mapping[str, np.ndarray] | None = None,
                lists: Mapping[str, np.ndarray] | None = None,
                dataset_name: str = "dataset", describe: Callable[[int], str] | None = None) -> SplitPlan:
-    """Draw the four groups from ``labels`` (class index per pooled image).
+    """Draw the groups from ``labels`` (class index per pooled image); ``split_cfg`` is validated here.
 
     A request for more images than a class has raises :class:`LthashError` naming the class
     and both numbers; ``describe(i)`` names image i in errors (default: its pooled index).
     """
+    from lthash.config import validate_section
+
+    split_cfg = validate_section("split", split_cfg)
     describe = describe or (lambda i: f"pooled index {i}")
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = len(class_names)
-    rng = np.random.default_rng(split_cfg.get("seed", 0))
+    rng = np.random.default_rng(split_cfg["seed"])
     order = class_order(num_classes, rng)
-    protocol = split_cfg.get("protocol", "per_class")
-    query_n = split_cfg.get("query_per_class", 100)
-    db_cap = split_cfg.get("database_per_class")
-    train_n = split_cfg.get("train_per_class", 500)
+    protocol = split_cfg["protocol"]
+    query_n = split_cfg["query_per_class"]
+    db_cap = split_cfg["database_per_class"]
+    train_n = split_cfg["train_per_class"]
 
     if protocol == "per_class":
         if query_n is None:
@@ -140,14 +143,14 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                                   f"train_per_class asks for {train_n}")
             balanced.append(rng.permutation(database[c])[:train_n])
 
-    lt = split_cfg.get("longtail", {}) or {}
-    profile = lt.get("profile", "zipf")
-    source_name = lt.get("source", "train_balanced")
+    lt = split_cfg["longtail"]
+    profile = lt["profile"]
+    source_name = lt["source"]
     source = balanced if source_name == "train_balanced" else database
-    s1 = lt.get("s1")
+    s1 = lt["s1"]
     if s1 is None:
         s1 = min(len(s) for s in source)
-    sizes, mu = profile_sizes(profile, int(s1), num_classes, float(lt.get("imbalance_factor", 50)), lt.get("mu"))
+    sizes, mu = profile_sizes(profile, int(s1), num_classes, float(lt["imbalance_factor"]), lt["mu"])
     train: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * num_classes
     if profile == "none":
         train = [np.asarray(s, dtype=np.int64) for s in source]
@@ -165,7 +168,7 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                                   f"{source_name} set has {len(source[c])}; lower config key 'split.longtail.s1'")
             train[c] = rng.permutation(source[c])[:size]
 
-    validation = _draw_validation(labels, class_names, int(split_cfg.get("validation_per_class") or 0),
+    validation = _draw_validation(labels, class_names, int(split_cfg["validation_per_class"]),
                                   query, database, rng)
 
     def join(parts: list[np.ndarray]) -> np.ndarray:

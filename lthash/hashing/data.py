@@ -101,13 +101,13 @@ def read_shards(shards: Sequence[str | Path], shape: tuple[int, int, int], class
 
 
 def mix_counts(real: np.ndarray, available: np.ndarray, options: Mapping[str, Any]) -> tuple[np.ndarray, int]:
-    """Synthetic images to add per class so every class reaches one total.
+    """Synthetic images to add per class so every class reaches one total (``options``: validated ``hashing.mix``).
 
     target = ``target_per_class`` or round(``target_factor`` x largest real class);
     synthetic_c = min(target - real_c, available_c, floor(max_synthetic_fraction x target)), >= 0.
     """
-    target = options.get("target_per_class") or int(round(options.get("target_factor", 1.0) * real.max()))
-    cap = int(np.floor(options.get("max_synthetic_fraction", 1.0) * target))
+    target = options["target_per_class"] or int(round(options["target_factor"] * real.max()))
+    cap = int(np.floor(options["max_synthetic_fraction"] * target))
     want = np.clip(target - real, 0, cap)
     short = np.flatnonzero(want > available)
     if len(short):

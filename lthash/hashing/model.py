@@ -18,6 +18,7 @@ import torch
 from lthash.errors import LthashError
 from lthash.hashing.backbones import BACKBONES, Backbone, load_pretrained
 from lthash.hashing.methods import REGISTRY, HashMethod, get_method
+from lthash.hashing.methods.base import method_section
 from lthash.hashing.methods.shallow import PixelFeatures
 
 log = logging.getLogger("lthash.hashing")
@@ -46,8 +47,9 @@ def job_choice(params: Mapping[str, Any]) -> tuple[str, str, int]:
 
 
 def method_options(params: Mapping[str, Any], method: str) -> dict[str, Any]:
-    section = "lthnet" if method == "lthnet_sq" else method
-    return dict(params.get(section, {}))
+    """The options of ``method`` in validated hashing params (a method without options has no section)."""
+    section = method_section(method)
+    return dict(params[section]) if section in params else {}
 
 
 def build_model(params: Mapping[str, Any], method: str, backbone_name: str, bits: int, num_classes: int,
@@ -57,12 +59,12 @@ def build_model(params: Mapping[str, Any], method: str, backbone_name: str, bits
     cls = get_method(method)
     height, width, channels = input_shape
     torch.manual_seed(seed)
-    if not cls.trainable and params.get("shallow", {}).get("features", "pixels") == "pixels":
+    if not cls.trainable and params["shallow"]["features"] == "pixels":
         features: torch.nn.Module = PixelFeatures(input_shape)
     else:
-        features = Backbone(backbone_name, channels, max(height, width), params.get("image_size"),
-                            params.get("cnn", {}).get("width", 16), params.get("cnn", {}).get("feature_dim", 256))
-        weights = params.get("pretrained", {}).get(backbone_name)
+        features = Backbone(backbone_name, channels, max(height, width), params["image_size"],
+                            params["cnn"]["width"], params["cnn"]["feature_dim"])
+        weights = params["pretrained"].get(backbone_name)
         if weights and load_weights:
             missing = load_pretrained(features, weights, f"hashing.pretrained.{backbone_name}")
             log.info("pretrained %s from %s (%d keys left at init)", backbone_name, weights, len(missing))

@@ -66,17 +66,22 @@ def load_class_images(split_path: str | os.PathLike, class_index: int) -> ClassI
 class Augmentation:
     """Parameters of the reference augmentation (see module docstring)."""
 
-    rotation_p: float = 0.75
-    rotation_degrees: float = 10.0
-    hflip_p: float = 0.25
-    max_zoom: float = 1.15
+    rotation_p: float
+    rotation_degrees: float
+    hflip_p: float
+    max_zoom: float
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> "Augmentation":
-        params = dict(params or {})
-        if params.pop("enabled", True) is False:
-            return cls(rotation_p=0.0, hflip_p=0.0, max_zoom=1.0)
-        return cls(**{key: float(value) for key, value in params.items()})
+    def from_params(cls, params: Mapping[str, Any]) -> "Augmentation":
+        """From validated ``generate.personalize.augment`` (``enabled: false`` is the identity)."""
+        if not params["enabled"]:
+            return cls.identity()
+        return cls(**{key: float(params[key]) for key in cls.__dataclass_fields__})
+
+    @classmethod
+    def identity(cls) -> "Augmentation":
+        """No warp at all."""
+        return cls(rotation_p=0.0, rotation_degrees=0.0, hflip_p=0.0, max_zoom=1.0)
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment ``pixels`` (N x C x H x W in [-1, 1]); random draws come from ``generator``."""

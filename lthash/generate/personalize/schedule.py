@@ -83,16 +83,16 @@ def resolve_preset(schedule: str, has_vae: bool) -> str:
 def method_stages(method: str, params: Mapping[str, Any], has_vae: bool) -> list[Stage]:
     """The stages of ``method`` from the preset, with the user's per-stage overrides applied.
 
-    ``params`` is the ``personalize`` config section; overrides live in
+    ``params`` is the validated ``personalize`` config section; overrides live in
     ``params[method]["stages"][stage_name]`` (any of steps, lr, batch_size, lambda_mean,
     lambda_var; null keeps the preset). DreamBooth's prior preservation weight comes from
     ``params["dreambooth"]["prior_preservation"]``.
     """
     if method not in METHODS:
         raise LthashError(f"unknown personalisation method {method!r} (allowed: {', '.join(METHODS)})")
-    preset = resolve_preset(params.get("schedule", "auto"), has_vae)
-    method_params = params.get(method) or {}
-    overrides = method_params.get("stages") or {}
+    preset = resolve_preset(params["schedule"], has_vae)
+    method_params = params[method]
+    overrides = method_params["stages"]
     stages = []
     known = {stage.name for stage in PRESETS[preset][method]}
     unknown = sorted(set(overrides) - known)
@@ -107,8 +107,8 @@ def method_stages(method: str, params: Mapping[str, Any], has_vae: bool) -> list
             raise LthashError(f"config key 'personalize.{method}.stages.{stage.name}': unknown key(s) {bad}")
         stage = replace(stage, **changes)
         if method == "dreambooth":
-            prior = method_params.get("prior_preservation") or {}
-            if prior.get("enabled"):
-                stage = replace(stage, prior_weight=float(prior.get("weight", 1.0)))
+            prior = method_params["prior_preservation"]
+            if prior["enabled"]:
+                stage = replace(stage, prior_weight=float(prior["weight"]))
         stages.append(stage)
     return stages

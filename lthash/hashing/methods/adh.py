@@ -45,8 +45,6 @@ class ChannelSpatialAttention(nn.Module):
 
 @register("adh")
 class ADH(HashMethod):
-    DEFAULTS = {"reduction": 8, "quant_weight": 0.1, "class_weight": 1.0}
-
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)

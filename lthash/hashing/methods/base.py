@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
@@ -34,15 +36,33 @@ def get_method(name: str, key: str = "hashing.method") -> type["HashMethod"]:
     return REGISTRY[name]
 
 
+def method_defaults(name: str) -> dict[str, Any]:
+    """The schema's defaults of method ``name``'s options (``hashing.<section>``; {} for a method without options)."""
+    return copy.deepcopy(_schema_defaults().get(method_section(name), {}))
+
+
+def method_section(name: str) -> str:
+    """The config section holding method ``name``'s options (``lthnet_sq`` shares ``lthnet``'s)."""
+    from lthash.workflow import METHOD_SECTION
+
+    return METHOD_SECTION.get(name, name)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict[str, Any]:
+    from lthash.config import validate_config
+
+    return validate_config({"dataset": {}})["hashing"]
+
+
 class HashMethod(nn.Module):
     """A hashing model: images (N x C x H x W floats in [0,1]) -> real codes whose signs are the bits.
 
-    ``DEFAULTS`` are the method's options (mirrored in ``hashing.schema.yaml`` under the
-    method's name); ``trainable`` is False for shallow methods that are fitted in closed form.
+    Its options and their defaults live in ``hashing.schema.yaml`` under the method's section
+    (:func:`method_defaults`); ``trainable`` is False for shallow methods fitted in closed form.
     """
 
     name: ClassVar[str] = ""
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
     trainable: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
@@ -51,7 +71,7 @@ class HashMethod(nn.Module):
         self.backbone = backbone
         self.bits = int(bits)
         self.num_classes = int(num_classes)
-        self.options = {**self.DEFAULTS, **dict(options)}
+        self.options = {**method_defaults(self.name), **dict(options)}
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
         self.rng = np.random.default_rng([int(seed), 7919])
 

@@ -22,8 +22,6 @@ from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 @register("csq")
 class CSQ(HashMethod):
-    DEFAULTS = {"quant_weight": 1e-4, "min_distance": None}
-
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)

@@ -15,8 +15,6 @@ from lthash.hashing.methods.shallow import ShallowHash, pca
 
 @register("itq")
 class ITQ(ShallowHash):
-    DEFAULTS = {"iterations": 50}
-
     def fit_projection(self, centred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         self.check_dims(centred.shape[1])
         w_pca = pca(centred, self.bits)

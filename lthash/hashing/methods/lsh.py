@@ -10,7 +10,5 @@ from lthash.hashing.methods.shallow import ShallowHash
 
 @register("lsh")
 class LSH(ShallowHash):
-    DEFAULTS: dict = {}
-
     def fit_projection(self, centred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         return self.rng.standard_normal((centred.shape[1], self.bits)), {}

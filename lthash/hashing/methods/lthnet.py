@@ -35,8 +35,6 @@ def class_balanced_weights(counts: np.ndarray, beta: float) -> np.ndarray:
 
 @register("lthnet")
 class LTHNet(HashMethod):
-    DEFAULTS = {"feature_dim": 2000, "prototypes": 3, "beta": 0.0, "quality_theta": 1.0}
-
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)

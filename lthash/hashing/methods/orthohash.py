@@ -23,8 +23,6 @@ from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 @register("orthohash")
 class OrthoHash(HashMethod):
-    DEFAULTS = {"scale": 8.0, "margin": 0.2, "codebook": "bernoulli", "min_distance": None, "quant_weight": 0.0}
-
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)

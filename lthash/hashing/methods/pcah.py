@@ -10,8 +10,6 @@ from lthash.hashing.methods.shallow import ShallowHash, pca
 
 @register("pcah")
 class PCAH(ShallowHash):
-    DEFAULTS: dict = {}
-
     def fit_projection(self, centred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         self.check_dims(centred.shape[1])
         return pca(centred, self.bits), {}

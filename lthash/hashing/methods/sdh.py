@@ -19,8 +19,6 @@ from lthash.hashing.methods.shallow import ShallowHash
 
 @register("sdh")
 class SDH(ShallowHash):
-    DEFAULTS = {"anchors": 1000, "lambda": 1.0, "nu": 1e-5, "delta": 1e-2, "iterations": 5, "dcc_iterations": 3}
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("anchors", torch.zeros(0, 0))
