@@ -6,9 +6,9 @@
 - :mod:`.optimizer`: optimiser state as tensors plus JSON (no pickle).
 """
 
-from lthash.checkpointing.folder import Checkpoint, CheckpointFolder, checkpoint_name
+from lthash.checkpointing.folder import Checkpoint, CheckpointFolder, checkpoint_name, partial_folder
 from lthash.checkpointing.optimizer import flatten_optimizer_state, unflatten_optimizer_state
 from lthash.checkpointing.rng import capture_rng, restore_rng
 
 __all__ = ["Checkpoint", "CheckpointFolder", "capture_rng", "checkpoint_name", "flatten_optimizer_state",
-           "restore_rng", "unflatten_optimizer_state"]
+           "partial_folder", "restore_rng", "unflatten_optimizer_state"]

@@ -47,6 +47,12 @@ FINGERPRINT_FILE = "fingerprint.json"
 OPTIMIZER_GROUP = "optimizer"
 
 
+def partial_folder(out: str | os.PathLike) -> Path:
+    """Where the checkpoints of the run writing ``out`` live: ``<out>.partial`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
 def checkpoint_name(position: Sequence[int]) -> str:
     """``ckpt-`` and the position's numbers, six digits each: (2, 40) -> ``ckpt-000002-000040``."""
     if not position or any(int(p) < 0 for p in position):

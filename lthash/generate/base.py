@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lthash.checkpointing import CheckpointFolder
+from lthash.checkpointing import CheckpointFolder, partial_folder
 from lthash.errors import LthashError
 from lthash.generate.models import DiffusionComponents, encode_images, tokenize
 from lthash.io import canonical_json
@@ -304,7 +304,7 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
     fingerprint = canonical_json({"base": base, "categories": categories, "seed": seed,
                                   "data": split_fingerprint(train.images, train.index)})
     prompts = [category_prompt(categories[label]) for label in train.labels]
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_folder(out)
     cpu_started = time.process_time()
     state = train_base(components, train.images, prompts, config, partial, fingerprint, progress)
     grid = sample_grid(components, words, base["samples_per_category"], seed, (height, width, channels))

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from lthash.checkpointing import CheckpointFolder
+from lthash.checkpointing import CheckpointFolder, partial_folder
 from lthash.errors import LthashError
 from lthash.provenance import code_version
 from lthash.hashing.curves import plot_curves, write_history
@@ -208,7 +208,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     precision = params["mixed_precision"]
     model.to(device)
     optimizer = make_optimizer(model, train)
-    partial = Path(str(out) + ".partial")
+    partial = partial_folder(out)
     epochs, batch_size = int(train["epochs"]), int(train["batch_size"])
     history: list[dict[str, Any]] = []
     best_state, best_score, best_epoch, start_epoch, resumed = None, -1.0, None, 0, []
@@ -329,4 +329,4 @@ def _write_run(out: Path, model: HashMethod, state: Mapping[str, torch.Tensor], 
         write_history(tmp / "history.csv", history)
         plot_curves(tmp / "curves.png", history, f"{record['method']} / {backbone} / {record['bits']} bits ({record['mode']})")
         write_json(tmp / "run.json", record)
-    shutil.rmtree(Path(str(out) + ".partial"), ignore_errors=True)
+    shutil.rmtree(partial_folder(out), ignore_errors=True)

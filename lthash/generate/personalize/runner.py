@@ -18,7 +18,7 @@ import torch
 
 from lthash.generate.concepts import write_concept
 from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components
-from lthash.checkpointing import CheckpointFolder
+from lthash.checkpointing import CheckpointFolder, partial_folder
 from lthash.generate.personalize.data import Augmentation, load_class_images
 from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
@@ -86,7 +86,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     params = generate_params["personalize"]
     data = load_class_images(split_path, class_index)
     out = Path(out_dir)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_folder(out)
     accelerator = make_accelerator(device, params["mixed_precision"])
     components = load_components(base_dir, device=str(accelerator.device))
     has_vae = components.vae is not None
