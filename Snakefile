@@ -19,6 +19,7 @@ configfile: "config.yaml"
 
 
 try:
+    lw.check_experiment(config)
     config = validate_config(config)
     check_base_choice(config)
 except LthashError as error:
@@ -63,6 +64,7 @@ wildcard_constraints:
     method=r"[a-z0-9_]+",
     backbone=r"[a-z0-9_]+",
     bits=r"\d+",
+    seed=r"\d+",
 
 
 localrules:

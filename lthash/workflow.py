@@ -36,22 +36,28 @@ from lthash.io import canonical_json
 class Arm:
     """One way of training a hash model (a rule of the same name).
 
-    group: real split group (``train`` long-tail, ``train_balanced``); mode: ``lthash train
-    --mode`` (real, synthetic, mix); init: the training stage whose model this one starts
-    from (``pretrain`` or None); source: where its shards come from (None = real images only,
-    ``generated`` = a generator x synthesis mode, so the arm is crossed with
-    ``experiment.generators`` x ``experiment.synthesis``, ``resampled`` = copies of the real
-    long-tail images); shards: plan purpose of the shards it trains on (None = none);
-    sampling: ``hashing.train.sampling`` fixed by the arm (None = the config's).
+    kind: ``bound`` (the balanced upper bound: data a long-tail user does not have),
+    ``control`` (non-generative arms a long-tail user can run: the method must beat the best
+    of them), ``generated`` (the method: trains on generated shards) or ``ablation``; title:
+    the report's words for it. group: real split group (``train`` long-tail,
+    ``train_balanced``); mode: ``lthash train --mode`` (real, synthetic, mix); init: the
+    training stage whose model this one starts from (``pretrain`` or None); source: where
+    its shards come from (None = real images only, ``generated`` = a generator x synthesis
+    mode, so the arm is crossed with ``experiment.generators`` x ``experiment.synthesis``,
+    ``resampled`` = copies of the real long-tail images); shards: plan purpose of the shards
+    it trains on (None = none); sets: config values the arm fixes (``hashing.train.sampling``
+    for class-balanced batches, ``hashing.train.balance`` for the logit-adjusted loss).
     """
 
     name: str
+    kind: str
+    title: str
     group: str = "train"
     mode: str = "real"
     init: str | None = None
     source: str | None = None
     shards: str | None = None
-    sampling: str | None = None
+    sets: tuple[tuple[str, str], ...] = ()
 
     @property
     def crossed(self) -> bool:
@@ -68,27 +74,36 @@ class Arm:
 
 PRETRAIN_NAME = "pretrain"
 #: The shared pretraining stage: balanced shards only (``pretrain`` purpose), per shard source.
-PRETRAIN = Arm(PRETRAIN_NAME, mode="synthetic", source="any", shards="pretrain")
+PRETRAIN = Arm(PRETRAIN_NAME, kind="stage", title="Synthetic pretraining (shared stage)", mode="synthetic",
+               source="any", shards="pretrain")
 
 #: The arms of ``experiment.arms`` (the experiment schema's enum equals these names; a test keeps them equal).
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("balanced", group="train_balanced"),
-    Arm("longtail"),
-    Arm("class_balanced", sampling="class_balanced"),
-    Arm("resampled", mode="mix", init=PRETRAIN_NAME, source="resampled", shards="mix"),
-    Arm("augmented", mode="mix", init=PRETRAIN_NAME, source="generated", shards="mix"),
-    Arm("pretrain_only", init=PRETRAIN_NAME, source="generated"),
-    Arm("mix_only", mode="mix", source="generated", shards="mix"),
+    Arm("balanced", "bound", "Balanced data (upper bound)", group="train_balanced"),
+    Arm("longtail", "control", "Long-tail data"),
+    Arm("class_balanced", "control", "Long-tail data, class-balanced sampling",
+        sets=(("hashing.train.sampling", "class_balanced"),)),
+    Arm("logit_adjusted", "control", "Long-tail data, logit-adjusted loss",
+        sets=(("hashing.train.balance", "logit_adjusted"),)),
+    Arm("resampled", "control", "Resampled: the method's schedule with copies of real images",
+        mode="mix", init=PRETRAIN_NAME, source="resampled", shards="mix"),
+    Arm("augmented", "generated", "Ours (synthetic pretrain + balanced mix)",
+        mode="mix", init=PRETRAIN_NAME, source="generated", shards="mix"),
+    Arm("pretrain_only", "ablation", "Synthetic pretrain, long-tail fine-tune", init=PRETRAIN_NAME,
+        source="generated"),
+    Arm("mix_only", "ablation", "Balanced mix, no pretrain", mode="mix", source="generated", shards="mix"),
 )}
 #: Every training rule: the shared pretraining stage and the arms.
 TRAINING: dict[str, Arm] = {PRETRAIN_NAME: PRETRAIN, **ARMS}
 RESAMPLED = "resampled"
+#: Arm kinds, in table order.
+ARM_KINDS = ("bound", "control", "generated", "ablation")
 
 
 @dataclass(frozen=True)
 class Run:
     """One trained hash model: arm (with generator and synthesis mode for crossed arms) x
-    method x backbone x bits."""
+    method x backbone x bits x hash-training seed (``hashing.seed`` of its jobs)."""
 
     arm: str
     method: str
@@ -96,6 +111,7 @@ class Run:
     bits: int
     generator: str | None = None
     synthesis: str | None = None
+    seed: int = 0
 
     @property
     def label(self) -> str:
@@ -112,12 +128,12 @@ class Run:
         return shard_source(ARMS[self.arm], self.generator, self.synthesis)
 
     def directory(self, results: str) -> str:
-        return f"{results}/runs/{self.label}/{self.model_label}"
+        return f"{results}/runs/{self.label}/{self.model_label}/seed{self.seed}"
 
     def identity(self) -> dict[str, Any]:
         """What the run is (written into run.json and the metrics' tags): never read from its path."""
         return {"arm": self.arm, "generator": self.generator, "synthesis": self.synthesis,
-                "method": self.method, "backbone": self.backbone, "bits": self.bits}
+                "method": self.method, "backbone": self.backbone, "bits": self.bits, "seed": self.seed}
 
 
 def shard_source(arm: Arm, generator: str | None, synthesis: str | None) -> str | None:
@@ -130,7 +146,7 @@ def shard_source(arm: Arm, generator: str | None, synthesis: str | None) -> str 
 
 
 def runs(config: Mapping[str, Any]) -> list[Run]:
-    """Every hash model the experiment section asks for, in a stable order."""
+    """Every hash model the experiment section asks for (each once per ``experiment.seeds``), in a stable order."""
     experiment = config["experiment"]
     out = []
     for name in experiment["arms"]:
@@ -138,26 +154,30 @@ def runs(config: Mapping[str, Any]) -> list[Run]:
         crossings = (itertools.product(experiment["generators"], experiment["synthesis"]) if arm.crossed
                      else [(None, None)])
         for generator, synthesis in crossings:
-            for method in experiment["methods"]:
-                for backbone in experiment["backbones"]:
-                    for bits in experiment["bits"]:
-                        out.append(Run(name, method, backbone, int(bits), generator, synthesis))
+            for method, backbone, bits, seed in itertools.product(
+                    experiment["methods"], experiment["backbones"], experiment["bits"], experiment["seeds"]):
+                out.append(Run(name, method, backbone, int(bits), generator, synthesis, int(seed)))
     return out
 
 
-def report_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every run the report gathers: ``{"label", "metrics" (path), "identity"}``, in :func:`runs` order."""
-    results = config["results"]
-    return [{"label": run.label, "metrics": f"{run.directory(results)}/metrics.json", "identity": run.identity()}
-            for run in runs(config)]
-
-
-def find_run(config: Mapping[str, Any], label: str, method: str, backbone: str, bits: int | str) -> Run:
-    """The run of ``runs(config)`` with this folder label and model, naming what is asked for otherwise."""
+def find_run(config: Mapping[str, Any], label: str, method: str, backbone: str, bits: int | str,
+             seed: int | str) -> Run:
+    """The run of ``runs(config)`` with this folder label, model and seed, naming what is asked for otherwise."""
     for run in runs(config):
-        if (run.label, run.method, run.backbone, run.bits) == (label, method, backbone, int(bits)):
+        if (run.label, run.method, run.backbone, run.bits, run.seed) == (label, method, backbone, int(bits), int(seed)):
             return run
-    raise LthashError(f"runs/{label}/{method}-{backbone}-{bits} is not a run of this config's experiment section")
+    raise LthashError(f"runs/{label}/{method}-{backbone}-{bits}/seed{seed} is not a run of this config's "
+                      "experiment section")
+
+
+def check_experiment(raw_config: Mapping[str, Any]) -> None:
+    """Refuse, before validation, what the workflow sets itself: ``hashing.seed`` comes from
+    ``experiment.seeds`` (every arm trains once per seed), so a config that sets it is refused."""
+    hashing = raw_config.get("hashing") if isinstance(raw_config, Mapping) else None
+    if isinstance(hashing, Mapping) and "seed" in hashing:
+        raise LthashError("config key 'hashing.seed': the workflow trains every arm once per seed of "
+                          "'experiment.seeds' and sets hashing.seed from it; list the seeds there "
+                          f"(experiment.seeds: [{hashing['seed']}]) and remove hashing.seed")
 
 
 def uses_generators(config: Mapping[str, Any]) -> bool:
@@ -210,14 +230,15 @@ def init_folder(results: str, arm: Arm, wildcards: Mapping[str, Any]) -> list[st
     if arm.init is None:
         return []
     source = shard_source(arm, wildcards.get("generator"), wildcards.get("synthesis"))
-    model = f"{wildcards['method']}-{wildcards['backbone']}-{wildcards['bits']}"
+    model = f"{wildcards['method']}-{wildcards['backbone']}-{wildcards['bits']}/seed{wildcards['seed']}"
     return [f"{results}/{TRAINING[arm.init].folder.format(source=source)}/{model}/model"]
 
 
 def job_identity(arm: Arm, wildcards: Mapping[str, Any]) -> dict[str, Any]:
     """Identity of one training job from its rule's wildcards (pretraining jobs carry their source)."""
     identity = {"arm": arm.name, "generator": wildcards.get("generator"), "synthesis": wildcards.get("synthesis"),
-                "method": wildcards["method"], "backbone": wildcards["backbone"], "bits": int(wildcards["bits"])}
+                "method": wildcards["method"], "backbone": wildcards["backbone"], "bits": int(wildcards["bits"]),
+                "seed": int(wildcards["seed"])}
     if arm.name == PRETRAIN_NAME:
         source = str(wildcards["source"])
         generator, _, synthesis = source.partition("/")
@@ -255,7 +276,7 @@ METHOD_SECTION = {"lthnet_sq": "lthnet"}
 #: Keys of ``generate.synthesis`` only one synthesis mode reads (so editing them reruns only its shards).
 SYNTHESIS_MODE_KEYS: dict[str, tuple[str, ...]] = {"real": ("strength",)}
 
-_TRAIN = ("hashing.seed", "hashing.image_size", "hashing.mixed_precision", "hashing.distributed", "hashing.train",
+_TRAIN = ("hashing.image_size", "hashing.mixed_precision", "hashing.distributed", "hashing.train",
           "hashing.method_train.{method}", "hashing.{method_sections}", "hashing.{backbone}",
           "hashing.pretrained.{backbone}")
 
@@ -298,7 +319,7 @@ READS: dict[str, tuple[str, ...]] = {
 #: Values a rule sets from its job instead of reading them from the config.
 SETS: dict[str, dict[str, str]] = {
     **{name: {"hashing.method": "{method}", "hashing.backbone": "{backbone}", "hashing.bits": "{bits}",
-              **({"hashing.train.sampling": arm.sampling} if arm.sampling else {})}
+              "hashing.seed": "{seed}", **dict(arm.sets)}
        for name, arm in TRAINING.items()},
     "synthesize": {"generate.synthesis.init": "{synthesis}"},
 }
@@ -405,7 +426,7 @@ def _compiled(rule: str, job: tuple[tuple[str, Any], ...]) -> _Trie:
 
 
 #: Job fields that can change what a rule reads (other wildcards, such as class and shard, cannot).
-JOB_FIELDS = ("method", "backbone", "bits", "generator", "synthesis")
+JOB_FIELDS = ("method", "backbone", "bits", "seed", "generator", "synthesis")
 
 
 def _job_key(job: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -418,7 +439,7 @@ def _job_key(job: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
 def _set_value(template: str, job: Mapping[str, Any]) -> Any:
     if template.startswith("{") and template.endswith("}"):
         value = dict(job)[template[1:-1]]
-        return int(value) if template == "{bits}" else value
+        return int(value) if template in ("{bits}", "{seed}") else value
     return template
 
 
@@ -429,7 +450,7 @@ def _picked(config: Mapping[str, Any], rule: str, job: Mapping[str, Any] | None)
     _, picked = _compiled(rule, key).select(config)
     for path, template in SETS.get(rule, {}).items():
         parts = _parts(path)
-        if not _known_path(parts):
+        if not _known_path(parts) or (template.startswith("{") and template[1:-1] not in dict(key)):
             continue
         node = picked
         for part in parts[:-1]:
@@ -496,7 +517,7 @@ def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             if experiment["quality"]:
                 jobs.append(("quality", {"generator": generator, "synthesis": synthesis}))
     for run in runs(config):
-        model = {"method": run.method, "backbone": run.backbone, "bits": str(run.bits)}
+        model = {"method": run.method, "backbone": run.backbone, "bits": str(run.bits), "seed": str(run.seed)}
         arm = ARMS[run.arm]
         wildcards = {**model, **({"generator": run.generator, "synthesis": run.synthesis} if arm.crossed else {})}
         jobs.append((run.arm, wildcards))
@@ -531,7 +552,7 @@ def field_values() -> dict[str, list[str]]:
             "backbone": list(hashing["$defs"]["backbone_name"]["enum"]),
             "generator": list(experiment["generators"]["items"]["enum"]),
             "synthesis": list(experiment["synthesis"]["items"]["enum"]),
-            "bits": [32]}
+            "bits": [32], "seed": [0]}
 
 
 @functools.lru_cache(maxsize=1)

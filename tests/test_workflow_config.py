@@ -31,12 +31,35 @@ def test_shipped_experiment_configs_validate(path):
     assert runs(config), f"{path.name} asks for no runs"
 
 
-def test_default_config_asks_for_every_arm_at_32_and_64_bits():
+def test_default_config_asks_for_every_arm_at_32_and_64_bits_and_three_seeds():
     config = load_config(ROOT / "config.yaml")
-    labels = {(run.label, run.bits) for run in runs(config)}
-    assert labels == {(arm, bits) for arm in ("balanced", "longtail", "class_balanced", "resampled",
-                                              "augmented-attndreambooth-noise", "augmented-attndreambooth-real")
-                      for bits in (32, 64)}
+    labels = {(run.label, run.bits, run.seed) for run in runs(config)}
+    assert labels == {(arm, bits, seed) for arm in ("balanced", "longtail", "class_balanced", "logit_adjusted",
+                                                    "resampled", "augmented-attndreambooth-noise",
+                                                    "augmented-attndreambooth-real")
+                      for bits in (32, 64) for seed in (0, 1, 2)}
+
+
+def test_a_config_setting_hashing_seed_is_refused_naming_experiment_seeds():
+    from lthash.errors import LthashError
+    from lthash.workflow import check_experiment
+
+    with pytest.raises(LthashError, match=r"'hashing.seed'.*experiment.seeds: \[3\]"):
+        check_experiment({"hashing": {"seed": 3}})
+    check_experiment({"hashing": {"lr": 1}})
+
+
+def test_each_seed_is_its_own_run_folder_and_sets_hashing_seed():
+    config = load_config(ROOT / "config.yaml")
+    folders = {run.directory("results") for run in runs(config)}
+    assert len(folders) == len(runs(config))
+    run = next(r for r in runs(config) if r.arm == "longtail" and r.seed == 2)
+    assert run.directory("results").endswith("/seed2") and run.identity()["seed"] == 2
+    from lthash.workflow import rule_params
+
+    job = {"method": run.method, "backbone": run.backbone, "bits": str(run.bits), "seed": "2"}
+    assert rule_params(config, "longtail", job)["hashing"]["seed"] == 2
+    assert rule_params(config, "longtail", {**job, "seed": "0"})["hashing"]["seed"] == 0
 
 
 def test_arms_table_equals_the_schema_enum():

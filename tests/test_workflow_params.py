@@ -235,8 +235,9 @@ def test_reordered_keys_give_the_same_params(base):
 
 def test_job_values_replace_the_hand_run_defaults(base):
     config, _ = base
-    params = lw.rule_params(config, "class_balanced", {"method": "csq", "backbone": "cnn", "bits": "16"})["hashing"]
-    assert (params["method"], params["backbone"], params["bits"]) == ("csq", "cnn", 16)
+    params = lw.rule_params(config, "class_balanced",
+                            {"method": "csq", "backbone": "cnn", "bits": "16", "seed": "2"})["hashing"]
+    assert (params["method"], params["backbone"], params["bits"], params["seed"]) == ("csq", "cnn", 16, 2)
     assert params["train"]["sampling"] == "class_balanced"
     assert set(params) >= {"csq", "cnn", "train", "seed"} and not set(params) & {"orthohash", "encode", "mix", "pretrain"}
     synth = lw.rule_params(config, "synthesize", {"generator": "dreambooth", "synthesis": "real"})

@@ -48,5 +48,7 @@ def arm_tags(arm, wildcards):
 
 def run_tags(wildcards):
     """--tag options of a score job: the identity of its run in the experiment (never its path)."""
-    run = lw.find_run(config, wildcards.label, wildcards.method, wildcards.backbone, wildcards.bits)
+    run = lw.find_run(
+        config, wildcards.label, wildcards.method, wildcards.backbone, wildcards.bits, wildcards.seed
+    )
     return lw.identity_tags(run.identity())

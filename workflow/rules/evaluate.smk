@@ -2,7 +2,7 @@
 # identity (arm, generator, synthesis, method, backbone) goes into its metrics as tags, from
 # the experiment's run list, so the report never parses a path.
 
-RUN = "{label}/{method}-{backbone}-{bits}"
+RUN = "{label}/{method}-{backbone}-{bits}/seed{seed}"
 
 
 rule encode:

@@ -1,10 +1,11 @@
 # Hashing stage: one rule per entry of lthash.workflow.TRAINING, named after it: the shared
 # pretraining rule (balanced shards of one source) and every arm (balanced, longtail,
-# class_balanced, resampled, augmented, pretrain_only, mix_only). Group, mode, initial model
+# class_balanced, logit_adjusted, resampled, augmented, pretrain_only, mix_only), each job
+# once per seed of experiment.seeds (hashing.seed). Group, mode, initial model
 # and shards all come from the table; the params are exactly what lthash.workflow.READS says
 # the arm reads.
 
-MODEL = "{method}-{backbone}-{bits}"
+MODEL = "{method}-{backbone}-{bits}/seed{seed}"
 
 
 for arm in lw.TRAINING.values():
