@@ -42,7 +42,7 @@ def test_score_end_to_end(codes_file, small_split, tmp_path):
     query, database = read_codes(codes_file, "query"), read_codes(codes_file, "database")
     scores = score_codes(query.codes, database.codes, query.labels, database.labels, [None, 50], bits=BITS)
     assert metrics["bits"] == BITS and metrics["n_query"] == 200 and metrics["n_database"] == 2000
-    assert metrics["seed"] == 3 and metrics["topk"] == ["all", 50] and metrics["ties"] == ["index", "average"]
+    assert metrics["evaluate_seed"] == 3 and metrics["topk"] == ["all", 50] and metrics["ties"] == ["index", "average"]
     by_key = {(row["R"], row["ties"]): row for row in metrics["results"]}
     assert by_key[("all", "index")]["map"] == pytest.approx(scores.map(None, "index"), abs=1e-15)
     assert by_key[(50, "average")]["map"] == pytest.approx(scores.map(50, "average"), abs=1e-15)

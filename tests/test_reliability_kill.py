@@ -208,7 +208,7 @@ def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weight
     from lthash.io import load_safetensors
     from lthash.workflow import rule_params
 
-    target = "results/runs/balanced/orthohash-cnn-16/model"
+    target = "results/runs/balanced/orthohash-cnn-16/seed0/model"
     work = copy_workflow(tmp_path / "killed")
     (work / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
     process = start_in_new_group(snakemake_command("--cores", "1", target, "--configfile", "train.yaml"),

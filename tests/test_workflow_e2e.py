@@ -66,19 +66,23 @@ def test_chain_scores_every_run_with_its_identity(finished_run):
     runs = lw.runs(validate_config(config))
     assert {run.label for run in runs} == {"balanced", "longtail", "class_balanced", "resampled",
                                            "augmented-attndreambooth-noise"}
+    assert {run.seed for run in runs} == {0, 1}
     for run in runs:
-        folder = results / "runs" / run.label / run.model_label
+        folder = results / "runs" / run.label / run.model_label / f"seed{run.seed}"
         metrics = json.loads((folder / "metrics.json").read_text())
         identity = {k: ("" if v is None else str(v)) for k, v in run.identity().items() if k != "bits"}
         assert metrics["tags"] == identity and metrics["bits"] == run.bits
         record = json.loads((folder / "model" / "run.json").read_text())
-        assert record["identity"] == run.identity()
+        assert record["identity"] == run.identity() and record["seed"] == run.seed
         assert 0.0 < metrics["results"][0]["map"] <= 1.0
-    resampled = json.loads((results / "runs/resampled/orthohash-cnn-16/model/run.json").read_text())
-    assert resampled["mode"] == "mix" and resampled["init"].endswith("pretrain/resampled/orthohash-cnn-16/model")
+    resampled = json.loads((results / "runs/resampled/orthohash-cnn-16/seed1/model/run.json").read_text())
+    assert resampled["mode"] == "mix" and resampled["init"].endswith("pretrain/resampled/orthohash-cnn-16/seed1/model")
     assert all("/generate/resampled/shards/mix/" in s for s in resampled["synthetic"])
-    balanced = json.loads((results / "runs/class_balanced/orthohash-cnn-16/model/run.json").read_text())
+    balanced = json.loads((results / "runs/class_balanced/orthohash-cnn-16/seed0/model/run.json").read_text())
     assert balanced["train"]["sampling"] == "class_balanced" and balanced["group"] == "train"
+    seeds = [json.loads((results / f"runs/longtail/orthohash-cnn-16/seed{s}/metrics.json").read_text())
+             for s in (0, 1)]
+    assert seeds[0]["results"][0]["map"] != seeds[1]["results"][0]["map"]
     assert (results / "report.md").stat().st_size > 0
     assert (results / "generate" / "attndreambooth" / "noise" / "quality.json").exists()
 

@@ -23,8 +23,8 @@ from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, code_set_names, read_codes
 from lthash.io import atomic_dir, atomic_path, read_attrs, write_json
 
-METRIC_COLUMNS = ("R", "R_effective", "ties", "bits", "n_query", "n_database", "seed", "map", "map_head",
-                  "map_medium", "map_tail", "precision_at_R", "radius", "precision_within_radius")
+METRIC_COLUMNS = ("R", "R_effective", "ties", "bits", "n_query", "n_database", "evaluate_seed", "map",
+                  "map_head", "map_medium", "map_tail", "precision_at_R", "radius", "precision_within_radius")
 
 
 def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def compute_metrics(query: CodeSet, database: CodeSet, counts: Sequence[int], pa
             p_at_r = float(np.mean(scores.hits[:, column] / cutoff)) if policy == "index" else expected_pr
             rows.append({"R": "all" if k is None else k, "R_effective": cutoff, "ties": policy,
                          "bits": scores.bits, "n_query": scores.n_query, "n_database": scores.n_database,
-                         "seed": params["seed"], "map": float(ap.mean()), "map_head": by_group["head"],
+                         "evaluate_seed": params["seed"], "map": float(ap.mean()), "map_head": by_group["head"],
                          "map_medium": by_group["medium"], "map_tail": by_group["tail"],
                          "precision_at_R": p_at_r, "radius": radius, "precision_within_radius": within})
             class_ap, n_queries = per_class_ap(ap, query.labels, n_classes)
@@ -113,7 +113,7 @@ def compute_metrics(query: CodeSet, database: CodeSet, counts: Sequence[int], pa
         "bits": scores.bits,
         "n_query": scores.n_query,
         "n_database": scores.n_database,
-        "seed": params["seed"],
+        "evaluate_seed": params["seed"],
         "topk": list(params["topk"]),
         "ties": ties,
         "tie_policies": {"index": "inside one Hamming distance, by database index (stable argsort)",

@@ -133,7 +133,7 @@ class SeedTables:
             params = run.record.get("params", {})
             rows.append([f"{run.label}/{run.setting.slug}", run.record.get("seed", "–"),
                          config_digest(params) if params else "–", run.record.get("code_version", "–"),
-                         run.metrics.get("seed", "–")])
+                         run.metrics.get("evaluate_seed", "–")])
         return markdown_grid(header, rows)
 
 
