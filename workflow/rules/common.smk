@@ -7,6 +7,10 @@ RUNS = lw.runs(config)
 GENERATORS = config["experiment"]["generators"] if lw.uses_generators(config) else []
 BASE_DIR, BASE_IS_TINY = base_folder(config["generate"]["base"]["model"], R)
 HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
+# A job that nothing else can run beside (the base every generator waits for, the filter
+# judge every filtered shard waits for) takes all the cores the run was given; a cluster
+# profile's set-threads wins.
+ALL_CORES = workflow.cores if isinstance(workflow.cores, int) and workflow.cores > 0 else 1
 
 if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
     raise WorkflowError(

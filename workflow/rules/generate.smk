@@ -26,7 +26,7 @@ rule base:
         f"{R}/benchmarks/base.tsv"
     conda:
         ENV
-    threads: 1
+    threads: ALL_CORES
     resources:
         mem_mb=8000,
         runtime=240,
@@ -94,7 +94,7 @@ rule filter_judge:
         f"{R}/benchmarks/filter_judge.tsv"
     conda:
         ENV
-    threads: 1
+    threads: ALL_CORES
     resources:
         mem_mb=4000,
         runtime=30,
