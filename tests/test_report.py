@@ -19,10 +19,11 @@ from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, pack_codes, write_codes
 from lthash.evaluate.score import run_score
 from lthash.io import ImageSet, write_image_sets, write_json
-from lthash.report.analysis import TIE, arms_table, gap_share, read_setting, sentence, summary
+from lthash.report.analysis import TIE, arms_table, best_control, gap_share, read_setting, sentence, summary
 from lthash.report.figures import BORDER, PAD, RIGHT, TILE, WRONG, figure_path, pick_queries
-from lthash.report.report import TABLE_NAMES, write_report
-from lthash.report.runs import RunRecord, Setting, load_runs
+from lthash.report.report import TABLE_NAMES, VERDICT, write_report
+from lthash.report.runs import RunRecord, Setting, by_setting, load_runs
+from lthash.report.uncertainty import difference_text, paired, spread
 from lthash.report.timing import read_benchmarks
 
 BITS = 16
@@ -45,6 +46,32 @@ def _digits():
     return images, digits.target.astype(np.int64)
 
 
+def _score_arms(folder: Path, split: Path, images, labels, query_rows, db_rows, arms, seed=None, offset=0):
+    """Codes of every arm of ``arms`` (label -> (tags, how)) scored by the real score stage, in folders
+    whose names say nothing; ``seed`` (a tag when given) moves every random projection by 100 * seed."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    centred = flat - flat[db_rows].mean(0)
+    means = np.stack([centred[db_rows][labels[db_rows] == c].mean(0) for c in range(10)])
+    shift = 0 if seed is None else 100 * seed
+    metrics, codes = [], []
+    for i, (label, (tags, how)) in enumerate(arms.items()):
+        if how == "supervised":
+            projection = means.T @ np.random.default_rng(shift).standard_normal((10, BITS))
+        else:
+            projection = np.random.default_rng(how + shift).standard_normal((flat.shape[1], BITS))
+        signs = centred @ projection
+        run = folder / f"run{offset + i}" / "somewhere"
+        run.mkdir(parents=True)
+        sets = {name: CodeSet(pack_codes(signs[rows]), labels[rows], rows.astype(np.int64), BITS)
+                for name, rows in (("query", query_rows), ("database", db_rows))}
+        write_codes(run / "codes.h5", sets)
+        run_score(run / "codes.h5", run / "metrics.json", PARAMS, split=split,
+                  tags={**tags, "method": "m", "backbone": "raw", **({} if seed is None else {"seed": str(seed)})})
+        metrics.append(run / "metrics.json")
+        codes.append(run / "codes.h5")
+    return metrics, codes
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A split (query 8 per class, the rest database, a long-tail train group) and four scored runs."""
@@ -65,26 +92,7 @@ def scored(tmp_path_factory):
     write_image_sets(split, groups, attrs={"class_names": names, "dataset": "digits", "seed": 0})
     write_json(root / "data" / "split.json", {"dataset": "digits", "seed": 0, "class_names": names,
                                               "counts": {k: v.attrs["counts"] for k, v in groups.items()}})
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    centred = flat - flat[db_rows].mean(0)
-    means = np.stack([centred[db_rows][labels[db_rows] == c].mean(0) for c in range(10)])
-    metrics, codes = [], []
-    for i, (label, (tags, how)) in enumerate(ARMS.items()):
-        if how == "supervised":
-            projection = means.T @ np.random.default_rng(0).standard_normal((10, BITS))
-        else:
-            projection = np.random.default_rng(how).standard_normal((flat.shape[1], BITS))
-        signs = centred @ projection
-        # a folder name that says nothing: identity must come from the tags
-        run = root / "runs" / f"run{i}" / "somewhere"
-        run.mkdir(parents=True)
-        sets = {name: CodeSet(pack_codes(signs[rows]), labels[rows], rows.astype(np.int64), BITS)
-                for name, rows in (("query", query_rows), ("database", db_rows))}
-        write_codes(run / "codes.h5", sets)
-        run_score(run / "codes.h5", run / "metrics.json", PARAMS, split=split,
-                  tags={**tags, "method": "m", "backbone": "raw"})
-        metrics.append(run / "metrics.json")
-        codes.append(run / "codes.h5")
+    metrics, codes = _score_arms(root / "runs", split, images, labels, query_rows, db_rows, ARMS)
     bench = root / "benchmarks"
     (bench / "train" / "a").mkdir(parents=True)
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -128,8 +136,18 @@ def test_cli_writes_every_table_figure_and_reads_identity_from_tags(scored):
     assert float(by["resampled"]["gap_share_all"]) == pytest.approx((resampled - lt) / (b - lt))
     text = (out / "report.md").read_text()
     generated = float(by["augmented-attndreambooth-real"]["map"])
-    verdict = "ties with" if abs(generated - resampled) < TIE else "beats" if generated > resampled else "trails"
-    assert f"augmented-attndreambooth-real, reaches {100 * generated:.2f} mAP and {verdict} resampled" in text
+    control = "resampled" if resampled > lt else "longtail"  # the controls of these runs
+    best = max(resampled, lt)
+    assert by["augmented-attndreambooth-real"]["control"] == control
+    assert float(by["augmented-attndreambooth-real"]["vs_control_all"]) == pytest.approx(generated - best)
+    assert by["augmented-attndreambooth-real"]["verdict"] == "one seed" and by["balanced"]["seeds"] == ""
+    assert (f"augmented-attndreambooth-real, reaches {100 * generated:.2f} mAP (mean of one seed) and differs "
+            f"from the best control, {control}, by {100 * (generated - best):+.2f} points (one seed, no spread "
+            "measured)") in text
+    assert text.split("\n\n")[1].startswith("**Verdict.** Against the best control")
+    verdict_page = (out / "tables" / VERDICT).read_text()
+    assert "was run on one seed only" in verdict_page and "<li>" in verdict_page
+    assert figure_path(out / "figures", "seeds", setting).stat().st_size > 5000
     assert "Table 1" in text and "Head / medium / tail" in text and "![retrieval" in text
     assert "_no run recorded a validation mAP_" in text
     timing = {r["stage"]: r for r in _csv(out / "tables" / "timing.csv")}
@@ -171,45 +189,108 @@ def test_retrieval_picture_marks_each_result_by_its_class(scored):
                 assert tuple(picture[y, x]) == (RIGHT if ok else WRONG)
 
 
-def _run(label: str, values: dict[str, float | None], tail: float | None = None, **ident) -> RunRecord:
+def _run(label: str, values: dict[str, float | None], tail: float | None = None, seed: int | None = None,
+         **ident) -> RunRecord:
     row = {"R": "all", "ties": "index", "map": values.get("map"), "map_head": values.get("map"),
            "map_medium": values.get("map"), "map_tail": tail if tail is not None else values.get("map")}
     metrics = {"results": [row], "ties": ["index"], "per_class": []}
     arm = ident.pop("arm", label)
     return RunRecord(arm=arm, generator=ident.get("generator"), synthesis=ident.get("synthesis"), method="m",
-                     backbone="b", bits=32, metrics=metrics, metrics_path=Path(f"/nowhere/{label}/metrics.json"))
+                     backbone="b", bits=32, metrics=metrics, metrics_path=Path(f"/nowhere/{label}/{seed}/metrics.json"),
+                     seed=seed)
 
 
-def _reading(*runs: RunRecord):
-    arms = {run.label: run for run in runs}
-    return read_setting(Setting("m", "b", 32), arms, "all", "index")
+def _seeds(label: str, maps: dict[int, float], **ident) -> list[RunRecord]:
+    """One run per seed of an arm whose every group's mAP is ``maps[seed]``."""
+    return [_run(label, {"map": value}, seed=seed, **dict(ident)) for seed, value in maps.items()]
 
 
-def test_sentence_reads_ties_missing_arms_and_negative_gaps():
-    balanced, longtail = _run("balanced", {"map": 0.70}), _run("longtail", {"map": 0.50})
-    gen_a = _run("a", {"map": 0.58}, arm="augmented", generator="g1", synthesis="real")
-    gen_b = _run("b", {"map": 0.58 + TIE / 2}, arm="augmented", generator="g2", synthesis="noise")
-    resampled = _run("resampled", {"map": 0.62})
-    reading = _reading(balanced, longtail, gen_a, gen_b, resampled)
+def _reading(*runs: RunRecord | list[RunRecord]):
+    flat = [run for item in runs for run in (item if isinstance(item, list) else [item])]
+    return read_setting(Setting("m", "b", 32), by_setting(flat)[Setting("m", "b", 32)], "all", "index")
+
+
+def _t_interval(diffs: list[float]) -> tuple[float, float]:
+    """The 95 % t-interval of a mean, from scipy's t distribution (the reference of the test)."""
+    from scipy import stats
+
+    d = np.asarray(diffs)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return d.mean() - half, d.mean() + half
+
+
+def test_paired_interval_and_verdicts_on_known_differences():
+    base = {0: 0.60, 1: 0.61, 2: 0.62}
+    win = paired({0: 0.630, 1: 0.640, 2: 0.6515}, base)
+    assert win.mean == pytest.approx(0.0305) and (win.low, win.high) == pytest.approx(_t_interval([0.03, 0.03, 0.0315]))
+    assert win.verdict == "beats" and win.low > 0
+    assert difference_text(win) == f"+3.05 points (95 % CI {100 * win.low:+.2f} to {100 * win.high:+.2f}, 3 seeds)"
+    straddle = paired({0: 0.61, 1: 0.60, 2: 0.625}, base)
+    assert straddle.low < 0 < straddle.high and straddle.verdict == "indistinguishable"
+    loss = paired({0: 0.55, 1: 0.57, 2: 0.56}, base)
+    assert loss.high < 0 and loss.verdict == "trails"
+    one = paired({0: 0.70}, base)
+    assert one.n == 1 and one.low is None and one.verdict == "one seed"
+    assert "one seed, no spread measured" in difference_text(one) and "left out" in difference_text(one)
+    missing = paired({0: 0.63, 1: 0.64, 2: 0.65}, {0: 0.60, 1: 0.61})
+    assert missing.n == 2 and missing.left_out == (2,) and missing.mean == pytest.approx(0.03)
+    assert "2 seeds; seed 2 left out, run by only one of the two arms" in difference_text(missing)
+    assert paired({0: 0.6}, {1: 0.6}).verdict == "no shared seed"
+    sd = spread({0: 0.60, 1: 0.61, 2: 0.62, 3: None})
+    assert sd.n == 3 and sd.mean == pytest.approx(0.61) and sd.sd == pytest.approx(0.01)
+    assert spread({0: 0.5}).sd is None
+
+
+def test_best_control_is_the_highest_mean_control_and_the_sentence_reads_its_interval():
+    longtail = _seeds("longtail", {0: 0.50, 1: 0.51, 2: 0.52})
+    class_balanced = _seeds("class_balanced", {0: 0.60, 1: 0.61, 2: 0.62})
+    logit = _seeds("logit_adjusted", {0: 0.62, 1: 0.58, 2: 0.59})  # best seed 0, lower mean
+    resampled = _seeds("resampled", {0: 0.58, 1: 0.59, 2: 0.60})
+    balanced = _seeds("balanced", {0: 0.70, 1: 0.71, 2: 0.72})
+    ours = _seeds("a", {0: 0.630, 1: 0.640, 2: 0.6515}, arm="augmented", generator="g", synthesis="real")
+    reading = _reading(balanced, longtail, class_balanced, logit, resampled, ours)
+    arms = by_setting([*longtail, *class_balanced, *logit, *resampled])[Setting("m", "b", 32)]
+    assert best_control(arms, "all", "index") == "class_balanced"
+    assert reading.control == "class_balanced" and reading.verdict == "beats"
+    low, high = _t_interval([0.03, 0.03, 0.0315])
     text = sentence(reading)
-    assert reading.verdict == "trails" and reading.best == ["augmented-g1-real", "augmented-g2-noise"]
-    assert "tie for best" in text and "trails resampled (62.00) by 4.00 points" in text
-    assert "closes 40 % of the balanced − long-tail gap" in text and "(resampled: 60 %)" in text
-    tied = _reading(balanced, longtail, gen_a, _run("resampled", {"map": 0.58 + TIE / 3}))
-    assert tied.verdict == "ties" and "ties with resampled" in sentence(tied)
-    below = _reading(balanced, longtail, _run("a", {"map": 0.45}, arm="augmented", generator="g"), resampled)
-    assert "widens the balanced − long-tail gap (share -25 %" in sentence(below)
-    no_control = _reading(balanced, longtail, gen_a)
-    assert no_control.verdict == "no resampled arm" and "no resampled arm ran" in sentence(no_control)
-    nothing = _reading(balanced, longtail, resampled)
+    assert (f"the best generated arm, augmented-g-real, reaches 64.05 ± 1.08 mAP (mean ± sd of 3 seeds) and beats "
+            f"the best control, class_balanced, by +3.05 points (95 % CI {100 * low:+.2f} to {100 * high:+.2f}, "
+            "3 seeds)") in text
+    # gap share per seed: (ours - longtail) / (balanced - longtail) = 0.65, 0.65, 0.6575
+    assert "closes 65 % of the balanced − long-tail gap" in text
+    overall = summary([reading])
+    assert overall.startswith("Against the best control of each setting") and "beats it in 1" in overall
+    assert "beats the best control beyond its seed-to-seed spread in every setting" in overall
+    table, _ = arms_table([*balanced, *longtail, *class_balanced, *logit, *resampled, *ours], "all", "index")
+    row = next(r for r in table.records if r["arm_label"] == "augmented-g-real")
+    assert row["control"] == "class_balanced" and row["verdict"] == "beats" and row["n_seeds"] == 3
+    assert (row["vs_control_all_low"], row["vs_control_all_high"]) == pytest.approx((low, high))
+    assert row["vs_control_gap"] == pytest.approx(np.mean([0.65 - 0.5, 0.65 - 0.5, 0.6575 - 0.5]))
+    assert row["map_sd"] == pytest.approx(np.std([0.630, 0.640, 0.6515], ddof=1))
+
+
+def test_sentences_of_one_seed_ties_missing_seeds_and_missing_arms():
+    balanced, longtail = _seeds("balanced", {0: 0.70, 1: 0.70}), _seeds("longtail", {0: 0.50, 1: 0.50})
+    control = _seeds("class_balanced", {0: 0.58, 1: 0.60, 2: 0.62})
+    tied = _reading(balanced, longtail, control, _seeds("a", {0: 0.60, 1: 0.59}, arm="augmented", generator="g"))
+    assert tied.verdict == "indistinguishable"
+    assert ("is indistinguishable from the best control, class_balanced: +0.50 points (95 % CI" in sentence(tied)
+            and "2 seeds; seed 2 left out" in sentence(tied))
+    single = _reading(_run("balanced", {"map": 0.7}), _run("longtail", {"map": 0.5}),
+                      _run("resampled", {"map": 0.62}), _run("a", {"map": 0.66}, arm="augmented", generator="g"))
+    assert single.verdict == "one seed" and "beats" not in sentence(single)
+    assert "differs from the best control, resampled, by +4.00 points (one seed, no spread measured)" in sentence(single)
+    below = _reading(balanced, longtail, control, _seeds("a", {0: 0.45, 1: 0.47}, arm="augmented", generator="g"))
+    assert below.verdict == "trails" and "widens the balanced − long-tail gap (share -20 %" in sentence(below)
+    no_control = _reading(balanced, _seeds("a", {0: 0.6}, arm="augmented", generator="g"))
+    assert no_control.verdict == "no control arm" and "no control arm ran" in sentence(no_control)
+    nothing = _reading(balanced, longtail, control)
     assert nothing.verdict == "no generated arm" and "no generated arm ran" in sentence(nothing)
-    inverted = _reading(_run("balanced", {"map": 0.49}), longtail, gen_a, resampled)
-    assert inverted.best_share is None and "balanced is not above long-tail (gap -1.00 points)" in sentence(inverted)
-    one_sided = _reading(longtail, gen_a, resampled)
-    assert "undefined without both" in sentence(one_sided)
-    overall = summary([reading, tied, nothing])
-    assert "trails it in 1" in overall and "ties it in 1" in overall and "no generated arm" in overall
-    assert "In no setting compared does the generator add anything" in overall
+    overall = summary([tied, single, below, nothing])
+    assert "is indistinguishable from it in 1" in overall and "trails it in 1" in overall
+    assert "was run on one seed only (no spread measured, so no verdict) in 1" in overall
+    assert "In no setting does the generated data beat the best control" in overall and "no generated arm" in overall
 
 
 def test_gap_share_per_group_and_undefined_cases():
@@ -264,6 +345,91 @@ def test_bad_runs_are_refused_naming_the_file(scored, tmp_path):
     write_json(bad, data)
     with pytest.raises(LthashError, match=r"metrics\.json.*lacks \['arm'\]"):
         load_runs([bad])
+
+
+TWO_SEEDS = {
+    "balanced": ({"arm": "balanced"}, "supervised"),
+    "longtail": ({"arm": "longtail"}, 11),
+    "class_balanced": ({"arm": "class_balanced"}, 14),
+    "augmented-g-real": ({"arm": "augmented", "generator": "g", "synthesis": "real"}, 13),
+}
+
+
+@pytest.fixture(scope="module")
+def two_seeds(scored):
+    """The arms of TWO_SEEDS scored for seeds 0 and 1 (each seed its own projections)."""
+    root, _, _, split, query_rows, db_rows, labels = scored
+    images, _ = _digits()
+    metrics = []
+    for seed in (0, 1):
+        found, _ = _score_arms(root / "seeds", split, images, labels, query_rows, db_rows, TWO_SEEDS, seed=seed,
+                               offset=10 * seed)
+        metrics += found
+    return root, metrics
+
+
+def test_two_seeds_pair_by_seed_in_the_report(two_seeds, tmp_path):
+    """The report pairs seed s of the generated arm with seed s of the best control: relabelling the
+    generated arm's seeds (0 <-> 1) keeps every mean and changes the paired interval."""
+    from lthash.io import read_json
+
+    root, metrics = two_seeds
+    maps = {(read_json(p)["tags"]["arm"], int(read_json(p)["tags"]["seed"])): read_json(p)["results"][0]["map"]
+            for p in metrics}
+    control = max(("longtail", "class_balanced"), key=lambda arm: maps[arm, 0] + maps[arm, 1])
+
+    def report(paths, folder):
+        write_report(paths, folder / "report.md", folder / "map.csv", root / "data" / "split.json",
+                     tables=folder / "tables")
+        rows = {r["arm_label"]: r for r in _csv(folder / "tables" / "arms.csv")}
+        return rows, folder
+
+    rows, folder = report(metrics, tmp_path / "a")
+    ours = rows["augmented-g-real"]
+    assert ours["seeds"] == "0 1" and ours["n_seeds"] == "2" and ours["control"] == control
+    diffs = [maps["augmented", s] - maps[control, s] for s in (0, 1)]
+    assert float(ours["vs_control_all"]) == pytest.approx(np.mean(diffs))
+    assert (float(ours["vs_control_all_low"]), float(ours["vs_control_all_high"])) == pytest.approx(_t_interval(diffs))
+    assert float(ours["map"]) == pytest.approx((maps["augmented", 0] + maps["augmented", 1]) / 2)
+    seeds = [r["seed"] for r in _csv(folder / "map.csv") if r["arm"] == "augmented"]
+    assert set(seeds) == {"0", "1"} and seeds.count("0") == seeds.count("1")
+    assert {r["seed"] for r in _csv(folder / "tables" / "per_class.csv")} == {"0", "1"}
+    assert "Verdict.** Against the best control" in (folder / "report.md").read_text()
+
+    swapped = []
+    for path in metrics:
+        data = read_json(path)
+        if data["tags"]["arm"] == "augmented":
+            data["tags"]["seed"] = str(1 - int(data["tags"]["seed"]))
+        target = tmp_path / "swapped" / path.parent.parent.name / "metrics.json"
+        write_json(target, data)
+        swapped.append(target)
+    rows, _ = report(swapped, tmp_path / "b")
+    moved = rows["augmented-g-real"]
+    crossed = [maps["augmented", 1 - s] - maps[control, s] for s in (0, 1)]
+    assert float(moved["map"]) == pytest.approx(float(ours["map"]))
+    assert float(moved["vs_control_all"]) == pytest.approx(float(ours["vs_control_all"]))
+    assert (float(moved["vs_control_all_low"]), float(moved["vs_control_all_high"])) == pytest.approx(
+        _t_interval(crossed))
+    assert float(moved["vs_control_all_low"]) != pytest.approx(float(ours["vs_control_all_low"]))
+    with pytest.raises(LthashError, match="same run .*seed 0"):
+        load_runs([metrics[0], metrics[0]])
+    assert len(load_runs([metrics[0], metrics[len(TWO_SEEDS)]])) == 2  # the same arm, seeds 0 and 1
+
+
+def test_arm_kinds_come_from_the_workflow_registry(scored, tmp_path):
+    from lthash.io import read_json
+    from lthash.workflow import ARMS as REGISTRY
+
+    _, metrics, *_ = scored
+    runs = load_runs(metrics)
+    assert {run.arm: run.kind for run in runs} == {run.arm: REGISTRY[run.arm].kind for run in runs}
+    assert runs[0].title == REGISTRY["balanced"].title and runs[0].seed is None
+    data = read_json(metrics[1])
+    data["tags"]["arm"] = "copied"
+    write_json(tmp_path / "metrics.json", data)
+    with pytest.raises(LthashError, match="arm 'copied' is not an arm of the workflow"):
+        load_runs([tmp_path / "metrics.json"])
 
 
 def test_benchmarks_sum_per_stage(scored):

@@ -108,11 +108,15 @@ def test_html_report_shows_every_run_figure_table_and_picture(finished_run):
         for figure in ("pr_radius.png", "precision_at_k.png", "curves.png"):
             assert (figure, labels) in shown, (figure, labels)
     names = {name for name, _ in shown}
-    assert {"arms.html", "generator_adds.html", "per_class.html", "timing.html", "report.md"} <= names
+    assert {"verdict.html", "arms.html", "generator_adds.html", "per_class.html", "timing.html", "report.md"} <= names
     assert "retrieval-orthohash-cnn-16.png" in names and "per_class_ap-orthohash-cnn-16.png" in names
+    assert "seeds-orthohash-cnn-16.png" in names
     assert "does synthetic data make the tail classes" in html
     arms = list(csv.DictReader((workdir / "results" / "tables" / "arms.csv").open()))
-    assert sorted(row["arm_label"] for row in arms) == sorted(run.label for run in runs)
+    # one row per arm and setting, each over every seed of the config
+    assert sorted(row["arm_label"] for row in arms) == sorted({run.label for run in runs})
+    seeds = " ".join(str(seed) for seed in config["experiment"]["seeds"])
+    assert {row["seeds"] for row in arms} == {seeds}
 
 
 def test_nothing_reruns_after_a_finished_run_or_with_reordered_keys(finished_run):

@@ -1,38 +1,33 @@
 """The tables that answer the question, and the sentences that read them, from the numbers.
 
-Per method x backbone x bits ("setting"), every arm's mAP@R and head / medium / tail mAP, and
-the share of the balanced - long-tail gap it closes, overall and per group:
+Every arm is trained once per hash-training seed; per method x backbone x bits ("setting"),
+each arm's mAP@R and head / medium / tail mAP are given as means (mAP with its sample sd) over
+its seeds, and the share of the balanced - long-tail gap it closes, per seed s and group g:
 
-    share(arm, g) = (mAP_g(arm) - mAP_g(longtail)) / (mAP_g(balanced) - mAP_g(longtail))
+    share_s(arm, g) = (mAP_g,s(arm) - mAP_g,s(longtail)) / (mAP_g,s(balanced) - mAP_g,s(longtail))
 
-undefined (``–``) when either reference is missing or the gap is not positive (balanced at
-most ``TIE`` above long-tail). Per-class AP is also given as a fraction of the balanced arm's
-AP of the same class (undefined where that AP is 0 or missing): a class-level view that a
-group mean, confounded by how hard each class is, cannot give.
-
-Two numbers tie when they differ by less than ``TIE`` (0.005 percentage points, half the
-0.01 points the tables print).
-"""
+undefined when either reference lacks seed s or the gap is not positive (balanced at most
+``TIE`` above long-tail), and averaged over the seeds where it is defined. The question is
+read against the best control (the ``control`` arm of highest mean mAP): every generated arm
+minus it, paired by seed, with a 95 % t-interval (:mod:`lthash.report.uncertainty`). Per-class
+AP is also given as a fraction of the balanced arm's AP of the same class (means over seeds;
+undefined where that AP is 0 or missing): a class-level view that a group mean, confounded by
+how hard each class is, cannot give."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from lthash.report.runs import GROUPS, RunRecord, Setting
-from lthash.report.tables import Section, Table, pct, share, signed_pct
+from lthash.report.runs import GROUPS, ArmRuns, RunRecord, Setting, by_setting
+from lthash.report.tables import MISSING, Section, Table, pct, share, signed_pct
+from lthash.report.uncertainty import (VERDICTS, Paired, Seed, Spread, difference_text, interval_cell, paired,
+                                       seeds_text, spread, spread_text)
 
+#: balanced must be this far above long-tail (0.005 points, half the 0.01 the tables print) for a gap share
 TIE = 0.5e-4
 KEYS = ("map",) + tuple(f"map_{g}" for g in GROUPS)
 GROUP_NAMES = {"map": "all", "map_head": "head", "map_medium": "medium", "map_tail": "tail"}
-
-
-def by_setting(runs: Sequence[RunRecord]) -> dict[Setting, dict[str, RunRecord]]:
-    """Runs grouped by setting, each group keyed by arm label, in table order."""
-    out: dict[Setting, dict[str, RunRecord]] = {}
-    for run in runs:
-        out.setdefault(run.setting, {})[run.label] = run
-    return out
 
 
 def gap_share(value: float | None, longtail: float | None, balanced: float | None) -> float | None:
@@ -53,64 +48,81 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def _points(value: float) -> str:
-    return f"{100 * abs(value):.2f}"
+#: what a generated arm is compared on against the best control: the four mAP groups and the gap share
+COMPARED = {**GROUP_NAMES, "gap_share": "gap"}
 
 
-def _names(labels: Sequence[str]) -> str:
-    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+def seed_shares(arm: ArmRuns, arms: Mapping[str, ArmRuns], R: Any, ties: str,
+                key: str = "map") -> dict[Seed, float | None]:
+    """Per seed: (arm_s - longtail_s) / (balanced_s - longtail_s) of group ``key`` (None where undefined)."""
+    def at(label: str) -> dict[Seed, float | None]:
+        return arms[label].values(R, ties, key) if label in arms else {}
+
+    longtail, balanced = at("longtail"), at("balanced")
+    return {seed: gap_share(value, longtail.get(seed), balanced.get(seed))
+            for seed, value in arm.values(R, ties, key).items()}
+
+
+def arm_values(arm: ArmRuns, arms: Mapping[str, ArmRuns], R: Any, ties: str, key: str) -> dict[Seed, float | None]:
+    """Seed -> the arm's number ``key``: a mAP group of :data:`KEYS`, or ``gap_share`` (overall)."""
+    return seed_shares(arm, arms, R, ties) if key == "gap_share" else arm.values(R, ties, key)
+
+
+def best_control(arms: Mapping[str, ArmRuns], R: Any, ties: str) -> str | None:
+    """The arm of kind ``control`` with the highest mean mAP (first in table order on a tie), or None."""
+    means = {label: arm.value(R, ties) for label, arm in arms.items() if arm.kind == "control"}
+    means = {label: value for label, value in means.items() if value is not None}
+    return max(means, key=lambda label: means[label]) if means else None
+
+
+def compare(arm: ArmRuns, other: ArmRuns, arms: Mapping[str, ArmRuns], R: Any, ties: str) -> dict[str, Paired]:
+    """arm - other paired by seed for every key of :data:`COMPARED`."""
+    return {key: paired(arm_values(arm, arms, R, ties, key), arm_values(other, arms, R, ties, key))
+            for key in COMPARED}
 
 
 @dataclass
 class Reading:
-    """What one setting says about the method against its control (input to the sentences)."""
+    """What one setting says about its best generated arm against its best control (input to the sentences)."""
 
     setting: Setting
     gap: float | None
-    best: list[str]
-    best_map: float | None
+    control: str | None
+    control_map: float | None
+    best: str | None
+    best_map: Spread | None
     best_share: float | None
-    best_tail: float | None
-    resampled_map: float | None
-    resampled_share: float | None
-    resampled_tail: float | None
+    versus: dict[str, Paired]
 
     @property
     def verdict(self) -> str:
-        """beats / ties / trails (best generated arm vs resampled), or why it cannot say."""
-        if not self.best:
+        """One of :data:`lthash.report.uncertainty.VERDICTS` (mAP, best generated arm vs best control),
+        or why there is none."""
+        if self.best is None:
             return "no generated arm"
-        if self.resampled_map is None:
-            return "no resampled arm"
-        diff = self.best_map - self.resampled_map
-        return "ties" if abs(diff) < TIE else "beats" if diff > 0 else "trails"
+        if self.control is None:
+            return "no control arm"
+        return self.versus["map"].verdict
 
     @property
-    def diff(self) -> float | None:
-        if not self.best or self.resampled_map is None:
-            return None
-        return self.best_map - self.resampled_map
+    def diff(self) -> Paired | None:
+        return self.versus.get("map")
 
 
-def read_setting(setting: Setting, arms: Mapping[str, RunRecord], R: Any, ties: str) -> Reading:
+def read_setting(setting: Setting, arms: Mapping[str, ArmRuns], R: Any, ties: str) -> Reading:
     """The numbers behind the sentence of one setting."""
-    def value(label: str | None, key: str = "map") -> float | None:
-        run = arms.get(label) if label else None
-        return None if run is None else run.value(R, ties, key)
-
-    balanced, longtail = value("balanced"), value("longtail")
+    balanced, longtail = (arms[label].value(R, ties) if label in arms else None for label in ("balanced", "longtail"))
     gap = None if balanced is None or longtail is None else balanced - longtail
-    generated = {label: value(label) for label, run in arms.items() if run.kind == "generated"}
-    generated = {label: v for label, v in generated.items() if v is not None}
-    best_map = max(generated.values()) if generated else None
-    best = [label for label, v in generated.items() if best_map - v < TIE] if generated else []
-    resampled = "resampled" if "resampled" in arms else None
-    return Reading(
-        setting=setting, gap=gap, best=best, best_map=best_map,
-        best_share=gap_share(best_map, longtail, balanced),
-        best_tail=value(best[0], "map_tail") if best else None,
-        resampled_map=value(resampled), resampled_share=gap_share(value(resampled), longtail, balanced),
-        resampled_tail=value(resampled, "map_tail"))
+    generated = {label: arm.value(R, ties) for label, arm in arms.items() if arm.kind == "generated"}
+    generated = {label: value for label, value in generated.items() if value is not None}
+    best = max(generated, key=lambda label: generated[label]) if generated else None
+    control = best_control(arms, R, ties)
+    versus = compare(arms[best], arms[control], arms, R, ties) if best and control else {}
+    return Reading(setting=setting, gap=gap, control=control,
+                   control_map=arms[control].value(R, ties) if control else None, best=best,
+                   best_map=spread(arms[best].values(R, ties)) if best else None,
+                   best_share=spread(seed_shares(arms[best], arms, R, ties)).mean if best else None,
+                   versus=versus)
 
 
 def _share_clause(subject_share: float | None, gap: float | None, subject: str = "it") -> str:
@@ -125,63 +137,72 @@ def _share_clause(subject_share: float | None, gap: float | None, subject: str =
     return f"{subject} closes {share(subject_share)} of the balanced − long-tail gap"
 
 
+def versus_clause(p: Paired, control: str) -> str:
+    """``beats the best control, X, by +3.05 points (95 % CI +1.80 to +4.30, 3 seeds)`` and the other verdicts."""
+    verdict = p.verdict
+    if verdict == "beats":
+        return f"beats the best control, {control}, by {difference_text(p)}"
+    if verdict == "trails":
+        return f"trails the best control, {control}, by {difference_text(p)}"
+    if verdict == "indistinguishable":
+        return f"is indistinguishable from the best control, {control}: {difference_text(p)}"
+    if verdict == "one seed":
+        return f"differs from the best control, {control}, by {difference_text(p)}"
+    return f"has no seed in common with the best control, {control} ({difference_text(p)})"
+
+
 def sentence(reading: Reading) -> str:
-    """One setting read in words: the best generated arm against resampled, gap, tail."""
+    """One setting read in words: the best generated arm against the best control, with its interval."""
     r = reading
-    if not r.best:
+    if r.best is None:
         text = f"{r.setting.title}: no generated arm ran, so nothing here measures what the generator adds"
-        if r.resampled_map is not None:
-            text += (f"; resampled reaches {pct(r.resampled_map)} mAP and "
-                     + _share_clause(r.resampled_share, r.gap, subject="it"))
+        if r.control is not None:
+            text += f"; the best control, {r.control}, reaches {pct(r.control_map)} mAP"
         return text + "."
-    who = (f"the best generated arm, {r.best[0]}," if len(r.best) == 1
-           else f"the generated arms {_names(r.best)} tie for best and")
-    head = f"{r.setting.title}: {who} reaches {pct(r.best_map)} mAP"
-    verdict = r.verdict
-    if verdict == "no resampled arm":
-        text = (head + "; no resampled arm ran, so the generator's share is not separated from "
-                "the schedule's; " + _share_clause(r.best_share, r.gap))
-        return text + "."
-    if verdict == "ties":
-        compare = f"and ties with resampled ({pct(r.resampled_map)})"
-    else:
-        compare = f"and {verdict} resampled ({pct(r.resampled_map)}) by {_points(r.diff)} points"
-    text = f"{head} {compare}; {_share_clause(r.best_share, r.gap)}"
-    if r.resampled_share is not None:
-        text += f" (resampled: {share(r.resampled_share)})"
-    if r.best_tail is not None and r.resampled_tail is not None:
-        tail_diff = r.best_tail - r.resampled_tail
-        tail = ("the same" if abs(tail_diff) < TIE else
-                f"{_points(tail_diff)} points {'above' if tail_diff > 0 else 'below'}")
-        text += (f". On tail classes it reaches {pct(r.best_tail)}, {tail} "
-                 f"resampled's {pct(r.resampled_tail)}")
+    head = (f"{r.setting.title}: the best generated arm, {r.best}, reaches {spread_text(r.best_map)} mAP "
+            f"(mean{' ± sd' if r.best_map.sd is not None else ''} of {seeds_text(r.best_map.n)})")
+    if r.control is None:
+        return (head + "; no control arm ran, so nothing separates the generated data from what a long-tail "
+                "user can do without it; " + _share_clause(r.best_share, r.gap) + ".")
+    text = (f"{head} and {versus_clause(r.versus['map'], r.control)}, whose mean is {pct(r.control_map)}; "
+            f"{_share_clause(r.best_share, r.gap)}")
+    tail = r.versus["map_tail"]
+    if tail.n:
+        text += f". On tail classes the difference is {difference_text(tail)}"
     return text + "."
 
 
+_SUMMARY_VERBS = {"beats": "beats it", "indistinguishable": "is indistinguishable from it", "trails": "trails it",
+                  "one seed": "was run on one seed only (no spread measured, so no verdict)",
+                  "no shared seed": "shares no seed with it"}
+
+
 def summary(readings: Sequence[Reading]) -> str:
-    """All settings in one sentence: where the best generated arm beats, ties or trails resampled."""
+    """All settings in one sentence: where the best generated arm beats, is indistinguishable from or
+    trails the best control, each with its mean difference, 95 % interval and number of seeds."""
     groups: dict[str, list[Reading]] = {}
     for reading in readings:
         groups.setdefault(reading.verdict, []).append(reading)
-    compared = [r for r in readings if r.verdict in ("beats", "ties", "trails")]
+    compared = [r for r in readings if r.verdict in VERDICTS]
     parts = []
-    for verdict in ("beats", "ties", "trails"):
+    for verdict in VERDICTS:
         items = groups.get(verdict, [])
-        if not items:
-            continue
-        where = "; ".join(f"{r.setting.title}" + ("" if verdict == "ties" else f" by {_points(r.diff)} points")
-                          for r in items)
-        parts.append(f"{verdict} it in {len(items)} ({where})")
+        if items:
+            where = "; ".join(f"{r.setting.title}: {r.best} against {r.control}, {difference_text(r.diff)}"
+                              for r in items)
+            parts.append(f"{_SUMMARY_VERBS[verdict]} in {len(items)} ({where})")
     text = ""
     if compared:
-        text = (f"Against resampled (same schedule, copies of real images), the best generated arm "
-                f"{'; '.join(parts)}, of {len(compared)} setting{'s' if len(compared) != 1 else ''} compared.")
-        text += " Each arm is one training run per setting, so no run-to-run spread is measured."
-        if all(r.verdict == "beats" for r in compared):
-            text += " The generator adds something the schedule alone does not, in every setting compared."
-        elif not any(r.verdict == "beats" for r in compared):
-            text += " In no setting compared does the generator add anything over copying real images."
-    missing = [(r.setting.title, r.verdict) for r in readings if r.verdict not in ("beats", "ties", "trails")]
+        text = ("Against the best control of each setting (the control arm of highest mean mAP, paired by "
+                f"seed), the best generated arm {'; '.join(parts)}, of {len(compared)} "
+                f"setting{'s' if len(compared) != 1 else ''} compared.")
+        decided = [r for r in compared if r.verdict in ("beats", "indistinguishable", "trails")]
+        if decided and all(r.verdict == "beats" for r in decided):
+            text += (" The generated data beats the best control beyond its seed-to-seed spread in every "
+                     f"setting with more than one seed{'' if len(decided) == len(compared) else ' in common'}.")
+        elif decided and not any(r.verdict == "beats" for r in decided):
+            text += " In no setting does the generated data beat the best control beyond its seed-to-seed spread."
+    missing = [(r.setting.title, r.verdict) for r in readings if r.verdict not in VERDICTS]
     if missing:
         why = "; ".join(f"{title}: {verdict}" for title, verdict in missing)
         text += (" " if text else "") + f"Not compared ({why})."
@@ -189,102 +210,133 @@ def summary(readings: Sequence[Reading]) -> str:
 
 
 def arms_table(runs: Sequence[RunRecord], R: Any, ties: str) -> tuple[Table, list[Reading]]:
-    """Every arm per setting: mAP, head / medium / tail, the gap share of each; and the readings."""
+    """Every arm per setting: mean ± sd of mAP over seeds, head / medium / tail and gap share means,
+    and for generated arms the paired difference against the best control; and the readings."""
+    versus_columns = [f"vs_control_{COMPARED[k]}{end}" for k in COMPARED for end in ("", "_low", "_high")]
     table = Table(
         name="arms", title=f"Does the synthetic data earn its cost? mAP@{R} and the gap each arm closes",
         intro=(f"mAP@{R} (%), ties ranked by {'database index' if ties == 'index' else 'expectation'}; "
-               "gap closed = (arm − long-tail) / (balanced − long-tail) of the same group of query "
-               "classes (head / medium / tail by long-tail training count); – where undefined "
-               "(a reference arm missing, or balanced not above long-tail)."),
+               "mean ± sample sd over the hash-training seeds (seeds: how many); head / medium / tail "
+               "and the gap shares are means over seeds; gap closed = (arm − long-tail) / (balanced − "
+               "long-tail) of the same seed and group of query classes (head / medium / tail by long-tail "
+               "training count), – where undefined. Δ best control: a generated arm minus the control arm "
+               "of highest mean mAP, paired by seed, with the 95 % Student t-interval; the verdict is "
+               "'beats' only when the interval lies above zero."),
         csv_columns=["method", "backbone", "bits", "arm_label", "arm", "kind", "generator", "synthesis", "R",
-                     "ties", *KEYS, *(f"gap_share_{GROUP_NAMES[k]}" for k in KEYS), "n_query"])
+                     "ties", "seeds", "n_seeds", *KEYS, *(f"{k}_sd" for k in KEYS),
+                     *(f"gap_share_{GROUP_NAMES[k]}" for k in KEYS), "control", *versus_columns,
+                     "vs_control_seeds", "verdict", "n_query"])
     readings = []
     for setting, arms in by_setting(runs).items():
-        references = {name: {key: arms[name].value(R, ties, key) if name in arms else None for key in KEYS}
-                      for name in ("balanced", "longtail")}
-        rows = []
-        for label, run in arms.items():
-            values = {key: run.value(R, ties, key) for key in KEYS}
-            shares = {key: gap_share(values[key], references["longtail"][key], references["balanced"][key])
-                      for key in KEYS}
-            table.records.append({
-                "method": run.method, "backbone": run.backbone, "bits": run.bits, "arm_label": label,
-                "arm": run.arm, "kind": run.kind, "generator": run.generator, "synthesis": run.synthesis,
-                "R": R, "ties": ties, **values, **{f"gap_share_{GROUP_NAMES[k]}": shares[k] for k in KEYS},
-                "n_query": run.metrics.get("n_query")})
-            rows.append([label, *(pct(values[k]) for k in KEYS), *(share(shares[k]) for k in KEYS)])
-        gaps = []
-        for key in KEYS:
-            b, lt = references["balanced"][key], references["longtail"][key]
-            gaps.append(f"{GROUP_NAMES[key]} {signed_pct(None if b is None or lt is None else b - lt)}")
         reading = read_setting(setting, arms, R, ties)
         readings.append(reading)
+        rows = []
+        for label, arm in arms.items():
+            values = {key: spread(arm.values(R, ties, key)) for key in KEYS}
+            shares = {key: spread(seed_shares(arm, arms, R, ties, key)).mean for key in KEYS}
+            versus = (compare(arm, arms[reading.control], arms, R, ties)
+                      if arm.kind == "generated" and reading.control else {})
+            record = {
+                "method": setting.method, "backbone": setting.backbone, "bits": setting.bits, "arm_label": label,
+                "arm": arm.arm, "kind": arm.kind, "generator": arm.generator, "synthesis": arm.synthesis,
+                "R": R, "ties": ties, "seeds": " ".join("" if s is None else str(s) for s in arm.seeds),
+                "n_seeds": len(arm.seeds), **{k: values[k].mean for k in KEYS},
+                **{f"{k}_sd": values[k].sd for k in KEYS},
+                **{f"gap_share_{GROUP_NAMES[k]}": shares[k] for k in KEYS},
+                "control": reading.control if versus else None, "n_query": arm.metrics.get("n_query")}
+            if versus:
+                for key, name in COMPARED.items():
+                    p = versus[key]
+                    record.update({f"vs_control_{name}": p.mean, f"vs_control_{name}_low": p.low,
+                                   f"vs_control_{name}_high": p.high})
+                record["vs_control_seeds"], record["verdict"] = versus["map"].n, versus["map"].verdict
+            table.records.append(record)
+            rows.append([label, arm.kind, len(arm.seeds), spread_text(values["map"]),
+                         *(pct(values[k].mean) for k in KEYS[1:]), share(shares["map"]),
+                         share(shares["map_tail"]),
+                         interval_cell(versus["map"]) if versus else "",
+                         interval_cell(versus["map_tail"]) if versus else "",
+                         versus["map"].verdict if versus else ""])
+        gaps = []
+        for key in KEYS:
+            b, lt = (arms[name].value(R, ties, key) if name in arms else None for name in ("balanced", "longtail"))
+            gaps.append(f"{GROUP_NAMES[key]} {signed_pct(None if b is None or lt is None else b - lt)}")
         table.sections.append(Section(
             heading=setting.title,
-            header=["arm", "mAP", "head", "medium", "tail", "gap closed", "head gap", "medium gap", "tail gap"],
-            rows=rows, note=sentence(reading) + f" Balanced − long-tail gap (points): {', '.join(gaps)}."))
+            header=["arm", "kind", "seeds", "mAP (mean ± sd)", "head", "medium", "tail", "gap closed", "tail gap",
+                    "Δ best control (95 % CI)", "Δ tail (95 % CI)", "verdict"],
+            rows=rows, note=sentence(reading) + f" Balanced − long-tail gap of the means (points): {', '.join(gaps)}."))
     return table, readings
 
 
 def generator_table(runs: Sequence[RunRecord], R: Any, ties: str) -> Table:
-    """What the generator adds: each synthetic-data arm minus resampled (and minus long-tail)."""
+    """What the generator adds: each synthetic-data arm minus resampled (and minus long-tail), paired by seed."""
     deltas = [f"delta_resampled_{GROUP_NAMES[k]}" for k in KEYS]
     table = Table(
         name="generator_adds", title="What the generator adds: synthetic-data arms minus resampled",
-        intro=(f"Differences of mAP@{R} in percentage points. Resampled runs the method's schedule "
-               "(same plan, shards, pretrain and mix steps) with copies of real training images "
-               "where generated images would go, so arm − resampled is what the generated images "
-               "add beyond the schedule; arm − long-tail is the whole effect."),
+        intro=(f"Differences of mAP@{R} in percentage points, each the mean over seeds of the same-seed "
+               "difference (seeds one arm lacks left out), with the 95 % t-interval of the overall one. "
+               "Resampled runs the method's schedule (same plan, shards, pretrain and mix steps) with "
+               "copies of real training images where generated images would go, so arm − resampled is "
+               "what the generated images add beyond the schedule; arm − long-tail is the whole effect."),
         csv_columns=["method", "backbone", "bits", "arm_label", "arm", "kind", "generator", "synthesis", "map",
-                     *deltas, "delta_longtail_all", "delta_longtail_tail"],
+                     "n_seeds", *deltas, "delta_resampled_all_low", "delta_resampled_all_high", "seeds_resampled",
+                     "delta_longtail_all", "delta_longtail_tail", "seeds_longtail"],
         empty="_no synthetic-data arm in these runs_")
     for setting, arms in by_setting(runs).items():
-        control = arms.get("resampled")
-        longtail = arms.get("longtail")
+        control, longtail = arms.get("resampled"), arms.get("longtail")
         rows = []
-        for label, run in arms.items():
-            if run.kind not in ("generated", "ablation"):
+        for label, arm in arms.items():
+            if arm.kind not in ("generated", "ablation"):
                 continue
 
-            def minus(other: RunRecord | None, key: str) -> float | None:
-                a, b = run.value(R, ties, key), None if other is None else other.value(R, ties, key)
-                return None if a is None or b is None else a - b
+            def minus(other: ArmRuns | None, key: str) -> Paired | None:
+                return None if other is None else paired(arm.values(R, ties, key), other.values(R, ties, key))
 
-            record = {"method": run.method, "backbone": run.backbone, "bits": run.bits, "arm_label": label,
-                      "arm": run.arm, "kind": run.kind, "generator": run.generator, "synthesis": run.synthesis,
-                      "map": run.value(R, ties),
-                      **{name: minus(control, key) for name, key in zip(deltas, KEYS)},
-                      "delta_longtail_all": minus(longtail, "map"), "delta_longtail_tail": minus(longtail, "map_tail")}
+            to_control = {key: minus(control, key) for key in KEYS}
+            to_longtail = {key: minus(longtail, key) for key in ("map", "map_tail")}
+            record = {"method": setting.method, "backbone": setting.backbone, "bits": setting.bits,
+                      "arm_label": label, "arm": arm.arm, "kind": arm.kind, "generator": arm.generator,
+                      "synthesis": arm.synthesis, "map": arm.value(R, ties), "n_seeds": len(arm.seeds),
+                      **{name: p.mean if p else None for name, p in zip(deltas, to_control.values())},
+                      "delta_resampled_all_low": to_control["map"].low if control else None,
+                      "delta_resampled_all_high": to_control["map"].high if control else None,
+                      "seeds_resampled": to_control["map"].n if control else None,
+                      "delta_longtail_all": to_longtail["map"].mean if longtail else None,
+                      "delta_longtail_tail": to_longtail["map_tail"].mean if longtail else None,
+                      "seeds_longtail": to_longtail["map"].n if longtail else None}
             table.records.append(record)
-            rows.append([label, run.generator or "–", run.synthesis or "–", pct(record["map"]),
-                         *(signed_pct(record[name]) for name in deltas),
+            rows.append([label, arm.generator or "–", arm.synthesis or "–", pct(record["map"]),
+                         interval_cell(to_control["map"]) if control else MISSING,
+                         *(signed_pct(record[name]) for name in deltas[1:]),
                          signed_pct(record["delta_longtail_all"]), signed_pct(record["delta_longtail_tail"])])
         if rows:
             note = ("" if control is not None else
                     "No resampled arm ran in this setting: the differences against it are undefined.")
             table.sections.append(Section(
                 heading=setting.title, note=note,
-                header=["arm", "generator", "synthesis", "mAP", "Δ resampled", "Δ head", "Δ medium", "Δ tail",
-                        "Δ long-tail", "Δ long-tail (tail)"], rows=rows))
+                header=["arm", "generator", "synthesis", "mAP", "Δ resampled (95 % CI)", "Δ head", "Δ medium",
+                        "Δ tail", "Δ long-tail", "Δ long-tail (tail)"], rows=rows))
     return table
 
-
-def class_order(run: RunRecord) -> list[int]:
+def class_order(run: RunRecord | ArmRuns) -> list[int]:
     """Classes from head to tail: by long-tail training count, descending, ties by class index."""
     per_class = run.metrics.get("per_class", [])
     return sorted(range(len(per_class)), key=lambda c: (-int(per_class[c].get("train_count", 0)), c))
 
 
 def per_class_table(runs: Sequence[RunRecord], R: Any, ties: str) -> Table:
-    """Per-class AP of every arm, and as a fraction of the balanced arm's AP of that class."""
+    """Per-class AP of every arm, and as a fraction of the balanced arm's AP of that class: means over
+    seeds shown, every seed in the CSV."""
     table = Table(
         name="per_class", title=f"Per-class AP@{R}, as a fraction of the balanced arm's AP",
-        intro=("Classes from head to tail (long-tail training count). The balanced column is AP (%); "
+        intro=("Classes from head to tail (long-tail training count). AP is the mean over seeds (the CSV "
+               "has every seed). The balanced column is AP (%); "
                "every other column is AP(arm, class) / AP(balanced, class), so a class that is hard "
                "for every arm does not pull a group down; the last rows average those fractions "
                "over the classes of each group."),
-        csv_columns=["method", "backbone", "bits", "class", "name", "group", "train_count", "arm_label", "ap",
-                     "balanced_ap", "ap_over_balanced"])
+        csv_columns=["method", "backbone", "bits", "seed", "class", "name", "group", "train_count", "arm_label",
+                     "ap", "balanced_ap", "ap_over_balanced"])
     for setting, arms in by_setting(runs).items():
         first = next(iter(arms.values()))
         per_class = first.metrics.get("per_class", [])
@@ -295,15 +347,19 @@ def per_class_table(runs: Sequence[RunRecord], R: Any, ties: str) -> Table:
         others = [label for label in arms if label != "balanced"]
         ratios: dict[str, list[float | None]] = {}
         rows = []
-        for label, run in arms.items():
-            aps = run.class_ap(R, ties)
+        for label, arm in arms.items():
+            aps = arm.class_ap(R, ties)
             ratios[label] = [ratio(aps[c], reference[c]) for c in range(len(per_class))]
-            for c, entry in enumerate(per_class):
-                table.records.append({
-                    "method": setting.method, "backbone": setting.backbone, "bits": setting.bits, "class": c,
-                    "name": entry.get("name", str(c)), "group": entry.get("group"),
-                    "train_count": entry.get("train_count"), "arm_label": label, "ap": aps[c],
-                    "balanced_ap": reference[c], "ap_over_balanced": ratios[label][c]})
+            for seed, run in arm.runs.items():
+                seed_aps = run.class_ap(R, ties)
+                seed_reference = (balanced.runs[seed].class_ap(R, ties) if balanced and seed in balanced.runs
+                                  else [None] * len(per_class))
+                for c, entry in enumerate(per_class):
+                    table.records.append({
+                        "method": setting.method, "backbone": setting.backbone, "bits": setting.bits, "seed": seed,
+                        "class": c, "name": entry.get("name", str(c)), "group": entry.get("group"),
+                        "train_count": entry.get("train_count"), "arm_label": label, "ap": seed_aps[c],
+                        "balanced_ap": seed_reference[c], "ap_over_balanced": ratio(seed_aps[c], seed_reference[c])})
         order = class_order(first)
         show = (lambda label, c: share(ratios[label][c])) if balanced else (
             lambda label, c: pct(arms[label].class_ap(R, ties)[c]))
@@ -360,21 +416,28 @@ def validation_table(runs: Sequence[RunRecord], R: Any, ties: str) -> Table:
         name="validation", title="Validation mAP (for model selection, not a test result)",
         intro=("mAP of the validation images (a balanced group drawn apart from every other split "
                "group) against the database, recorded by the score stage for choosing settings; "
-               "every test figure in the other tables is on the query set."),
-        csv_columns=["method", "backbone", "bits", "arm_label", "R", "ties", *KEYS, "n_query", "n_database"],
+               "every test figure in the other tables is on the query set. Means over the seeds that "
+               "recorded one (the CSV has every seed)."),
+        csv_columns=["method", "backbone", "bits", "seed", "arm_label", "R", "ties", *KEYS, "n_query",
+                     "n_database"],
         empty="_no run recorded a validation mAP_")
     for setting, arms in by_setting(runs).items():
         rows = []
-        for label, run in arms.items():
-            entry = validation_entry(run.metrics, R, ties)
-            if entry is None:
+        for label, arm in arms.items():
+            entries = {seed: validation_entry(run.metrics, R, ties) for seed, run in arm.runs.items()}
+            entries = {seed: entry for seed, entry in entries.items() if entry is not None}
+            if not entries:
                 continue
-            table.records.append({"method": run.method, "backbone": run.backbone, "bits": run.bits,
-                                  "arm_label": label, **entry})
-            rows.append([label, entry.get("R", "–"), entry.get("ties", "–"), *(pct(entry.get(k)) for k in KEYS),
-                         entry.get("n_query") if entry.get("n_query") is not None else "–"])
+            for seed, entry in entries.items():
+                table.records.append({"method": setting.method, "backbone": setting.backbone, "bits": setting.bits,
+                                      "seed": seed, "arm_label": label, **entry})
+            first = next(iter(entries.values()))
+            means = {k: spread({seed: entry.get(k) for seed, entry in entries.items()}) for k in KEYS}
+            rows.append([label, len(entries), first.get("R", "–"), first.get("ties", "–"), spread_text(means["map"]),
+                         *(pct(means[k].mean) for k in KEYS[1:]),
+                         first.get("n_query") if first.get("n_query") is not None else "–"])
         if rows:
             table.sections.append(Section(heading=setting.title, rows=rows,
-                                          header=["arm", "R", "ties", "validation mAP", "head", "medium", "tail",
-                                                  "validation queries"]))
+                                          header=["arm", "seeds", "R", "ties", "validation mAP (mean ± sd)", "head",
+                                                  "medium", "tail", "validation queries"]))
     return table

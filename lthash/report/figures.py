@@ -1,11 +1,15 @@
-"""Retrieval pictures (the seed paper's figure 1(b)) and per-class AP bars, one per setting.
+"""Retrieval pictures (the seed paper's figure 1(b)), per-class AP bars and every seed's mAP, one
+per setting.
 
 Retrieval: for a few head and tail query classes, chosen by a fixed rule (the ``head_classes``
 largest and the ``tail_classes`` smallest classes of the long-tail training set, ties by
 class index; the first query of each class by its row in the codes file), the query and its
 ``top`` nearest database items for every arm, nearest first, ties by database row (the exact
 scan of ``lthash search``). A result is right (green border) when it shares a class with the
-query, wrong (red) otherwise.
+query, wrong (red) otherwise. An arm trained on several seeds is shown by its first seed's run.
+
+Seeds: every arm's mAP of each seed (points, jittered sideways) and its mean (a bar across),
+overall and per head / medium / tail group, arms ordered by kind then by mean mAP.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import numpy as np
 
 from lthash.errors import LthashError
 from lthash.io import atomic_path
-from lthash.report.runs import RunRecord, Setting
+from lthash.report.runs import ArmRuns, RunRecord, Setting
+from lthash.workflow import ARM_KINDS
 
-FIGURE_KINDS = ("retrieval", "per_class_ap")
+FIGURE_KINDS = ("retrieval", "per_class_ap", "seeds")
 TILE = 56
 BORDER = 4
 PAD = 4
@@ -184,10 +189,10 @@ def retrieval_figure(path: str | os.PathLike, setting: Setting, runs: Sequence[R
     return shown
 
 
-def per_class_figure(path: str | os.PathLike, setting: Setting, runs: Sequence[RunRecord], R: Any,
+def per_class_figure(path: str | os.PathLike, setting: Setting, runs: Sequence[RunRecord | ArmRuns], R: Any,
                      ties: str) -> None:
-    """One bar chart per arm: AP@R of each class, head to tail, with the balanced arm's AP of the
-    class as a black tick (where a balanced arm ran)."""
+    """One bar chart per arm: AP@R of each class (an arm's mean over its seeds), head to tail, with the
+    balanced arm's AP of the class as a black tick (where a balanced arm ran)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,6 +235,59 @@ def per_class_figure(path: str | os.PathLike, setting: Setting, runs: Sequence[R
     fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(labels))
     fig.suptitle(f"Per-class AP@{R}, {setting.title}", fontsize=10, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+KIND_COLOURS = {"bound": "#4d4d4d", "control": "#4c72b0", "generated": "#c44e52", "ablation": "#8172b2"}
+
+
+def arms_by_kind_and_mean(arms: Sequence[ArmRuns], R: Any, ties: str) -> list[ArmRuns]:
+    """Arms by kind (:data:`lthash.workflow.ARM_KINDS`), then by mean mAP, highest first."""
+    def key(arm: ArmRuns) -> tuple[int, float]:
+        mean = arm.value(R, ties)
+        return ARM_KINDS.index(arm.kind), -(mean if mean is not None else -1.0)
+    return sorted(arms, key=key)
+
+
+def seeds_figure(path: str | os.PathLike, setting: Setting, arms: Sequence[ArmRuns], R: Any, ties: str) -> None:
+    """Every arm's mAP@R of each seed (points, jittered by a fixed offset per seed) and its mean (a
+    bar), one panel per query group (all, head, medium, tail), arms ordered by kind then mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lthash.report.analysis import GROUP_NAMES
+
+    ordered = arms_by_kind_and_mean(arms, R, ties)
+    seeds = sorted({seed for arm in ordered for seed in arm.runs}, key=lambda s: -1 if s is None else s)
+    offsets = {seed: (i - (len(seeds) - 1) / 2) * min(0.5 / max(1, len(seeds) - 1), 0.12)
+               for i, seed in enumerate(seeds)}
+    fig, axes = plt.subplots(1, len(GROUP_NAMES), figsize=(3 + 0.55 * len(ordered) * len(GROUP_NAMES) / 2, 4.2),
+                             sharey=True, squeeze=False)
+    x = np.arange(len(ordered))
+    for ax, (key, group) in zip(axes[0], GROUP_NAMES.items()):
+        for i, arm in enumerate(ordered):
+            colour = KIND_COLOURS.get(arm.kind, "#888888")
+            values = arm.values(R, ties, key)
+            points = [(i + offsets[seed], 100 * value) for seed, value in values.items() if value is not None]
+            if points:
+                ax.scatter(*zip(*points), s=18, color=colour, alpha=0.8, zorder=3)
+                mean = arm.value(R, ties, key)
+                ax.hlines(100 * mean, i - 0.32, i + 0.32, color=colour, linewidth=2.2, zorder=2)
+        ax.set_title(f"mAP@{R}, {group} queries", fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels([arm.label for arm in ordered], rotation=60, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("mAP (%)")
+    handles = [plt.Line2D([], [], color=colour, marker="o", linestyle="none") for colour in KIND_COLOURS.values()]
+    handles.append(plt.Line2D([], [], color="black", linewidth=2.2))
+    fig.legend(handles, [*KIND_COLOURS, "mean over seeds"], loc="upper right", fontsize=8, ncol=len(handles))
+    fig.suptitle(f"Every seed ({', '.join('–' if s is None else str(s) for s in seeds)}), {setting.title}",
+                 fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from lthash.report.figures import FIGURE_KINDS, figure_path
-from lthash.report.report import TABLE_NAMES
+from lthash.report.report import TABLE_NAMES, VERDICT
 from lthash.report.runs import IDENTITY, Setting
 
-__all__ = ["FIGURE_KINDS", "TABLE_NAMES", "TABLE_TITLES", "figure_path", "figure_subcategory", "run_labels",
+__all__ = ["FIGURE_KINDS", "TABLE_NAMES", "TABLE_TITLES", "VERDICT", "figure_path", "figure_subcategory", "run_labels",
            "setting_labels", "settings_of"]
 
 TABLE_TITLES = {
-    "arms": "mAP, head / medium / tail and the gap each arm closes",
+    "arms": "mAP (mean ± sd over seeds), head / medium / tail, the gap each arm closes, Δ best control",
     "generator_adds": "what the generator adds (arm − resampled)",
     "per_class": "per-class AP as a fraction of balanced",
     "validation": "validation mAP (model selection)",
@@ -32,7 +32,7 @@ def settings_of(runs: Iterable[Any]) -> list[Setting]:
 
 
 def run_labels(run: Any) -> dict[str, str]:
-    """Sidebar labels of one run's figures: arm, generator, synthesis, method, backbone, bits
+    """Sidebar labels of one run's figures: arm, generator, synthesis, method, backbone, bits, seed
     (from ``run.identity()`` where the run has one, else its attributes)."""
     identity = run.identity() if callable(getattr(run, "identity", None)) else {
         key: getattr(run, key, None) for key in IDENTITY}

@@ -7,9 +7,11 @@ main number of every table is mAP at the first configured cut-off with ties rank
 database index (what the references compute); the tie-averaged mAP stands beside it in the
 head / medium / tail table.
 
-Outputs: ``report.md``; the all-runs CSV (``--table``); in ``--tables`` the CSV + HTML of
-every table in :data:`TABLE_NAMES`; in ``--figures`` the retrieval picture and the per-class
-AP chart of every setting (:func:`lthash.report.figures.figure_path`).
+Outputs: ``report.md`` (the verdict, :func:`lthash.report.analysis.summary`, first); the
+all-runs CSV (``--table``, one row per run, seed and cut-off); in ``--tables`` the CSV + HTML
+of every table in :data:`TABLE_NAMES` and :data:`VERDICT` (the verdict alone, the first item
+of the HTML report); in ``--figures`` the retrieval picture, the per-class AP chart and the
+every-seed chart of every setting (:func:`lthash.report.figures.figure_path`).
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ from typing import Any, Mapping, Sequence
 from lthash.errors import LthashError
 from lthash.io import atomic_path, read_json
 from lthash.provenance import code_version, config_digest
-from lthash.report.analysis import arms_table, by_setting, generator_table, per_class_table, summary, validation_table
-from lthash.report.runs import RunRecord, load_runs, primary_cut
-from lthash.report.tables import Table, markdown_grid, pct, to_markdown, write_table
+from lthash.report.analysis import arms_table, generator_table, per_class_table, sentence, summary, validation_table
+from lthash.report.runs import ArmRuns, RunRecord, Setting, by_setting, load_runs, primary_cut
+from lthash.report.tables import Table, markdown_grid, pct, to_markdown, verdict_html, write_table
+from lthash.report.uncertainty import spread, spread_text
 from lthash.report.timing import timing_table
 
 #: every table the report writes as ``<name>.csv`` and ``<name>.html`` (the rule's outputs)
 TABLE_NAMES = ("arms", "generator_adds", "per_class", "validation", "timing")
-TABLE_COLUMNS = ("arm_label", "arm", "generator", "synthesis", "kind", "method", "backbone", "bits", "R", "ties",
+#: the verdict page the report writes into ``--tables`` (the HTML report's first item)
+VERDICT = "verdict.html"
+TABLE_COLUMNS = ("arm_label", "arm", "generator", "synthesis", "kind", "method", "backbone", "bits", "seed", "R",
+                 "ties",
                  "map", "map_head", "map_medium", "map_tail", "precision_at_R", "n_query", "n_database")
 
 
@@ -43,10 +49,12 @@ def report_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 class SeedTables:
-    """The seed paper's tables 1-3 and the all-runs group table, from the scored runs."""
+    """The seed paper's tables 1-3 and the all-runs group table, from the scored runs (an arm's
+    cell is its mean ± sd over seeds; the group table has one row per run and seed)."""
 
     def __init__(self, runs: Sequence[RunRecord], report_path: Path, R: Any, ties: str):
         self.runs = list(runs)
+        self.arms = {(label, setting): arm for setting, arms in by_setting(runs).items() for label, arm in arms.items()}
         self.base = report_path.parent
         self.R, self.ties = R, ties
         self.bits = sorted({r.bits for r in runs})
@@ -60,11 +68,13 @@ class SeedTables:
     def value(self, run: RunRecord | None, key: str = "map", ties: str | None = None) -> str:
         return "–" if run is None else pct(run.value(self.R, ties or self.ties, key))
 
-    def find(self, label: str, method: str, backbone: str, bits: int) -> RunRecord | None:
-        for run in self.runs:
-            if (run.label, run.method, run.backbone, run.bits) == (label, method, backbone, bits):
-                return run
-        return None
+    def mean(self, arm: ArmRuns | None) -> str:
+        """An arm's mAP as mean ± sd over its seeds (the mean alone for one seed)."""
+        return "–" if arm is None else spread_text(spread(arm.values(self.R, self.ties)))
+
+    def find(self, label: str, method: str, backbone: str, bits: int) -> ArmRuns | None:
+        """The arm of this label and setting, all its seeds."""
+        return self.arms.get((label, Setting(method, backbone, bits)))
 
     def table_arms(self) -> str:
         """Seed paper table 1: arm x backbone rows, code-length columns, one table per method."""
@@ -75,9 +85,9 @@ class SeedTables:
                 for label in self.labels:
                     runs = [self.find(label, method, backbone, b) for b in self.bits]
                     if any(runs):
-                        rows.append([next(r for r in runs if r).title, backbone] + [self.value(r) for r in runs])
+                        rows.append([next(r for r in runs if r).title, backbone] + [self.mean(r) for r in runs])
             header = ["training data", "backbone"] + [f"{b} bits" for b in self.bits]
-            parts.append(f"**{method}**, mAP@{self.R} (%)\n\n" + markdown_grid(header, rows))
+            parts.append(f"**{method}**, mAP@{self.R} (%), mean ± sd over seeds\n\n" + markdown_grid(header, rows))
         return "\n\n".join(parts)
 
     def table_generators(self) -> str:
@@ -92,23 +102,23 @@ class SeedTables:
                         continue
                     technique = ("none (long-tail only)" if label == "longtail" else
                                  " ".join(p for p in (first.generator, first.synthesis) if p) or label)
-                    rows.append([technique, method, backbone] + [self.value(r) for r in runs])
+                    rows.append([technique, method, backbone] + [self.mean(r) for r in runs])
         header = ["generator", "method", "backbone"] + [f"{b} bits" for b in self.bits]
         return markdown_grid(header, rows) if rows else "_no augmented runs in this config_"
 
     def table_methods(self) -> str:
         """Seed paper table 3 / LTHNet tables 3-4: hash methods down, arms x code lengths across."""
         header = ["method", "backbone"] + [f"{label} {b}" for label in self.labels for b in self.bits]
-        rows = [[method, backbone] + [self.value(self.find(label, method, backbone, b))
+        rows = [[method, backbone] + [self.mean(self.find(label, method, backbone, b))
                                       for label in self.labels for b in self.bits]
                 for method in self.methods for backbone in self.backbones]
         return markdown_grid(header, rows)
 
     def table_groups(self) -> str:
         """Head / medium / tail mAP and the tie-averaged mAP of every run."""
-        header = ["arm", "method", "backbone", "bits", "mAP", "head", "medium", "tail", "mAP tie-avg",
+        header = ["arm", "method", "backbone", "bits", "seed", "mAP", "head", "medium", "tail", "mAP tie-avg",
                   "tail tie-avg"]
-        rows = [[r.label, r.method, r.backbone, r.bits, self.value(r), self.value(r, "map_head"),
+        rows = [[r.label, r.method, r.backbone, r.bits, "–" if r.seed is None else r.seed, self.value(r), self.value(r, "map_head"),
                  self.value(r, "map_medium"), self.value(r, "map_tail"), self.value(r, ties="average"),
                  self.value(r, "map_tail", ties="average")] for r in self.runs]
         return markdown_grid(header, rows)
@@ -123,7 +133,8 @@ class SeedTables:
                                ("training curves", run.folder / "model" / "curves.png")):
                 if path.exists():
                     links.append(f"[{name}]({self.rel(path)})")
-            lines.append(f"- {run.label} / {run.setting.title}: " + (", ".join(links) or "no figures"))
+            lines.append(f"- {run.label} / {run.setting.title} / seed {'–' if run.seed is None else run.seed}: "
+                         + (", ".join(links) or "no figures"))
         return "\n".join(lines)
 
     def provenance(self) -> str:
@@ -131,7 +142,7 @@ class SeedTables:
         rows = []
         for run in self.runs:
             params = run.record.get("params", {})
-            rows.append([f"{run.label}/{run.setting.slug}", run.record.get("seed", "–"),
+            rows.append([f"{run.label}/{run.setting.slug}", "–" if run.seed is None else run.seed,
                          config_digest(params) if params else "–", run.record.get("code_version", "–"),
                          run.metrics.get("evaluate_seed", "–")])
         return markdown_grid(header, rows)
@@ -191,22 +202,26 @@ def _all_runs_csv(runs: Sequence[RunRecord]) -> str:
         for row in run.metrics["results"]:
             writer.writerow({**row, "arm_label": run.label, "arm": run.arm, "generator": run.generator or "",
                              "synthesis": run.synthesis or "", "kind": run.kind, "method": run.method,
-                             "backbone": run.backbone, "bits": run.bits})
+                             "backbone": run.backbone, "bits": run.bits, "seed": "" if run.seed is None else run.seed})
     return buffer.getvalue()
 
 
 def _figures(runs: Sequence[RunRecord], figures: Path, out: Path, split: str | os.PathLike | None,
-             settings: Mapping[str, Any], R: Any, ties: str) -> tuple[str, str]:
-    """Per-class AP charts and retrieval pictures of every setting, as two Markdown sections."""
-    from lthash.report.figures import figure_path, per_class_figure, retrieval_figure
+             settings: Mapping[str, Any], R: Any, ties: str) -> tuple[str, str, str]:
+    """Every-seed charts, per-class AP charts and retrieval pictures of every setting, as three Markdown
+    sections; the retrieval pictures show each arm's first seed."""
+    from lthash.report.figures import figure_path, per_class_figure, retrieval_figure, seeds_figure
 
-    bars, pictures = [], []
+    points, bars, pictures = [], [], []
     retrieval = settings["retrieval"]
     for setting, arms in by_setting(runs).items():
-        arm_runs = list(arms.values())
+        chart = figure_path(figures, "seeds", setting)
+        seeds_figure(chart, setting, list(arms.values()), R, ties)
+        points.append(f"![every seed, {setting.title}]({os.path.relpath(chart, out.parent)})")
         chart = figure_path(figures, "per_class_ap", setting)
-        per_class_figure(chart, setting, arm_runs, R, ties)
+        per_class_figure(chart, setting, list(arms.values()), R, ties)
         bars.append(f"![per-class AP, {setting.title}]({os.path.relpath(chart, out.parent)})")
+        arm_runs = [arm.first for arm in arms.values()]
         picture = figure_path(figures, "retrieval", setting)
         if split is None or not any(run.codes_path for run in arm_runs):
             pictures.append(f"_{setting.title}: no codes files or split given, no retrieval picture_")
@@ -216,11 +231,13 @@ def _figures(runs: Sequence[RunRecord], figures: Path, out: Path, split: str | o
         missing = [run.label for run in arm_runs if run.codes_path is None]
         counts = markdown_grid(["query class", "group", "arm", f"right of top {retrieval['top']}"],
                                [[s["class"], s["group"], s["arm"], f"{s['right']}/{s['of']}"] for s in shown])
-        text = [f"### {setting.title}", f"![retrieval, {setting.title}]({os.path.relpath(picture, out.parent)})"]
+        first = sorted({"–" if run.seed is None else str(run.seed) for run in arm_runs})
+        text = [f"### {setting.title}", f"Each arm's run of its first seed (seed {', '.join(first)}).",
+                f"![retrieval, {setting.title}]({os.path.relpath(picture, out.parent)})"]
         if missing:
             text.append(f"_no codes file for {', '.join(missing)}_")
         pictures.append("\n\n".join(text + [counts]))
-    return "\n\n".join(bars), "\n\n".join(pictures)
+    return "\n\n".join(points), "\n\n".join(bars), "\n\n".join(pictures)
 
 
 def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, table: str | os.PathLike,
@@ -239,19 +256,22 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
     by_name: dict[str, Table] = {t.name: t for t in (
         arms, generator_table(runs, R, ties), per_class_table(runs, R, ties), validation_table(runs, R, ties),
         timing_table(benchmarks))}
-    bars, pictures = ("_no figures folder given_",) * 2
+    points, bars, pictures = ("_no figures folder given_",) * 3
     if figures is not None:
-        bars, pictures = _figures(runs, Path(figures), out, split, settings, R, ties)
+        points, bars, pictures = _figures(runs, Path(figures), out, split, settings, R, ties)
+    verdict = summary(readings)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         f"# {settings['title']}",
+        f"**Verdict.** {verdict}",
         f"Generated {now} by {code_version()}; report config digest {config_digest(params)}.",
         f"mAP@{R} in percent; R = all is the whole database. Ties in Hamming distance are "
         f"ranked by {'database index (as the references do)' if ties == 'index' else 'expectation'}; "
         "the tie-averaged mAP (expected AP over random orders inside ties) is in the "
         "head/medium/tail table.",
         "## Data\n\n" + split_section(split_summary, out),
-        "## Does the synthetic data earn its cost?\n\n" + summary(readings) + "\n\n" + to_markdown(arms),
+        "## Does the synthetic data earn its cost?\n\n" + verdict + "\n\n" + to_markdown(arms)
+        + "\n\n" + points,
         "## What the generator adds\n\n" + to_markdown(by_name["generator_adds"]),
         "## Per-class AP as a fraction of the balanced arm's\n\n" + to_markdown(by_name["per_class"])
         + "\n\n" + bars,
@@ -274,6 +294,8 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
         sources = {"made by": f"{code_version()}, {now}", "from": f"{len(runs)} scored runs"}
         for name in TABLE_NAMES:
             write_table(by_name[name], tables, sources)
+        with atomic_path(Path(tables) / VERDICT, suffix=".html") as tmp:
+            tmp.write_text(verdict_html(settings["title"], verdict, [sentence(r) for r in readings], sources))
     with atomic_path(out, suffix=".md") as tmp:
         tmp.write_text("\n\n".join(sections) + "\n")
     with atomic_path(table, suffix=".csv") as tmp:

@@ -1,10 +1,12 @@
 """Scored runs as the report sees them: identity from the run's own records, never its path.
 
-A run's identity (arm, generator, synthesis, method, backbone, bits) comes from the tags the
-score stage wrote into ``metrics.json`` (``metrics["tags"]``), then from the trained model's
+A run's identity (arm, generator, synthesis, method, backbone, bits, seed) comes from the tags
+the score stage wrote into ``metrics.json`` (``metrics["tags"]``), then from the trained model's
 ``model/run.json`` beside it (its ``tags`` or ``identity`` mapping, then its top level), and
 ``bits`` finally from the metrics themselves. ``generator`` and ``synthesis`` may be missing
-(real-data arms); ``arm``, ``method`` and ``backbone`` may not.
+(real-data arms); ``seed`` too (a run from before seeds were an axis: one seed, ``None``);
+``arm``, ``method`` and ``backbone`` may not. An arm's kind and title come from the workflow's
+arm registry (:data:`lthash.workflow.ARMS`); an arm it does not know is refused.
 """
 
 from __future__ import annotations
@@ -16,29 +18,10 @@ from typing import Any, Mapping, Sequence
 
 from lthash.errors import LthashError
 from lthash.io import read_json
+from lthash.workflow import ARM_KINDS, ARMS, Arm
 
-#: arm -> kind: the references bound the gap, the controls re-use real images, the method
-#: (and its ablations) use generated images.
-ARM_KINDS = {
-    "balanced": "reference",
-    "longtail": "reference",
-    "class_balanced": "control",
-    "resampled": "control",
-    "augmented": "generated",
-    "pretrain_only": "ablation",
-    "mix_only": "ablation",
-}
-ARM_TITLES = {
-    "balanced": "Balanced data (upper bound)",
-    "longtail": "Long-tail data",
-    "class_balanced": "Long-tail data, class-balanced sampling",
-    "resampled": "Resampled: the method's schedule with copies of real images",
-    "augmented": "Ours (synthetic pretrain + balanced mix)",
-    "pretrain_only": "Synthetic pretrain, long-tail fine-tune",
-    "mix_only": "Balanced mix, no pretrain",
-}
 GROUPS = ("head", "medium", "tail")
-IDENTITY = ("arm", "generator", "synthesis", "method", "backbone", "bits")
+IDENTITY = ("arm", "generator", "synthesis", "method", "backbone", "bits", "seed")
 
 
 @dataclass(frozen=True)
@@ -72,6 +55,7 @@ class RunRecord:
     metrics_path: Path
     record: dict[str, Any] = field(default_factory=dict)
     codes_path: Path | None = None
+    seed: int | None = None
 
     @property
     def label(self) -> str:
@@ -80,7 +64,8 @@ class RunRecord:
 
     @property
     def kind(self) -> str:
-        return ARM_KINDS.get(self.arm, "other")
+        """``bound`` / ``control`` / ``generated`` / ``ablation``, from :data:`lthash.workflow.ARMS`."""
+        return known_arm(self.arm, self.metrics_path).kind
 
     @property
     def setting(self) -> Setting:
@@ -92,7 +77,7 @@ class RunRecord:
 
     @property
     def title(self) -> str:
-        title = ARM_TITLES.get(self.arm, self.arm)
+        title = known_arm(self.arm, self.metrics_path).title
         extra = ", ".join(part for part in (self.generator, self.synthesis) if part)
         return f"{title} [{extra}]" if extra else title
 
@@ -114,9 +99,22 @@ class RunRecord:
         return [entry.get("ap", {}).get(key) for entry in self.metrics.get("per_class", [])]
 
 
-def arm_order(label_arm: str) -> int:
-    order = list(ARM_KINDS)
-    return order.index(label_arm) if label_arm in order else len(order)
+def known_arm(arm: str, where: Any = None) -> Arm:
+    """The registry entry of ``arm`` (:data:`lthash.workflow.ARMS`); an unknown arm is an error naming it."""
+    if arm not in ARMS:
+        raise LthashError(f"{str(where) + ': ' if where else ''}arm {arm!r} is not an arm of the workflow "
+                          f"(known: {', '.join(ARMS)})")
+    return ARMS[arm]
+
+
+def arm_order(arm: str) -> tuple[int, int]:
+    """Table order of an arm: by kind (:data:`lthash.workflow.ARM_KINDS`), then registry order."""
+    return ARM_KINDS.index(known_arm(arm).kind), list(ARMS).index(arm)
+
+
+def seed_order(seed: int | None) -> int:
+    """Sort key of a seed (a run without one first)."""
+    return -1 if seed is None else seed
 
 
 def _identity(metrics: Mapping[str, Any], record: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -150,16 +148,21 @@ def load_run(metrics_path: str | os.PathLike, codes_path: str | os.PathLike | No
         bits = int(ident["bits"])
     except (TypeError, ValueError) as exc:
         raise LthashError(f"{path}: bits {ident['bits']!r} is not an integer") from exc
+    try:
+        seed = None if ident.get("seed") is None else int(ident["seed"])
+    except (TypeError, ValueError) as exc:
+        raise LthashError(f"{path}: seed {ident['seed']!r} is not an integer") from exc
+    known_arm(str(ident["arm"]), path)
     return RunRecord(arm=str(ident["arm"]), generator=ident.get("generator"), synthesis=ident.get("synthesis"),
                      method=str(ident["method"]), backbone=str(ident["backbone"]), bits=bits, metrics=metrics,
                      metrics_path=path, record=record if isinstance(record, dict) else {},
-                     codes_path=Path(codes_path) if codes_path else None)
+                     codes_path=Path(codes_path) if codes_path else None, seed=seed)
 
 
 def load_runs(metrics: Sequence[str | os.PathLike], codes: Sequence[str | os.PathLike] = ()) -> list[RunRecord]:
     """Every run, each paired with the codes file in its own folder (when one is given).
 
-    Two runs with the same identity are refused: a table row would hide one of them.
+    Two runs with the same identity (seed included) are refused: a table would hide one of them.
     """
     by_folder = {Path(c).parent.resolve(): Path(c) for c in codes}
     runs = [load_run(m, by_folder.get(Path(m).parent.resolve())) for m in metrics]
@@ -167,12 +170,12 @@ def load_runs(metrics: Sequence[str | os.PathLike], codes: Sequence[str | os.Pat
         raise LthashError("no scored runs to report (--metrics is empty)")
     seen: dict[tuple, Path] = {}
     for run in runs:
-        key = (run.label, run.method, run.backbone, run.bits)
+        key = (run.label, run.method, run.backbone, run.bits, run.seed)
         if key in seen:
             raise LthashError(f"{run.metrics_path} and {seen[key]} are the same run "
-                              f"({run.label}, {run.setting.title}): give each run once")
+                              f"({run.label}, {run.setting.title}, seed {run.seed}): give each run once")
         seen[key] = run.metrics_path
-    runs.sort(key=lambda r: (r.method, r.backbone, r.bits, arm_order(r.arm), r.label))
+    runs.sort(key=lambda r: (r.method, r.backbone, r.bits, arm_order(r.arm), r.label, seed_order(r.seed)))
     return runs
 
 
@@ -183,3 +186,82 @@ def primary_cut(runs: Sequence[RunRecord]) -> tuple[Any, str]:
     R = first["results"][0]["R"]
     ties = first.get("ties") or [first["results"][0]["ties"]]
     return R, "index" if "index" in ties else ties[0]
+
+
+@dataclass
+class ArmRuns:
+    """One arm of one setting: its runs by seed (``None`` = a run from before seeds), in seed order.
+
+    ``value`` and ``class_ap`` are means over the seeds that have the number, so a table or
+    figure built for one run reads an arm's mean the same way.
+    """
+
+    label: str
+    runs: dict[int | None, RunRecord]
+
+    @property
+    def first(self) -> RunRecord:
+        """The run of the first seed (the retrieval pictures show it)."""
+        return self.runs[min(self.runs, key=seed_order)]
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return sorted(self.runs, key=seed_order)
+
+    @property
+    def arm(self) -> str:
+        return self.first.arm
+
+    @property
+    def kind(self) -> str:
+        return self.first.kind
+
+    @property
+    def title(self) -> str:
+        return self.first.title
+
+    @property
+    def generator(self) -> str | None:
+        return self.first.generator
+
+    @property
+    def synthesis(self) -> str | None:
+        return self.first.synthesis
+
+    @property
+    def setting(self) -> Setting:
+        return self.first.setting
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The first seed's metrics (per-class names, groups and counts are the same for every seed)."""
+        return self.first.metrics
+
+    def values(self, R: Any, ties: str, key: str = "map") -> dict[int | None, float | None]:
+        """Seed -> the number ``key`` at cut-off ``R`` and tie policy ``ties``."""
+        return {seed: self.runs[seed].value(R, ties, key) for seed in self.seeds}
+
+    def value(self, R: Any, ties: str, key: str = "map") -> float | None:
+        kept = [v for v in self.values(R, ties, key).values() if v is not None]
+        return sum(kept) / len(kept) if kept else None
+
+    def class_ap(self, R: Any, ties: str) -> list[float | None]:
+        """Mean over seeds of each class's AP@R (None where no seed has it)."""
+        per_seed = [self.runs[seed].class_ap(R, ties) for seed in self.seeds]
+        out = []
+        for c in range(len(per_seed[0])):
+            kept = [aps[c] for aps in per_seed if c < len(aps) and aps[c] is not None]
+            out.append(sum(kept) / len(kept) if kept else None)
+        return out
+
+
+def by_setting(runs: Sequence[RunRecord]) -> dict[Setting, dict[str, ArmRuns]]:
+    """Runs grouped by setting, each group keyed by arm label (table order), each arm by seed."""
+    out: dict[Setting, dict[str, ArmRuns]] = {}
+    for run in runs:
+        arms = out.setdefault(run.setting, {})
+        arms.setdefault(run.label, ArmRuns(run.label, {})).runs[run.seed] = run
+    for arms in out.values():
+        for arm in arms.values():
+            arm.runs = {seed: arm.runs[seed] for seed in sorted(arm.runs, key=seed_order)}
+    return out

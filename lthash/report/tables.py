@@ -100,6 +100,15 @@ td.neg { color: #b00020; }
 """
 
 
+def _page(title: str, body: list[str], sources: Mapping[str, str] | None) -> str:
+    """A self-contained HTML page of some body elements, with the sources as small print."""
+    esc = html.escape
+    small = [f"<p><small>{esc(label)}: {esc(text)}</small></p>" for label, text in (sources or {}).items()]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
+            + "\n".join(body + small) + "\n</body></html>\n")
+
+
 def to_html(table: Table, sources: Mapping[str, str] | None = None) -> str:
     """A self-contained HTML page of the table (intro, sections, notes)."""
     esc = html.escape
@@ -123,11 +132,16 @@ def to_html(table: Table, sources: Mapping[str, str] | None = None) -> str:
                 cells.append(f"<td class=\"neg\">{esc(text)}</td>" if negative else f"<td>{esc(text)}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
         body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    for label, text in (sources or {}).items():
-        body.append(f"<p><small>{esc(label)}: {esc(text)}</small></p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{esc(table.title)}</title><style>{_STYLE}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return _page(table.title, body, sources)
+
+
+def verdict_html(title: str, verdict: str, readings: Sequence[str], sources: Mapping[str, str] | None = None) -> str:
+    """A self-contained HTML page: the verdict sentence first, then the sentence of every setting."""
+    esc = html.escape
+    body = [f"<h1>{esc(title)}: the verdict</h1>", f"<p><strong>{esc(verdict)}</strong></p>"]
+    if readings:
+        body.append("<h2>Per setting</h2><ul>" + "".join(f"<li>{esc(text)}</li>" for text in readings) + "</ul>")
+    return _page(f"{title}: the verdict", body, sources)
 
 
 def write_table(table: Table, folder: str | os.PathLike, sources: Mapping[str, str] | None = None) -> None:
