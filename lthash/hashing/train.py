@@ -26,7 +26,7 @@ from lthash.provenance import code_version
 from lthash.hashing.curves import plot_curves, write_history
 from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_batches, load_training_set,
                                  ordered_batches, to_float)
-from lthash.hashing.methods import HashMethod, get_method
+from lthash.hashing.methods import HashMethod, check_balance, get_method
 from lthash.hashing.metrics import hamming_map
 from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
 from lthash.io import atomic_dir, canonical_json, save_safetensors, write_json
@@ -52,6 +52,8 @@ def effective_train(params: Mapping[str, Any], method: str, mode: str, init: str
     if train["select"] == "best" and train["validation_fraction"] <= 0:
         raise LthashError("config key 'hashing.train.select' is 'best' but hashing.train.validation_fraction is 0: "
                           "model selection needs a validation split carved from the training data")
+    if train["balance"] == "logit_adjusted":
+        check_balance([method], "hashing.train.balance")
     return train
 
 
@@ -154,6 +156,8 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
                           f"hashing.pretrained.{backbone} or pass --init RUN_DIR of a run trained on the split")
     model = build_model(params, method, backbone, bits, data.num_classes, data.input_shape, counts, seed)
     init_info = init_from_run(model, init) if init else None
+    if train["balance"] == "logit_adjusted":
+        model.adjust_logits_by_prior(float(train["tau"]))
     record: dict[str, Any] = {
         "identity": identity,
         "method": method, "backbone": backbone, "bits": bits, "seed": seed, "mode": mode, "group": group,

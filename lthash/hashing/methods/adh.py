@@ -6,6 +6,7 @@ backbone's last feature map before the hash layer (CBAM-style, Woo et al. 2018).
     u  = W pool(F'') + b
     L  = mean_ij [ log(1 + exp(theta_ij)) - s_ij theta_ij ]                  pairwise likelihood (DPSH)
          + alpha * CE(V u, y)                                               classification on the code
+                   (V u + tau * log pi under hashing.train.balance: logit_adjusted)
          + eta * mean((u - sign u)^2)                                       quantisation
          theta_ij = u_i . u_j / 2,  s_ij = [y_i == y_j]
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lthash.errors import LthashError
+from lthash.hashing.losses.logit_adjustment import adjust_logits
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 
@@ -45,6 +47,8 @@ class ChannelSpatialAttention(nn.Module):
 
 @register("adh")
 class ADH(HashMethod):
+    has_class_logits = True
+
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)
@@ -66,5 +70,5 @@ class ADH(HashMethod):
         theta = code @ code.t() / 2
         likelihood = (F.softplus(theta) - similar * theta).mean()
         quantisation = (code - code.sign()).pow(2).mean()
-        classification = F.cross_entropy(out["logits"].float(), labels)
+        classification = F.cross_entropy(adjust_logits(out["logits"].float(), self.logit_offset), labels)
         return likelihood + self.options["class_weight"] * classification + self.options["quant_weight"] * quantisation

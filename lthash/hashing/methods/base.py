@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from lthash.errors import LthashError
+from lthash.hashing.losses.logit_adjustment import logit_offset
 
 REGISTRY: dict[str, type["HashMethod"]] = {}
 
@@ -36,6 +37,17 @@ def get_method(name: str, key: str = "hashing.method") -> type["HashMethod"]:
     return REGISTRY[name]
 
 
+def check_balance(methods: Iterable[str], key: str = "hashing.train.balance") -> None:
+    """Refuse ``logit_adjusted`` balance for methods without class logits: one error naming ``key``
+    and every such method (``methods``: the methods that would train with it)."""
+    without = [name for name in methods if not get_method(name).has_class_logits]
+    if without:
+        with_logits = sorted(name for name, cls in REGISTRY.items() if cls.has_class_logits)
+        raise LthashError(f"config key '{key}' is 'logit_adjusted', but {', '.join(without)} "
+                          f"{'has' if len(without) == 1 else 'have'} no class logits to adjust "
+                          f"(methods with class logits: {', '.join(with_logits)})")
+
+
 def method_defaults(name: str) -> dict[str, Any]:
     """The schema's defaults of method ``name``'s options (``hashing.<section>``; {} for a method without options)."""
     return copy.deepcopy(_schema_defaults().get(method_section(name), {}))
@@ -59,11 +71,14 @@ class HashMethod(nn.Module):
     """A hashing model: images (N x C x H x W floats in [0,1]) -> real codes whose signs are the bits.
 
     Its options and their defaults live in ``hashing.schema.yaml`` under the method's section
-    (:func:`method_defaults`); ``trainable`` is False for shallow methods fitted in closed form.
+    (:func:`method_defaults`); ``trainable`` is False for shallow methods fitted in closed form;
+    ``has_class_logits`` is True where the loss is a softmax over class logits, which
+    :meth:`adjust_logits_by_prior` shifts by the log class prior.
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    has_class_logits: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
@@ -74,6 +89,7 @@ class HashMethod(nn.Module):
         self.options = {**method_defaults(self.name), **dict(options)}
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
         self.rng = np.random.default_rng([int(seed), 7919])
+        self.register_buffer("logit_offset", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return at least ``{"code": N x bits}``; other entries feed :meth:`loss`."""
@@ -82,6 +98,12 @@ class HashMethod(nn.Module):
     def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """Scalar training loss of a batch."""
         raise NotImplementedError
+
+    def adjust_logits_by_prior(self, tau: float) -> None:
+        """Train on class logits + tau * log(prior of ``class_counts``) (``hashing.train.balance:
+        logit_adjusted``; :mod:`lthash.hashing.losses.logit_adjustment`). Not saved with the weights."""
+        check_balance([self.name])
+        self.logit_offset = logit_offset(self.class_counts, tau)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

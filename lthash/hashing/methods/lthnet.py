@@ -7,6 +7,7 @@
     h      = tanh(FC(v_meta)),   y_hat = softmax(FC(h))
     L_CB   = w_y * CE(y_hat, y),   w_y = (1 - beta) / (1 - beta^{n_y})   (beta = 0: plain CE)
     L_sq   = w_y * ||y_hat - onehot(y)||^2           (LTHNet_sq)
+    FC(h) + tau * log pi in both under hashing.train.balance: logit_adjusted (losses.logit_adjustment)
 
 Prototypes: greedy MAP inference of a DPP over the class's direct features with kernel
 L = diag(q) S diag(q), S = cosine similarity (diversity), q_i = exp(theta cos(v_i, m)) (quality).
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lthash.hashing.dpp import greedy_map_dpp, quality_diversity_kernel
+from lthash.hashing.losses.logit_adjustment import adjust_logits
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 
@@ -35,6 +37,8 @@ def class_balanced_weights(counts: np.ndarray, beta: float) -> np.ndarray:
 
 @register("lthnet")
 class LTHNet(HashMethod):
+    has_class_logits = True
+
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)
@@ -57,7 +61,8 @@ class LTHNet(HashMethod):
         return {"code": h, "logits": self.classifier(h), "direct": v}
 
     def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        per_sample = F.cross_entropy(out["logits"].float(), labels, reduction="none")
+        logits = adjust_logits(out["logits"].float(), self.logit_offset)
+        per_sample = F.cross_entropy(logits, labels, reduction="none")
         return (self.class_weights[labels] * per_sample).mean()
 
     @torch.no_grad()
@@ -99,6 +104,6 @@ class LTHNetSquare(LTHNet):
     """LTHNet with the square loss of its ablation: w_y * ||softmax(logits) - onehot(y)||^2."""
 
     def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(out["logits"].float(), dim=1)
+        probs = torch.softmax(adjust_logits(out["logits"].float(), self.logit_offset), dim=1)
         per_sample = (probs - F.one_hot(labels, self.num_classes).float()).pow(2).sum(dim=1)
         return (self.class_weights[labels] * per_sample).mean()

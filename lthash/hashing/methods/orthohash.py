@@ -3,6 +3,7 @@
     u = BN(W f(x) + b)
     logit_c = s * (cos(u, o_c) - m * [c == y])          (CosFace margin on the true class)
     L = CE(logits, y) + lambda_q * mean((|u| - 1)^2)    (quantisation term off by default)
+    logits + tau * log pi inside CE under hashing.train.balance: logit_adjusted (losses.logit_adjustment)
 
 Codebook o: Bernoulli +-1 (default), or ``distance``: the best of 200 Bernoulli codebooks by
 minimum Hamming distance, or rejection-sampled to a given ``min_distance``.
@@ -18,11 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lthash.hashing.centers import bernoulli_codes, rejection_codes, spread_codes
+from lthash.hashing.losses.logit_adjustment import adjust_logits
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 
 @register("orthohash")
 class OrthoHash(HashMethod):
+    has_class_logits = True
+
     def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)
@@ -42,7 +46,8 @@ class OrthoHash(HashMethod):
 
     def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         margin = F.one_hot(labels, self.num_classes).to(out["cosine"].dtype) * self.options["margin"]
-        loss = F.cross_entropy(self.options["scale"] * (out["cosine"] - margin), labels)
+        logits = adjust_logits(self.options["scale"] * (out["cosine"] - margin), self.logit_offset)
+        loss = F.cross_entropy(logits, labels)
         if self.options["quant_weight"]:
             loss = loss + self.options["quant_weight"] * (out["code"].abs() - 1).pow(2).mean()
         return loss

@@ -1,0 +1,1 @@
+"""Loss pieces shared by several hash methods, one small module each."""
