@@ -21,6 +21,7 @@ configfile: "config.yaml"
 try:
     lw.check_experiment(config)
     config = validate_config(config)
+    lw.check_matrix(config)
     check_base_choice(config)
 except LthashError as error:
     raise WorkflowError(str(error)) from None

@@ -180,6 +180,18 @@ def check_experiment(raw_config: Mapping[str, Any]) -> None:
                           f"(experiment.seeds: [{hashing['seed']}]) and remove hashing.seed")
 
 
+def check_matrix(config: Mapping[str, Any]) -> None:
+    """Refuse, before any job, an arm the experiment's methods cannot train: a logit-adjusted
+    arm needs every method of ``experiment.methods`` to have class logits."""
+    experiment = config["experiment"]
+    adjusted = [name for name in experiment["arms"]
+                if dict(ARMS[name].sets).get("hashing.train.balance", "none") != "none"]
+    if adjusted:
+        from lthash.hashing.methods import check_balance
+
+        check_balance(experiment["methods"], "experiment.arms")
+
+
 def uses_generators(config: Mapping[str, Any]) -> bool:
     """Whether an arm of the experiment trains on generated shards (so generators run)."""
     return any(ARMS[arm].crossed for arm in config["experiment"]["arms"])

@@ -49,6 +49,19 @@ def test_a_config_setting_hashing_seed_is_refused_naming_experiment_seeds():
     check_experiment({"hashing": {"lr": 1}})
 
 
+def test_a_logit_adjusted_arm_with_a_method_without_class_logits_is_refused_naming_the_key():
+    from lthash.errors import LthashError
+    from lthash.workflow import check_matrix
+
+    config = load_config(ROOT / "config.yaml")
+    check_matrix(config)
+    config["experiment"]["methods"] = ["orthohash", "csq"]
+    with pytest.raises(LthashError, match=r"config key 'experiment.arms' is 'logit_adjusted', but csq has no class"):
+        check_matrix(config)
+    config["experiment"]["arms"] = ["longtail", "class_balanced"]
+    check_matrix(config)
+
+
 def test_each_seed_is_its_own_run_folder_and_sets_hashing_seed():
     config = load_config(ROOT / "config.yaml")
     folders = {run.directory("results") for run in runs(config)}
@@ -60,6 +73,8 @@ def test_each_seed_is_its_own_run_folder_and_sets_hashing_seed():
     job = {"method": run.method, "backbone": run.backbone, "bits": str(run.bits), "seed": "2"}
     assert rule_params(config, "longtail", job)["hashing"]["seed"] == 2
     assert rule_params(config, "longtail", {**job, "seed": "0"})["hashing"]["seed"] == 0
+    adjusted = rule_params(config, "logit_adjusted", job)["hashing"]["train"]
+    assert adjusted["balance"] == "logit_adjusted" and rule_params(config, "longtail", job)["hashing"]["train"]["balance"] == "none"
 
 
 def test_arms_table_equals_the_schema_enum():
