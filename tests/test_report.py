@@ -438,3 +438,43 @@ def test_benchmarks_sum_per_stage(scored):
     assert stages["train"]["jobs"] == 2 and stages["train"]["longest_s"] == pytest.approx(10.0)
     assert stages["train"]["max_rss_mb"] == pytest.approx(300) and stages["split"]["cpu_s"] == pytest.approx(1.0)
     assert read_benchmarks(root / "nothing here") == {}
+
+
+def test_readme_table_is_rendered_from_the_arms_table(two_seeds, tmp_path):
+    """``lthash readme-table`` renders a real arms.csv (mean ± sd, the paired interval against
+    the best control) and rewrites only the block between its markers."""
+    from lthash.cli import main
+    from lthash.report.readme import END, START, render, read_arms
+
+    root, metrics = two_seeds
+    write_report(metrics, tmp_path / "report.md", tmp_path / "map.csv", root / "data" / "split.json",
+                 tables=tmp_path / "tables")
+    arms = tmp_path / "tables" / "arms.csv"
+    rows = {r["arm_label"]: r for r in read_arms(arms)}
+    table = render(list(rows.values()))
+    ours = rows["augmented-g-real"]
+    mean_sd = f"{100 * float(ours['map']):.2f} ± {100 * float(ours['map_sd']):.2f}"
+    low, high = (f"{100 * float(ours[k]):+.2f}" for k in ("vs_control_all_low", "vs_control_all_high"))
+    line = next(line for line in table.splitlines() if line.startswith("| augmented-g-real"))
+    assert mean_sd in line and f"[{low}, {high}] {ours['verdict']}" in line
+    assert f"best control: {ours['bits']} bits: {ours['control']}" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{START}\nold table\n{END}\nafter\n")
+    assert main(["readme-table", "--arms", str(arms), "--readme", str(readme)]) == 0
+    assert readme.read_text() == f"# title\n\nbefore\n{START}\n{table}\n{END}\nafter\n"
+    readme.write_text("no markers\n")
+    assert main(["readme-table", "--arms", str(arms), "--readme", str(readme)]) == 2
+    assert readme.read_text() == "no markers\n"
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    assert main(["readme-table", "--arms", str(tmp_path / "bad.csv")]) == 2
+
+
+def test_the_readme_results_table_is_the_render_of_the_committed_default_tables():
+    """README.md's results block is exactly what ``lthash readme-table`` renders from the
+    default run's arms table committed beside it (docs/results/default/arms.csv)."""
+    from lthash.report.readme import END, START, read_arms, render
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    block = text.split(START)[1].split(END)[0].strip()
+    assert block == render(read_arms(root / "docs" / "results" / "default" / "arms.csv")).strip()

@@ -27,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(parser)
     parser.set_defaults(func=_report)
 
+    table = subparsers.add_parser(
+        "readme-table", help="the README's results table from a run's tables/arms.csv",
+        description="Render the arms table (mean ± sd over seeds, tail, gap closed, the paired interval "
+                    "against the best control) as Markdown; with --readme, rewrite the file's results block.")
+    table.add_argument("--arms", required=True, help="tables/arms.csv of a finished run")
+    table.add_argument("--readme", help="Markdown file whose results block to rewrite (else print the table)")
+    table.set_defaults(func=_readme_table)
+
 
 def _report(args: argparse.Namespace) -> None:
     from lthash.config import parse_params
@@ -35,3 +43,11 @@ def _report(args: argparse.Namespace) -> None:
     write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, parse_params(args.params),
                  codes=args.codes, split=args.split, tables=args.tables, figures=args.figures,
                  benchmarks=args.benchmarks)
+
+
+def _readme_table(args: argparse.Namespace) -> None:
+    from lthash.report.readme import write_readme_table
+
+    table = write_readme_table(args.arms, args.readme)
+    if args.readme is None:
+        print(table)
