@@ -89,9 +89,31 @@ def render(rows: Sequence[Mapping[str, str]]) -> str:
                         + [_versus(row) if row else MISSING for row in found])
         controls = [f"{b} bits: {next((r['control'] for r in mine if int(r['bits']) == b and r['control']), MISSING)}"
                     for b in bits]
+        readings = [reading(mine, b) for b in bits]
         parts.append(f"**{method}, {backbone}** (best control: {', '.join(controls)})\n\n"
-                     + markdown_grid(header, body))
+                     + markdown_grid(header, body) + "".join(f"\n\n- {text}" for text in readings if text))
     return "\n\n".join(parts)
+
+
+def reading(rows: Sequence[Mapping[str, str]], bits: int) -> str:
+    """The best generated arm at ``bits`` against the best control, read from the numbers."""
+    generated = [row for row in rows if int(row["bits"]) == bits and row["control"] and _number(row["map"]) is not None]
+    if not generated:
+        return ""
+    best = max(generated, key=lambda row: float(row["map"]))
+    control = next((row for row in rows if int(row["bits"]) == bits and row["arm_label"] == best["control"]), None)
+    verdict = {"beats": "beats", "trails": "trails", "indistinguishable": "is indistinguishable from"}.get(
+        best["verdict"], f"({best['verdict']}) against")
+    seeds = best.get("vs_control_seeds") or best["n_seeds"]
+    low, high = best["vs_control_all_low"], best["vs_control_all_high"]
+    interval = (f"95 % CI {_points(low, True)} to {_points(high, True)}, {seeds} seeds" if _number(low) is not None
+                else "one seed, no spread measured")
+    text = (f"{bits} bits: the best generated arm, {best['arm_label']}, {verdict} the best control, "
+            f"{best['control']}, by {_points(best['vs_control_all'], True)} points mAP ({interval}); "
+            f"it closes {_share(best['gap_share_all'])} of the balanced − long-tail gap")
+    if control is not None:
+        text += f" ({best['control']}: {_share(control['gap_share_all'])})"
+    return text + "."
 
 
 def rewrite_block(markdown: str, table: str, name: str = "the file") -> str:
