@@ -204,23 +204,6 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
     return merged
 
 
-def section(config: Mapping[str, Any], dotted: str) -> Any:
-    """``section(cfg, "hashing.train")`` -> cfg["hashing"]["train"], naming a missing key."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise LthashError(f"config has no key '{dotted}'")
-        node = node[part]
-    return node
-
-
-def params_json(**parts: Any) -> str:
-    """Canonical JSON of exactly the config parts a stage reads (Snakemake ``params:``)."""
-    from lthash.io import canonical_json
-
-    return canonical_json(parts)
-
-
 def parse_params(text: str | None) -> dict:
     """Parse a ``--params`` argument: inline JSON, or ``@file.json``/``@file.yaml``."""
     if not text:

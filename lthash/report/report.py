@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lthash.errors import LthashError
 from lthash.io import atomic_path, read_json
 from lthash.provenance import code_version, config_digest
 from lthash.report.analysis import arms_table, generator_table, per_class_table, sentence, summary, validation_table
@@ -301,11 +300,3 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
     with atomic_path(table, suffix=".csv") as tmp:
         tmp.write_text(_all_runs_csv(runs))
 
-
-def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The all-runs CSV written by :func:`write_report`."""
-    try:
-        with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
-    except FileNotFoundError as exc:
-        raise LthashError(f"missing file: {path}") from exc
