@@ -11,7 +11,7 @@ min_version("8.0")
 
 from lthash.config import validate_config
 from lthash.errors import LthashError
-from lthash.generate.shipped import base_folder, check_base_choice
+from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 import lthash.workflow as lw
 
 
@@ -33,6 +33,13 @@ except OSError as error:
     raise WorkflowError(
         f"config key 'results': cannot create the results folder {R}: {error.strerror}"
     ) from None
+# Jobs read a shipped base from its verified copy in the results folder, never from the
+# package: no input depends on where the package or the project lives.
+try:
+    materialise_base(config)
+except LthashError as error:
+    raise WorkflowError(str(error)) from None
+
 ENV = "../../envs/lthash.yaml"  # relative to the rule files
 DEVICE = config["device"]
 # Jobs read the device and the other runtime-only keys (lthash.workflow.RUNTIME) from the

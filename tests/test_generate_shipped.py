@@ -15,6 +15,7 @@ from lthash.generate import shipped
 from lthash.generate.base import run_base
 from lthash.generate.cli import generate_params
 from lthash.data.split import run_split
+from lthash.testing.faults import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "text_hidden_size": 16, "text_heads": 2}
@@ -44,7 +45,8 @@ def config_for(**split):
 def test_a_matching_config_passes_and_another_split_is_refused(models_dir, monkeypatch):
     monkeypatch.setattr(shipped, "MODELS_DIR", models_dir)
     shipped.check_base_choice(config_for())
-    assert shipped.base_folder("package:digits-known", "results") == (str(models_dir / "digits-known"), False)
+    assert shipped.base_folder("package:digits-known", "results") == ("results/generate/shipped-base/digits-known",
+                                                                       False)
     with pytest.raises(LthashError, match=r"generate.base.model.*split.seed \(0 for the shipped base, 1 here\)"):
         shipped.check_base_choice(config_for(seed=1))
     with pytest.raises(LthashError, match="no shipped base package:nothing"):
@@ -64,6 +66,31 @@ def test_missing_or_changed_weights_are_refused(models_dir, monkeypatch, tmp_pat
     weights.unlink()
     with pytest.raises(LthashError, match="is missing"):
         shipped.check_base_choice(config_for())
+
+
+def test_jobs_read_a_verified_copy_left_untouched_while_identical(models_dir, monkeypatch, tmp_path):
+    """The copy in the results folder holds the shipped files; a second run leaves it as it is
+    (modification times too, so nothing made from it reruns); a changed or added file there is
+    replaced by a fresh verified copy."""
+    monkeypatch.setattr(shipped, "MODELS_DIR", models_dir)
+    monkeypatch.chdir(tmp_path)
+    config = config_for()
+    copy = tmp_path / shipped.base_folder(config["generate"]["base"]["model"], config["results"])[0]
+    shipped.materialise_base(config)
+    assert snapshot(copy) == snapshot(models_dir / "digits-known")
+    times = {path: path.stat().st_mtime_ns for path in copy.rglob("*")}
+    shipped.materialise_base(config)
+    assert {path: path.stat().st_mtime_ns for path in copy.rglob("*")} == times
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    shipped.materialise_base(config)
+    assert snapshot(copy) == snapshot(models_dir / "digits-known")
+    (copy / "added.txt").write_text("not shipped\n")
+    shipped.materialise_base(config)
+    assert snapshot(copy) == snapshot(models_dir / "digits-known")
+    assert [p.name for p in copy.parent.iterdir()] == ["digits-known"]
 
 
 @pytest.mark.skipif(not shipped.shipped_names(), reason="no base shipped in this checkout")

@@ -5,7 +5,8 @@ OrthoHash, every arm of the default experiment) in a copy of the workflow; then 
 through the Snakemake API (``lthash.testing.dryrun``) after config edits, one key of every
 config section, asserting the invalidation contract: each rule's params carry only the
 config it reads (lthash.workflow.READS), so an edit reruns the rules that read it and what
-is downstream of them, and nothing else.
+is downstream of them, and nothing else; and that moving the project or the package reruns
+nothing.
 """
 
 from __future__ import annotations
@@ -126,6 +127,50 @@ def test_nothing_reruns_after_a_finished_run_or_with_reordered_keys(finished_run
     same, shuffled = rules_to_rerun_each(workdir, [write_config(workdir / "same.yaml", config),
                                                    write_config(workdir / "reordered.yaml", reordered)])
     assert same == {} and shuffled == {}
+
+
+def test_nothing_reruns_when_the_project_or_the_package_moves(finished_run, tmp_path, monkeypatch):
+    """The finished run copied elsewhere (its .snakemake metadata and results with it), and then read
+    by lthash installed at another path, has nothing to rerun: no input, param or log names where
+    the project or the package lives. A shipped base is read from its verified copy in the results
+    folder; one personalisation job on it (the default config's split, the one its corpus is the
+    complement of) is checked the same way, and the reinstalled package leaves that copy as it was."""
+    import shutil
+
+    from lthash.testing.faults import snapshot
+
+    def times(folder: Path) -> dict[Path, int]:
+        return {path.relative_to(folder): path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+    workdir, config = finished_run
+    project = tmp_path / "project"
+    shutil.copytree(workdir, project, symlinks=True)
+    shipped = {**edited(config, "generate.base.model", "package:fashion-mnist-class-names"), "results": "shipped",
+               "split": yaml.safe_load((ROOT / "config.yaml").read_text())["split"]}
+    write_config(project / "shipped.yaml", shipped)
+    concept = "shipped/generate/attndreambooth/concepts/class0"
+    ran = subprocess.run([sys.executable, "-m", "snakemake", concept, "--cores", "2", "--configfile", "shipped.yaml"],
+                         cwd=project, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    base = Path("shipped/generate/shipped-base/fashion-mnist-class-names")
+    assert snapshot(project / base) == snapshot(ROOT / "lthash" / "models" / base.name)
+
+    moved = tmp_path / "moved"
+    shutil.copytree(project, moved, symlinks=True)
+    copied = times(moved / base)
+    assert rules_to_rerun(moved, [moved / "tiny.yaml"]) == {}
+    assert rules_to_rerun(moved, [moved / "shipped.yaml"], targets=[concept]) == {}
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "lthash", site / "lthash", copy_function=shutil.copyfile,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    imported = subprocess.run([sys.executable, "-c", "import lthash; print(lthash.__file__)"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == str(site / "lthash" / "__init__.py")
+    assert rules_to_rerun(moved, [moved / "tiny.yaml"]) == {}
+    assert rules_to_rerun(moved, [moved / "shipped.yaml"], targets=[concept]) == {}
+    assert times(moved / base) == copied
 
 
 #: One key of every config section, and the rules its edit must rerun (downstream included).

@@ -8,22 +8,29 @@ parameters whose groups it never saw) and the command that trained it.
 :func:`check_base_choice` runs before any job: it refuses a missing shipped model, a file that
 is missing or does not match its checksum, and a config whose split is not the one the corpus
 is the complement of (a different split may put images the base has seen into the query set,
-the database or a training set).
+the database or a training set). :func:`materialise_base` then copies the shipped folder into
+the results folder (``<results>/generate/shipped-base/<name>``), where jobs read it: their
+inputs name that copy, relative to the working directory, so a run whose project folder is
+moved, or whose package is reinstalled at another path, has nothing to rerun. An identical
+verified copy is left untouched (its modification times too); a missing, partial or changed
+one is replaced whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 from lthash.errors import LthashError
-from lthash.io import canonical_json
+from lthash.io import atomic_dir, canonical_json
 
 PREFIX = "package:"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 MANIFEST = "SHIPPED.json"
+COPIES = "generate/shipped-base"
 
 
 def shipped_names() -> list[str]:
@@ -40,11 +47,15 @@ def file_digest(path: Path) -> str:
 
 
 def base_folder(model: str, results: str) -> tuple[str, bool]:
-    """(folder of the base model, whether the workflow trains it) for ``generate.base.model``."""
+    """(folder jobs read the base model from, whether the workflow trains it) for ``generate.base.model``.
+
+    A shipped base is read from its copy in the results folder (:func:`materialise_base`),
+    never from the package, so no job's input depends on where the package is installed.
+    """
     if model == "tiny":
         return f"{results}/generate/base", True
     if model.startswith(PREFIX):
-        return str(MODELS_DIR / model[len(PREFIX):]), False
+        return f"{results}/{COPIES}/{model[len(PREFIX):]}", False
     return model, False
 
 
@@ -69,6 +80,45 @@ def verify_files(name: str, manifest: Mapping[str, Any]) -> None:
         if file_digest(path) != expected:
             raise LthashError(f"config key 'generate.base.model': {path} does not match its checksum in "
                               f"{folder / MANIFEST}: the shipped weights are damaged or were changed")
+
+
+def _is_verified_copy(copy: Path, shipped: Path, manifest: Mapping[str, Any]) -> bool:
+    """Whether ``copy`` holds exactly the manifest's files with their SHA-256, and the same manifest."""
+    if not (copy / MANIFEST).is_file() or (copy / MANIFEST).read_bytes() != (shipped / MANIFEST).read_bytes():
+        return False
+    present = {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()}
+    if present != set(manifest["files"]) | {MANIFEST}:
+        return False
+    return all(file_digest(copy / relative) == expected for relative, expected in manifest["files"].items())
+
+
+def materialise_base(config: Mapping[str, Any]) -> None:
+    """Copy the shipped base ``generate.base.model`` names to :func:`base_folder`, where jobs read it.
+
+    Run before any job, after :func:`check_base_choice` verified the shipped files. A copy
+    already there that matches the manifest is left as it is, so its modification times stay
+    older than the outputs made from it; anything else there is replaced whole, atomically,
+    by a copy verified against the manifest before it is renamed into place.
+    """
+    model = config["generate"]["base"]["model"]
+    if not model.startswith(PREFIX):
+        return
+    name = model[len(PREFIX):]
+    shipped, manifest = MODELS_DIR / name, read_manifest(name)
+    copy = Path(base_folder(model, config["results"])[0])
+    try:
+        if _is_verified_copy(copy, shipped, manifest):
+            return
+        with atomic_dir(copy) as tmp:
+            for relative in [*manifest["files"], MANIFEST]:
+                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shipped / relative, tmp / relative)
+            if not _is_verified_copy(tmp, shipped, manifest):
+                raise LthashError(f"config key 'generate.base.model': the copy of {model} in {copy} does not "
+                                  f"match {shipped / MANIFEST} (was {shipped} changed while it was copied?)")
+    except OSError as error:
+        raise LthashError(f"config key 'generate.base.model': cannot copy {model} from {shipped} to {copy}: "
+                          f"{error.strerror or error}") from error
 
 
 def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:

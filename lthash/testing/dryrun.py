@@ -1,10 +1,12 @@
 """What Snakemake would rerun: a dry run through the Snakemake API, counted per rule.
 
-``python -m lthash.testing.dryrun WORKDIR [CONFIGFILE ...]`` prints, as JSON, the rule of
-every job a dry run of the workflow in WORKDIR would (re)run, with the outputs it would
-(re)create; ``WORKDIR --each CONFIGFILE ...`` one such dry run per config file. Rules are named after what they do (``split``, ``synthesize``, an arm such as
-``augmented``, ``pretrain``, ``encode``...), so no path is parsed. Run it in a subprocess:
-the API changes the working directory and keeps global logging state.
+``python -m lthash.testing.dryrun WORKDIR [CONFIGFILE ...] [--targets FILE ...]`` prints, as
+JSON, the rule of every job a dry run of the workflow in WORKDIR would (re)run to make the
+targets (the default target without them), with the outputs it would (re)create;
+``WORKDIR --each CONFIGFILE ...`` one such dry run of the default target per config file.
+Rules are named after what they do (``split``, ``synthesize``, an arm such as ``augmented``,
+``pretrain``, ``encode``...), so no path is parsed. Run it in a subprocess: the API changes
+the working directory and keeps global logging state.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 
-def dry_run(workdir: str | Path, configfiles: Sequence[str | Path] = ()) -> dict:
+def dry_run(workdir: str | Path, configfiles: Sequence[str | Path] = (), targets: Sequence[str] = ()) -> dict:
     """``{"rules": {rule: jobs}, "outputs": [...]}`` of a dry run in ``workdir`` (via a subprocess)."""
     command = [sys.executable, "-m", "lthash.testing.dryrun", str(workdir), *map(str, configfiles)]
+    if targets:
+        command += ["--targets", *targets]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"dry run failed:\n{result.stderr[-3000:]}")
@@ -36,12 +40,14 @@ def rules_to_rerun_each(workdir: str | Path, configfiles: Sequence[str | Path]) 
     return [Counter({rule: n for rule, n in run["rules"].items() if rule != "all"}) for run in runs]
 
 
-def rules_to_rerun(workdir: str | Path, configfiles: Sequence[str | Path] = ()) -> Counter:
-    """How many jobs of each rule a dry run would (re)run (the ``all`` target not counted)."""
-    return Counter({rule: n for rule, n in dry_run(workdir, configfiles)["rules"].items() if rule != "all"})
+def rules_to_rerun(workdir: str | Path, configfiles: Sequence[str | Path] = (),
+                   targets: Sequence[str] = ()) -> Counter:
+    """How many jobs of each rule a dry run would (re)run to make ``targets`` (the ``all`` target not counted)."""
+    return Counter({rule: n for rule, n in dry_run(workdir, configfiles, targets)["rules"].items()
+                    if rule != "all"})
 
 
-def _rules_and_outputs(workdir: Path, configfiles: Sequence[Path]) -> dict:
+def _rules_and_outputs(workdir: Path, configfiles: Sequence[Path], targets: Sequence[str] = ()) -> dict:
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (
         ConfigSettings,
@@ -61,7 +67,7 @@ def _rules_and_outputs(workdir: Path, configfiles: Sequence[Path]) -> dict:
             snakefile=workdir / "Snakefile",
             workdir=workdir,
         )
-        dag = workflow.dag(DAGSettings())
+        dag = workflow.dag(DAGSettings(targets=frozenset(targets)))
         dag.execute_workflow(executor="local", pseudo_executor="dryrun", updated_files=updated)
         jobs = workflow._workflow.dag.needrun_jobs(exclude_finished=False)  # the dry run marks them finished
         rules = Counter(job.rule.name for job in jobs)
@@ -73,7 +79,11 @@ def _main(argv: Sequence[str]) -> None:
     if argv[1:2] == ["--each"]:
         print(json.dumps([_rules_and_outputs(workdir, [Path(p).resolve()]) for p in argv[2:]]))
     else:
-        print(json.dumps(_rules_and_outputs(workdir, [Path(p).resolve() for p in argv[1:]])))
+        configfiles, targets = argv[1:], []
+        if "--targets" in configfiles:
+            at = configfiles.index("--targets")
+            configfiles, targets = configfiles[:at], configfiles[at + 1:]
+        print(json.dumps(_rules_and_outputs(workdir, [Path(p).resolve() for p in configfiles], targets)))
 
 
 if __name__ == "__main__":
