@@ -165,6 +165,7 @@ def test_nothing_reruns_when_the_project_or_the_package_moves(finished_run, tmp_
     shutil.copytree(ROOT / "lthash", site / "lthash", copy_function=shutil.copyfile,
                     ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.chdir(tmp_path)  # python -c / -m import from the working directory first: not the checkout
     imported = subprocess.run([sys.executable, "-c", "import lthash; print(lthash.__file__)"],
                               capture_output=True, text=True, check=True).stdout.strip()
     assert imported == str(site / "lthash" / "__init__.py")
