@@ -89,6 +89,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         f"{R}/report.md",
-    default_target: True

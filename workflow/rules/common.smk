@@ -10,7 +10,9 @@ HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
 # A job that nothing else can run beside (the base every generator waits for, the filter
 # judge every filtered shard waits for) takes all the cores the run was given; a cluster
 # profile's set-threads wins.
-ALL_CORES = workflow.cores if isinstance(workflow.cores, int) and workflow.cores > 0 else 1
+ALL_CORES = (
+    workflow.cores if isinstance(workflow.cores, int) and workflow.cores > 0 else 1
+)
 
 if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
     raise WorkflowError(
@@ -33,8 +35,13 @@ def arm_shards(arm, wildcards):
     """The shards a training job of ``arm`` trains on (none for real-only arms)."""
     if arm.shards is None:
         return []
-    source = wildcards.source if arm is lw.PRETRAIN else lw.shard_source(
-        arm, wildcards.get("generator"), wildcards.get("synthesis"))
+    source = (
+        wildcards.source
+        if arm is lw.PRETRAIN
+        else lw.shard_source(
+            arm, wildcards.get("generator"), wildcards.get("synthesis")
+        )
+    )
     return shard_files(source, arm.shards)
 
 
@@ -53,6 +60,11 @@ def arm_tags(arm, wildcards):
 def run_tags(wildcards):
     """--tag options of a score job: the identity of its run in the experiment (never its path)."""
     run = lw.find_run(
-        config, wildcards.label, wildcards.method, wildcards.backbone, wildcards.bits, wildcards.seed
+        config,
+        wildcards.label,
+        wildcards.method,
+        wildcards.backbone,
+        wildcards.bits,
+        wildcards.seed,
     )
     return lw.identity_tags(run.identity())

@@ -11,8 +11,6 @@ rule split:
             caption="../report/class_distribution.rst",
             category="Data",
         ),
-    params:
-        config=lw.params(config, "split"),
     log:
         f"{R}/logs/split.log",
     benchmark:
@@ -23,6 +21,8 @@ rule split:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        config=lw.params(config, "split"),
     shell:
         "lthash split --out {output.split} --summary {output.summary}"
         " --figure {output.figure} --params {params.config} --threads {threads} 2> {log}"
@@ -34,8 +34,6 @@ rule resample:
         plan=f"{R}/generate/plan.json",
     output:
         shard=lw.shard_path(R, lw.RESAMPLED, "{purpose}", "{cls}", "{shard}"),
-    params:
-        config=lw.params(config, "resample"),
     log:
         f"{R}/logs/resample/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
@@ -46,6 +44,8 @@ rule resample:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config=lw.params(config, "resample"),
     shell:
         "lthash resample --split {input.split} --plan {input.plan} --class {wildcards.cls}"
         " --purpose {wildcards.purpose} --shard {wildcards.shard} --out {output.shard}"

@@ -11,8 +11,6 @@ rule encode:
         split=rules.split.output.split,
     output:
         codes=f"{R}/runs/{RUN}/codes.h5",
-    params:
-        config=lw.params(config, "encode"),
     log:
         f"{R}/logs/encode/{RUN}.log",
     benchmark:
@@ -21,9 +19,11 @@ rule encode:
         ENV
     threads: 1
     resources:
+        **HEAVY,
         mem_mb=8000,
         runtime=60,
-        **HEAVY,
+    params:
+        config=lw.params(config, "encode"),
     shell:
         "lthash encode --model {input.model} --split {input.split} --out {output.codes}"
         " --params {params.config} --threads {threads} 2> {log}"
@@ -37,9 +37,6 @@ rule score:
         metrics=f"{R}/runs/{RUN}/metrics.json",
         table=f"{R}/runs/{RUN}/metrics.csv",
         plots=directory(f"{R}/runs/{RUN}/plots"),
-    params:
-        config=lw.params(config, "score"),
-        tags=run_tags,
     log:
         f"{R}/logs/score/{RUN}.log",
     conda:
@@ -48,6 +45,9 @@ rule score:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        config=lw.params(config, "score"),
+        tags=run_tags,
     shell:
         "lthash score --codes {input.codes} --split {input.split} --out {output.metrics}"
         " --csv {output.table} --plots {output.plots} --params {params.config} {params.tags}"

@@ -18,8 +18,6 @@ rule base:
             caption="../report/base_samples.rst",
             category="Generation",
         ),
-    params:
-        config=lw.shell_json(**lw.generate_params(config, "base")),
     log:
         f"{R}/logs/base.log",
     benchmark:
@@ -28,9 +26,11 @@ rule base:
         ENV
     threads: ALL_CORES
     resources:
+        **HEAVY,
         mem_mb=8000,
         runtime=240,
-        **HEAVY,
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "base")),
     shell:
         "lthash base --split {input.split} --out {output.model} --samples {output.samples}"
         " --params {params.config} --threads {threads} 2> {log}"
@@ -41,8 +41,6 @@ checkpoint plan:
         summary=rules.split.output.summary,
     output:
         plan=f"{R}/generate/plan.json",
-    params:
-        config=lw.shell_json(**lw.generate_params(config, "plan")),
     log:
         f"{R}/logs/plan.log",
     conda:
@@ -51,6 +49,8 @@ checkpoint plan:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "plan")),
     shell:
         "lthash plan --split-summary {input.summary} --out {output.plan}"
         " --params {params.config} 2> {log}"
@@ -62,8 +62,6 @@ rule personalize:
         split=rules.split.output.split,
     output:
         concept=directory(f"{R}/generate/{{generator}}/concepts/class{{cls}}"),
-    params:
-        config=lambda w: lw.shell_json(**lw.generate_params(config, "personalize", w.generator)),
     log:
         f"{R}/logs/personalize/{{generator}}/class{{cls}}.log",
     benchmark:
@@ -72,9 +70,13 @@ rule personalize:
         ENV
     threads: 1
     resources:
+        **HEAVY,
         mem_mb=8000,
         runtime=240,
-        **HEAVY,
+    params:
+        config=lambda w: lw.shell_json(
+            **lw.generate_params(config, "personalize", w.generator)
+        ),
     shell:
         "lthash personalize --base {input.base} --split {input.split} --class {wildcards.cls}"
         " --method {wildcards.generator} --out {output.concept} --params {params.config}"
@@ -86,8 +88,6 @@ rule filter_judge:
         split=rules.split.output.split,
     output:
         judge=directory(FILTER_JUDGE),
-    params:
-        config=lw.shell_json(**lw.generate_params(config, "filter_judge")),
     log:
         f"{R}/logs/filter_judge.log",
     benchmark:
@@ -98,6 +98,8 @@ rule filter_judge:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "filter_judge")),
     shell:
         "lthash filter-judge --split {input.split} --out {output.judge}"
         " --params {params.config} --threads {threads} 2> {log}"
@@ -112,9 +114,6 @@ rule synthesize:
         judge=[FILTER_JUDGE] if FILTERING else [],
     output:
         shard=f"{R}/generate/{{generator}}/{{synthesis}}/shards/{{purpose}}/class{{cls}}/shard{{shard}}.h5",
-    params:
-        config=lambda w: lw.params(config, "synthesize", w),
-        judge=f"--judge {FILTER_JUDGE}" if FILTERING else "",
     log:
         f"{R}/logs/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
@@ -123,9 +122,12 @@ rule synthesize:
         ENV
     threads: 1
     resources:
+        **HEAVY,
         mem_mb=8000,
         runtime=120,
-        **HEAVY,
+    params:
+        config=lambda w: lw.params(config, "synthesize", w),
+        judge=f"--judge {FILTER_JUDGE}" if FILTERING else "",
     shell:
         "lthash synthesize --model {input.concept} --base {input.base} --class {wildcards.cls}"
         " --purpose {wildcards.purpose} --shard {wildcards.shard} --plan {input.plan}"
@@ -145,8 +147,6 @@ rule quality:
             category="Generation",
             subcategory="{generator}",
         ),
-    params:
-        config=lw.shell_json(**lw.generate_params(config, "quality")),
     log:
         f"{R}/logs/quality/{{generator}}/{{synthesis}}.log",
     conda:
@@ -155,6 +155,8 @@ rule quality:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "quality")),
     shell:
         "lthash quality --split {input.split} --shards {input.shards} --generator {wildcards.generator}"
         " --out {output.metrics} --grid {output.grid} --params {params.config}"

@@ -19,11 +19,6 @@ for arm in lw.TRAINING.values():
             init=partial(arm_init, arm),
         output:
             model=directory(f"{R}/{arm.folder}/{MODEL}/model"),
-        params:
-            config=partial(arm_params, arm),
-            tags=partial(arm_tags, arm),
-            group=arm.group,
-            mode=arm.mode,
         log:
             f"{R}/logs/train/{arm.folder}/{MODEL}.log",
         benchmark:
@@ -32,9 +27,14 @@ for arm in lw.TRAINING.values():
             ENV
         threads: 1
         resources:
+            **HEAVY,
             mem_mb=8000,
             runtime=480 if arm.mode == "synthetic" else 240,
-            **HEAVY,
+        params:
+            config=partial(arm_params, arm),
+            tags=partial(arm_tags, arm),
+            group=arm.group,
+            mode=arm.mode,
         shell:
             "lthash train --split {input.split} --group {params.group} --mode {params.mode}"
             " --synthetic {input.shards} --init {input.init} --out {output.model}"

@@ -11,11 +11,7 @@ rule report:
         metrics=[f"{run.directory(R)}/metrics.json" for run in RUNS],
         codes=[f"{run.directory(R)}/codes.h5" for run in RUNS],
         split=rules.split.output.split,
-        quality=(
-            lw.quality_files(config)
-            if config["experiment"]["quality"]
-            else []
-        ),
+        quality=(lw.quality_files(config) if config["experiment"]["quality"] else []),
         summary=rules.split.output.summary,
         figure=rules.split.output.figure,
         # every run's PR / P@k (score) and training curves (train) in the HTML report
@@ -49,7 +45,9 @@ rule report:
             category="Answer",
             labels={"item": "verdict"},
         ),
-        markdown=report(f"{R}/report.md", caption="../report/report.rst", category="Report"),
+        markdown=report(
+            f"{R}/report.md", caption="../report/report.rst", category="Report"
+        ),
         table=report(
             f"{R}/tables/map.csv",
             caption="../report/map_table.rst",
@@ -96,12 +94,6 @@ rule report:
             )
             for setting in REPORT_SETTINGS
         ],
-    params:
-        config=lw.params(config, "report"),
-        tables=lambda w, output: os.path.dirname(output.table),
-        figures=lambda w, output: os.path.dirname(output.retrieval[0]),
-        # read, not an input: every job that writes one has finished before the report
-        benchmarks=f"{R}/benchmarks",
     log:
         f"{R}/logs/report.log",
     conda:
@@ -110,6 +102,12 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        config=lw.params(config, "report"),
+        tables=lambda w, output: os.path.dirname(output.table),
+        figures=lambda w, output: os.path.dirname(output.retrieval[0]),
+        # read, not an input: every job that writes one has finished before the report
+        benchmarks=f"{R}/benchmarks",
     shell:
         "lthash report --metrics {input.metrics} --codes {input.codes} --split {input.split}"
         " --quality {input.quality} --split-summary {input.summary}"
