@@ -31,7 +31,7 @@ rule split:
 rule resample:
     input:
         split=rules.split.output.split,
-        plan=f"{R}/generate/plan.json",
+        plan=lw.plan_path(R),
     output:
         shard=lw.shard_path(R, lw.RESAMPLED, "{purpose}", "{cls}", "{shard}"),
     log:

@@ -2,19 +2,20 @@
 # identity (arm, generator, synthesis, method, backbone) goes into its metrics as tags, from
 # the experiment's run list, so the report never parses a path.
 
-RUN = "{label}/{method}-{backbone}-{bits}/seed{seed}"
+RUN = lw.RUN
+LABELLED = lw.LABELLED_MODEL
 
 
 rule encode:
     input:
-        model=f"{R}/runs/{RUN}/model",
+        model=f"{R}/{RUN}/model",
         split=rules.split.output.split,
     output:
-        codes=f"{R}/runs/{RUN}/codes.h5",
+        codes=f"{R}/{RUN}/codes.h5",
     log:
-        f"{R}/logs/encode/{RUN}.log",
+        f"{R}/logs/encode/{LABELLED}.log",
     benchmark:
-        f"{R}/benchmarks/encode/{RUN}.tsv"
+        f"{R}/benchmarks/encode/{LABELLED}.tsv"
     conda:
         ENV
     threads: 1
@@ -31,14 +32,14 @@ rule encode:
 
 rule score:
     input:
-        codes=f"{R}/runs/{RUN}/codes.h5",
+        codes=f"{R}/{RUN}/codes.h5",
         split=rules.split.output.split,
     output:
-        metrics=f"{R}/runs/{RUN}/metrics.json",
-        table=f"{R}/runs/{RUN}/metrics.csv",
-        plots=directory(f"{R}/runs/{RUN}/plots"),
+        metrics=f"{R}/{RUN}/metrics.json",
+        table=f"{R}/{RUN}/metrics.csv",
+        plots=directory(f"{R}/{RUN}/plots"),
     log:
-        f"{R}/logs/score/{RUN}.log",
+        f"{R}/logs/score/{LABELLED}.log",
     conda:
         ENV
     threads: 1

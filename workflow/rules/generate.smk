@@ -40,7 +40,7 @@ checkpoint plan:
     input:
         summary=rules.split.output.summary,
     output:
-        plan=f"{R}/generate/plan.json",
+        plan=lw.plan_path(R),
     log:
         f"{R}/logs/plan.log",
     conda:
@@ -61,7 +61,7 @@ rule personalize:
         base=BASE_DIR,
         split=rules.split.output.split,
     output:
-        concept=directory(f"{R}/generate/{{generator}}/concepts/class{{cls}}"),
+        concept=directory(lw.concept_folder(R, "{generator}", "{cls}")),
     log:
         f"{R}/logs/personalize/{{generator}}/class{{cls}}.log",
     benchmark:
@@ -107,13 +107,15 @@ rule filter_judge:
 
 rule synthesize:
     input:
-        concept=f"{R}/generate/{{generator}}/concepts/class{{cls}}",
+        concept=rules.personalize.output.concept,
         base=BASE_DIR,
         split=rules.split.output.split,
-        plan=f"{R}/generate/plan.json",
+        plan=rules.plan.output.plan,
         judge=[FILTER_JUDGE] if FILTERING else [],
     output:
-        shard=f"{R}/generate/{{generator}}/{{synthesis}}/shards/{{purpose}}/class{{cls}}/shard{{shard}}.h5",
+        shard=lw.shard_path(
+            R, "{generator}/{synthesis}", "{purpose}", "{cls}", "{shard}"
+        ),
     log:
         f"{R}/logs/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
@@ -140,7 +142,7 @@ rule quality:
         split=rules.split.output.split,
         shards=lambda w: shard_files(f"{w.generator}/{w.synthesis}", "pretrain"),
     output:
-        metrics=f"{R}/generate/{{generator}}/{{synthesis}}/quality.json",
+        metrics=lw.quality_path(R, "{generator}", "{synthesis}"),
         grid=report(
             f"{R}/generate/{{generator}}/{{synthesis}}/real_vs_synthetic.png",
             caption="../report/real_vs_synthetic.rst",

@@ -5,7 +5,7 @@
 # and shards all come from the table; the params are exactly what lthash.workflow.READS says
 # the arm reads.
 
-MODEL = "{method}-{backbone}-{bits}/seed{seed}"
+MODEL = lw.MODEL
 
 
 for arm in lw.TRAINING.values():
