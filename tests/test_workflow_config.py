@@ -82,3 +82,13 @@ def test_arms_table_equals_the_schema_enum():
 
     schema = yaml.safe_load((ROOT / "lthash/schemas/experiment.schema.yaml").read_text())
     assert schema["properties"]["arms"]["items"]["enum"] == list(ARMS)
+
+
+def test_the_slurm_profile_gives_every_training_rule_a_gpu_and_threads():
+    """A new arm is a new rule: the cluster profile must say where it runs (docs/DEVELOPING.md)."""
+    from lthash.workflow import TRAINING
+
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    for rule in TRAINING:
+        assert profile["set-resources"][rule]["gpu"] == 1, rule
+        assert profile["set-threads"][rule] >= 1, rule
