@@ -440,6 +440,27 @@ def test_benchmarks_sum_per_stage(scored):
     assert read_benchmarks(root / "nothing here") == {}
 
 
+def test_timing_gives_the_elapsed_time_and_the_critical_path_bound(tmp_path):
+    """Jobs end when their benchmark file is written: split ran 0-2 s, two trainings 2-12 s
+    and 3-8 s side by side, encode 12-15 s; elapsed 15 s, critical path split + longest train + encode."""
+    import os
+
+    from lthash.report.timing import timing_table
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    jobs = {"split.tsv": (2.0, 2.0), "train/a/x.tsv": (10.0, 12.0), "train/a/y.tsv": (5.0, 8.0),
+            "encode/a/x.tsv": (3.0, 15.0)}
+    for name, (seconds, end) in jobs.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0\t1\t0\t0\t0\t0\t0\t0\t{seconds}\n")
+        os.utime(path, (1000.0 + end, 1000.0 + end))
+    records = {r["stage"]: r for r in timing_table(tmp_path).records}
+    assert records["elapsed (first job start to last job end)"]["wall_s"] == pytest.approx(15.0)
+    assert records["critical path bound (split > train > encode)"]["wall_s"] == pytest.approx(15.0)
+    assert records["all stages"]["wall_s"] == pytest.approx(20.0) and records["train"]["jobs"] == 2
+
+
 def test_readme_table_is_rendered_from_the_arms_table(two_seeds, tmp_path):
     """``lthash readme-table`` renders a real arms.csv (mean ± sd, the paired interval against
     the best control) and rewrites only the block between its markers."""

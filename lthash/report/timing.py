@@ -4,6 +4,11 @@ Every ``*.tsv`` under the benchmarks folder is one job (Snakemake writes one row
 the rows are summed). The stage is the file's first folder below the benchmarks folder, or
 its name for a file directly inside it (``split.tsv`` -> split, ``train/longtail/x.tsv`` ->
 train). Wall seconds are Snakemake's ``s`` column, peak memory its ``max_rss`` (MB).
+
+Snakemake writes a benchmark file when its job ends, so a job ran from (file mtime − s) to
+its mtime: the run's elapsed time is the last end minus the first start (over the jobs whose
+files are there: a partial rerun spans the older jobs too). The critical path is bounded by
+:data:`CHAIN`: the longest job of each stage a trained model of the method waits for, summed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from lthash.errors import LthashError
 from lthash.report.tables import Section, Table
 
 
+#: The stages one generated-arm model waits for, in order (a stage with no job is skipped).
+CHAIN = ("split", "base", "personalize", "synthesize", "train", "encode", "score")
+
+
 def _float(value: Any) -> float | None:
     try:
         return float(value)
@@ -25,8 +34,8 @@ def _float(value: Any) -> float | None:
 
 
 def read_benchmarks(folder: str | os.PathLike | None) -> dict[str, dict[str, float]]:
-    """stage -> jobs, wall seconds (sum), longest job (s), CPU seconds (sum), peak RSS (MB);
-    empty when there is no such folder."""
+    """stage -> jobs, wall seconds (sum), longest job (s), CPU seconds (sum), peak RSS (MB), and
+    the first job's start and the last job's end (epoch seconds); empty when there is no such folder."""
     stages: dict[str, dict[str, float]] = {}
     if folder is None or not Path(folder).is_dir():
         return stages
@@ -42,7 +51,11 @@ def read_benchmarks(folder: str | os.PathLike | None) -> dict[str, dict[str, flo
         wall = sum(_float(row.get("s")) or 0.0 for row in rows)
         cpu = sum(_float(row.get("cpu_time")) or 0.0 for row in rows)
         rss = max((_float(row.get("max_rss")) or 0.0 for row in rows), default=0.0)
-        entry = stages.setdefault(stage, {"jobs": 0, "wall_s": 0.0, "longest_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0})
+        entry = stages.setdefault(stage, {"jobs": 0, "wall_s": 0.0, "longest_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0,
+                                          "first_start": float("inf"), "last_end": 0.0})
+        end = path.stat().st_mtime
+        entry["first_start"] = min(entry["first_start"], end - wall)
+        entry["last_end"] = max(entry["last_end"], end)
         entry["jobs"] += 1
         entry["wall_s"] += wall
         entry["longest_s"] = max(entry["longest_s"], wall)
@@ -68,14 +81,25 @@ def timing_table(folder: str | os.PathLike | None) -> Table:
         csv_columns=["stage", "jobs", "wall_s", "longest_s", "cpu_s", "max_rss_mb"],
         empty="_no benchmark files under the results folder_")
     order = sorted(stages, key=lambda s: -stages[s]["wall_s"])
+    columns = ("jobs", "wall_s", "longest_s", "cpu_s", "max_rss_mb")
     for stage in order:
-        table.records.append({"stage": stage, **{key: round(value, 3) for key, value in stages[stage].items()}})
+        table.records.append({"stage": stage, **{key: round(stages[stage][key], 3) for key in columns}})
     if order:
         total = sum(stages[s]["wall_s"] for s in order)
+        cpu = sum(stages[s]["cpu_s"] for s in order)
+        elapsed = max(stages[s]["last_end"] for s in order) - min(stages[s]["first_start"] for s in order)
+        chain = [s for s in CHAIN if s in stages]
+        critical = sum(stages[s]["longest_s"] for s in chain)
+        table.records.append({"stage": "all stages", "jobs": sum(int(stages[s]["jobs"]) for s in order),
+                              "wall_s": round(total, 3), "cpu_s": round(cpu, 3)})
+        table.records.append({"stage": "elapsed (first job start to last job end)", "wall_s": round(elapsed, 3)})
+        table.records.append({"stage": "critical path bound (" + " > ".join(chain) + ")", "wall_s": round(critical, 3)})
         rows = [[stage, int(stages[stage]["jobs"]), _clock(stages[stage]["wall_s"]),
                  _clock(stages[stage]["longest_s"]), _clock(stages[stage]["cpu_s"]),
                  f"{stages[stage]['max_rss_mb']:.0f}"] for stage in order]
-        rows.append(["all stages", sum(int(stages[s]["jobs"]) for s in order), _clock(total), "", "", ""])
+        rows.append(["all stages", sum(int(stages[s]["jobs"]) for s in order), _clock(total), "", _clock(cpu), ""])
+        rows.append(["elapsed: first job start to last job end", "", _clock(elapsed), "", "", ""])
+        rows.append([f"critical path bound: longest job of {' > '.join(chain)}", "", _clock(critical), "", "", ""])
         table.sections.append(Section(heading="", rows=rows,
                                       header=["stage", "jobs", "wall time (sum)", "longest job", "CPU time",
                                               "peak memory (MB)"]))

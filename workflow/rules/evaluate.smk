@@ -40,6 +40,8 @@ rule score:
         plots=directory(f"{R}/{RUN}/plots"),
     log:
         f"{R}/logs/score/{LABELLED}.log",
+    benchmark:
+        f"{R}/benchmarks/score/{LABELLED}.tsv"
     conda:
         ENV
     threads: 1

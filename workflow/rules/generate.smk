@@ -151,6 +151,8 @@ rule quality:
         ),
     log:
         f"{R}/logs/quality/{{generator}}/{{synthesis}}.log",
+    benchmark:
+        f"{R}/benchmarks/quality/{{generator}}/{{synthesis}}.tsv"
     conda:
         ENV
     threads: 1
