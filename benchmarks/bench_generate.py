@@ -1,24 +1,27 @@
-"""Seconds per base-training step and synthesis images/second of the default tiny model.
+"""Seconds per base-training step and synthesis images per second per core of the default tiny model.
 
 Times are wall-clock and process CPU seconds: on a shared machine the CPU time of a
-one-thread job is what it would take alone. Reference (same process): one UNet forward pass
-of the same model at the synthesis batch size. Printed ratios:
+one-thread job is what it would take alone, and images per CPU second is the throughput per
+core. References (same process, same model):
 
-- base step / reference: the cost of a training step (text encoder + UNet forward and backward,
-  AdamW, EMA) in reference passes;
-- synthesis time per batch / (2 x steps x reference): the sampler's overhead over the bare
-  guided UNet evaluations it needs (1.0 = none).
+- one UNet forward pass at the synthesis batch size: base step / reference is the cost of a
+  training step (text encoder + UNet forward and backward, AdamW, EMA) in reference passes;
+- the plain classifier-free-guidance loop (:func:`lthash.generate.reference.reference_draw`),
+  for text-to-image and image-to-image: lthash's sampler / reference is its throughput
+  against the bare loop (1.0 = no overhead; the two draw bit-identical images). The same
+  loop with the UNet in channels_last layout shows whether that layout would pay.
 
 It also projects the default workflow's budget: base training minutes, and the minutes two
 side-by-side one-thread jobs need for the default plan on the default Fashion-MNIST split.
 
-    python benchmarks/bench_generate.py [--threads 1] [--train-steps 20] [--images 256]
+    python benchmarks/bench_generate.py [--threads 1] [--train-steps 20] [--images 128] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ from lthash.generate.base import BaseTrainingConfig, train_base
 from lthash.generate.models import TinyModelConfig, build_tiny_components, encode_prompts
 from lthash.generate.pipeline import SamplerConfig, generate
 from lthash.generate.plan import make_plan
+from lthash.generate.reference import reference_draw
 
 WORDS = ["clothing", "footwear", "accessory"]
 # Long-tail train counts of the default split (train_per_class 500, Zipf, imbalance factor 50).
@@ -46,11 +50,24 @@ class Timer:
         self.cpu = time.process_time() - self.cpu
 
 
+def fastest(draws: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timer]:
+    """The run with the least CPU time of each draw, the draws interleaved so load hits all alike."""
+    best: dict[str, Timer] = {}
+    for _ in range(repeats):
+        for name, draw in draws.items():
+            with Timer() as timer:
+                draw()
+            if name not in best or timer.cpu < best[name].cpu:
+                best[name] = timer
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=128, help="images per draw (at most one sampler batch)")
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = validate_config({"dataset": {}, "generate": {}})["generate"]
@@ -67,11 +84,12 @@ def main() -> None:
         with Timer() as reference:
             for _ in range(3):
                 components.unet(x, 500, hidden)
-    ref_wall, ref_cpu = reference.wall / 3, reference.cpu / 3
+    ref_cpu = reference.cpu / 3
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8)
     prompts = [f"a photo of a {WORDS[i % 3]}" for i in range(512)]
+    base = BaseTrainingConfig.from_params(config["base"], seed=0)
     train_base(components, images, prompts, BaseTrainingConfig.from_params(config["base"], seed=0, steps=2),
                progress=False)
     with Timer() as training:
@@ -79,26 +97,52 @@ def main() -> None:
                    BaseTrainingConfig.from_params(config["base"], seed=0, steps=args.train_steps), progress=False)
     step_wall, step_cpu = training.wall / args.train_steps, training.cpu / args.train_steps
 
-    with Timer() as synthesis:
-        generate(components, ["a photo of a footwear"] * args.images, torch.Generator().manual_seed(0),
-                 sampler, size=(28, 28, 1))
-    rate_wall, rate_cpu = args.images / synthesis.wall, args.images / synthesis.cpu
-    evaluations = (2 if sampler.guidance != 1 else 1) * sampler.steps
-    batches = -(-args.images // sampler.batch_size)
+    prompt, n, size = "a photo of a footwear", batch, (28, 28, 1)
+    strength = float(config["synthesis"]["strength"])
+    init = images[:n]
+
+    def lthash_draw(init_images):
+        return lambda: generate(components, [prompt] * n, torch.Generator().manual_seed(0), sampler, size=size,
+                                init_images=init_images, strength=strength)
+
+    def plain_draw(init_images, memory_format=torch.contiguous_format):
+        def draw():
+            components.unet.to(memory_format=memory_format)
+            try:
+                return reference_draw(components, prompt, n, 0, sampler.steps, sampler.guidance, size, init_images,
+                                      strength, memory_format)
+            finally:
+                components.unet.to(memory_format=torch.contiguous_format)
+        return draw
+
+    modes = {"text-to-image": None, "image-to-image": init}
+    draws = {}
+    for mode, init_images in modes.items():
+        draws[(mode, "lthash")] = lthash_draw(init_images)
+        draws[(mode, "reference")] = plain_draw(init_images)
+        draws[(mode, "reference channels_last")] = plain_draw(init_images, torch.channels_last)
+    timings = fastest(draws, args.repeats)
+    for mode, init_images in modes.items():
+        assert np.array_equal(draws[(mode, "lthash")](), draws[(mode, "reference")]()), f"{mode}: images differ"
+
     plan = make_plan(DEFAULT_COUNTS, [str(i) for i in range(10)], config["synthesis"]["pretrain_per_class"])
     total = plan["totals"]["pretrain"] + plan["totals"]["mix"]
-
+    per_core = n / timings[("text-to-image", "lthash")].cpu
     print(f"threads {args.threads}; UNet {sum(p.numel() for p in components.unet.parameters()):,} parameters, "
-          f"28x28x1, sampler {sampler.scheduler} {sampler.steps} steps guidance {sampler.guidance}")
-    print(f"reference UNet forward, batch {batch}: {ref_wall:.3f} s wall, {ref_cpu:.3f} s CPU")
+          f"28x28x1, sampler {sampler.scheduler} {sampler.steps} steps guidance {sampler.guidance}, "
+          f"image-to-image strength {strength}; {n} images per draw, best CPU of {args.repeats}")
+    print(f"reference UNet forward, batch {batch}: {ref_cpu:.3f} s CPU")
     print(f"base training, batch {base.batch_size}: {step_wall:.3f} s/step wall, {step_cpu:.3f} s/step CPU "
           f"(ratio to reference {step_cpu / ref_cpu:.2f}); {base.steps} default steps = "
           f"{base.steps * step_cpu / 60:.1f} min CPU")
-    print(f"synthesis: {rate_wall:.1f} images/s wall, {rate_cpu:.1f} images/s CPU "
-          f"(overhead ratio {synthesis.cpu / batches / (evaluations * ref_cpu):.2f})")
+    for mode in modes:
+        ours, plain, layout = (timings[(mode, kind)] for kind in ("lthash", "reference", "reference channels_last"))
+        print(f"{mode}: lthash {n / ours.cpu:.1f} images/s per core ({n / ours.wall:.1f} wall), plain loop "
+              f"{n / plain.cpu:.1f} (ratio {plain.cpu / ours.cpu:.2f}; images identical), plain loop channels_last "
+              f"{n / layout.cpu:.1f} (ratio to contiguous {plain.cpu / layout.cpu:.2f})")
     print(f"default plan: {plan['totals']['pretrain']} pretrain + {plan['totals']['mix']} mix = {total} images, "
-          f"{total / rate_cpu / 60:.1f} min CPU = {total / rate_cpu / 120:.1f} min on two one-thread jobs; "
-          f"pretrain alone {plan['totals']['pretrain'] / rate_cpu / 120:.1f} min")
+          f"{total / per_core / 60:.1f} min CPU = {total / per_core / 120:.1f} min on two one-thread jobs; "
+          f"pretrain alone {plan['totals']['pretrain'] / per_core / 120:.1f} min")
 
 
 if __name__ == "__main__":

@@ -70,15 +70,15 @@ def load_concept(concept_dir: str | os.PathLike, base_dir: str | os.PathLike, de
     """Base model + concept -> (personalised components, the concept's prompt).
 
     Adds the token to the tokenizer (growing the embedding table if it has no spare row),
-    writes the learned row, and swaps in the concept's UNet when it has one.
+    writes the learned row, and uses the concept's UNet when it has one (the base's UNet
+    weights are then never read).
     """
-    from diffusers import UNet2DConditionModel
-
     from lthash.generate.personalize.trainer import add_token
 
     concept_dir = Path(concept_dir)
     record = read_concept(concept_dir)
-    components = load_components(base_dir, device="cpu")
+    unet = _load_concept_unet(concept_dir) if record.get("has_unet") else None
+    components = load_components(base_dir, device="cpu", unet=unet)
     tensors, _ = load_safetensors(concept_dir / EMBEDDING_FILE)
     token = record["token"]
     if token not in tensors:
@@ -90,15 +90,20 @@ def load_concept(concept_dir: str | os.PathLike, base_dir: str | os.PathLike, de
                           f"{tuple(tensors[token].shape)}, {base_dir} expects {tuple(weight[token_id].shape)}")
     with torch.no_grad():
         weight[token_id] = tensors[token].to(weight.dtype)
-    if record.get("has_unet"):
-        unet_dir = concept_dir / UNET_FOLDER
-        if not (unet_dir / "diffusion_pytorch_model.safetensors").exists():
-            raise LthashError(f"concept {concept_dir} is incomplete: missing {unet_dir}/diffusion_pytorch_model.safetensors")
-        try:
-            unet = UNet2DConditionModel.from_pretrained(unet_dir, use_safetensors=True)
-        except Exception as exc:  # diffusers raises many types for a corrupt folder
-            raise LthashError(f"cannot load the concept UNet from {unet_dir}: {exc}") from exc
-        unet.eval()
-        unet.requires_grad_(False)
-        components.unet = unet
     return components.to(device, dtype), record["prompt"]
+
+
+def _load_concept_unet(concept_dir: Path) -> torch.nn.Module:
+    """The concept's own UNet (eval mode, frozen), loaded in place of the base's."""
+    from diffusers import UNet2DConditionModel
+
+    unet_dir = concept_dir / UNET_FOLDER
+    if not (unet_dir / "diffusion_pytorch_model.safetensors").exists():
+        raise LthashError(f"concept {concept_dir} is incomplete: missing {unet_dir}/diffusion_pytorch_model.safetensors")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, use_safetensors=True)
+    except Exception as exc:  # diffusers raises many types for a corrupt folder
+        raise LthashError(f"cannot load the concept UNet from {unet_dir}: {exc}") from exc
+    unet.eval()
+    unet.requires_grad_(False)
+    return unet

@@ -341,14 +341,16 @@ def _load_part(name: str, path: Path, loader, **kwargs) -> Any:
 
 
 def load_components(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> DiffusionComponents:
+                    dtype: torch.dtype | None = None, unet: Any | None = None) -> DiffusionComponents:
     """Load the tiny model folder or a Stable Diffusion 1.x/2.x diffusers folder.
 
     A folder written by :func:`save_components` for the tiny model has no ``vae/``; any
     other folder must have one. Missing parts are named all at once; only safetensors
-    weights are read.
+    weights are read. ``unet``, when given, is used instead of the folder's own (a concept's
+    UNet), so the folder's UNet weights are not read. Only the classes a folder needs are
+    imported: diffusers' autoencoders package (53 modules) only for a latent model.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -356,11 +358,16 @@ def load_components(path: str | os.PathLike, device: str | torch.device = "cpu",
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     need_vae = info.get("kind", "stable-diffusion") != "tiny"
     _check_folder(path, need_vae)
-    unet = _load_part("unet", path, UNet2DConditionModel.from_pretrained, use_safetensors=True)
+    if unet is None:
+        unet = _load_part("unet", path, UNet2DConditionModel.from_pretrained, use_safetensors=True)
     text_encoder = _load_part("text_encoder", path, CLIPTextModel.from_pretrained, use_safetensors=True)
     tokenizer = _load_part("tokenizer", path, CLIPTokenizer.from_pretrained)
     scheduler = _load_part("scheduler", path, DDPMScheduler.from_pretrained)
-    vae = _load_part("vae", path, AutoencoderKL.from_pretrained, use_safetensors=True) if need_vae else None
+    vae = None
+    if need_vae:
+        from diffusers import AutoencoderKL
+
+        vae = _load_part("vae", path, AutoencoderKL.from_pretrained, use_safetensors=True)
     if vae is not None:
         image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
         channels = int(vae.config.in_channels)

@@ -93,7 +93,7 @@ def img2img_start(steps: int, strength: float) -> int:
     return steps - run
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     components: DiffusionComponents,
     prompts: Sequence[str],
