@@ -4,6 +4,7 @@
 # Rules only wire `lthash <stage>` commands; the logic lives in the lthash package.
 
 import os
+import tempfile
 
 from snakemake.utils import min_version
 
@@ -11,6 +12,7 @@ min_version("8.0")
 
 from lthash.config import validate_config
 from lthash.errors import LthashError
+from lthash import forkserver
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 import lthash.workflow as lw
 
@@ -47,6 +49,35 @@ DEVICE = config["device"]
 # size does not invalidate finished results.
 os.environ["LTHASH_DEVICE"] = DEVICE
 os.environ.update(lw.runtime_env(config))
+
+
+# Local jobs hand their command to one warm server with torch, diffusers and numba imported
+# (lthash.forkserver; started below when the first job is about to run); a job that finds
+# no server, on a cluster node say, runs in its own process.
+FORKSERVER = os.path.join(tempfile.gettempdir(), f"lthash-{os.getpid()}.sock")
+WARM = []
+if config["warm_start"]:
+    os.environ[forkserver.ENV] = FORKSERVER
+else:
+    os.environ.pop(forkserver.ENV, None)
+
+
+onstart:
+    if config["warm_start"]:
+        os.makedirs(f"{R}/logs", exist_ok=True)
+        WARM.append(
+            forkserver.start(FORKSERVER, f"{R}/logs/forkserver.log", os.getpid())
+        )
+
+
+onsuccess:
+    for server in WARM:
+        server.terminate()
+
+
+onerror:
+    for server in WARM:
+        server.terminate()
 
 
 envvars:

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the ``lthash`` command: hand it to the workflow's warm server when one answers
+        from lthash.forkserver import run_in_server
+
+        code = run_in_server(sys.argv[1:])
+        if code is not None:
+            return code
     from lthash.runtime import configure_threads, setup_logging
 
     parser = build_parser()

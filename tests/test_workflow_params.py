@@ -152,8 +152,8 @@ LEAVES = list(leaves(DOCS["urn:lthash:config"], DOCS["urn:lthash:config"]))
 
 def test_the_schema_walk_sees_every_section():
     sections = {path[0] for path, _, _ in LEAVES}
-    assert sections == {"results", "device", "dataset", "split", "generate", "hashing", "evaluate", "experiment",
-                        "report"}
+    assert sections == {"results", "device", "warm_start", "dataset", "split", "generate", "hashing", "evaluate",
+                        "experiment", "report"}
     assert len(LEAVES) > 150
 
 
