@@ -22,7 +22,6 @@ from typing import Any, Mapping
 
 from lthash.errors import LthashError
 
-METHODS = ("attndreambooth", "dreambooth", "textual_inversion")
 TRAINS = ("embedding", "cross_attention", "unet")
 STAGE_KEYS = ("steps", "lr", "batch_size", "lambda_mean", "lambda_var")
 
@@ -85,12 +84,12 @@ def method_stages(method: str, params: Mapping[str, Any], has_vae: bool) -> list
 
     ``params`` is the validated ``personalize`` config section; overrides live in
     ``params[method]["stages"][stage_name]`` (any of steps, lr, batch_size, lambda_mean,
-    lambda_var; null keeps the preset). DreamBooth's prior preservation weight comes from
-    ``params["dreambooth"]["prior_preservation"]``.
+    lambda_var; null keeps the preset). With ``params[method]["prior_preservation"]`` enabled,
+    every stage carries its weight.
     """
-    if method not in METHODS:
-        raise LthashError(f"unknown personalisation method {method!r} (allowed: {', '.join(METHODS)})")
     preset = resolve_preset(params["schedule"], has_vae)
+    if method not in PRESETS[preset]:
+        raise LthashError(f"config key 'personalize.schedule': preset {preset!r} has no stages for {method!r}")
     method_params = params[method]
     overrides = method_params["stages"]
     stages = []
@@ -106,9 +105,8 @@ def method_stages(method: str, params: Mapping[str, Any], has_vae: bool) -> list
         if bad:
             raise LthashError(f"config key 'personalize.{method}.stages.{stage.name}': unknown key(s) {bad}")
         stage = replace(stage, **changes)
-        if method == "dreambooth":
-            prior = method_params["prior_preservation"]
-            if prior["enabled"]:
-                stage = replace(stage, prior_weight=float(prior["weight"]))
+        prior = method_params["prior_preservation"]
+        if prior["enabled"]:
+            stage = replace(stage, prior_weight=float(prior["weight"]))
         stages.append(stage)
     return stages
