@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lthash.errors import LthashError
+from lthash.generate.personalize.method import personalised_names
 from lthash.io import canonical_json
 
 # ---------------------------------------------------------------------------------------
@@ -302,8 +303,8 @@ READS: dict[str, tuple[str, ...]] = {
     "plan": ("generate.seed", "generate.synthesis.pretrain_per_class", "generate.synthesis.mix_target",
              "generate.synthesis.shard_size"),
     "personalize": ("generate.seed", "generate.categories", "generate.personalize",
-                    "-generate.personalize.attndreambooth", "-generate.personalize.dreambooth",
-                    "-generate.personalize.textual_inversion", "generate.personalize.{generator}"),
+                    *(f"-generate.personalize.{name}" for name in personalised_names()),
+                    "generate.personalize.{generator}"),
     "synthesize": ("generate.seed", "generate.categories", "generate.synthesis",
                    "-generate.synthesis.pretrain_per_class", "-generate.synthesis.mix_target",
                    "-generate.synthesis.shard_size", "-generate.synthesis.{other_modes_keys}"),
@@ -511,7 +512,7 @@ def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             jobs.append(("base", {}))
         if generate["synthesis"]["filter_factor"] > 1:
             jobs.append(("filter_judge", {}))
-        jobs += [("personalize", {"generator": g}) for g in experiment["generators"]]
+        jobs += [("personalize", {"generator": g}) for g in experiment["generators"] if g in personalised_names()]
         for generator, synthesis in generated_sources(config):
             jobs.append(("synthesize", {"generator": generator, "synthesis": synthesis}))
             if experiment["quality"]:
@@ -526,6 +527,14 @@ def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         jobs += [("encode", {"label": run.label, **model}), ("score", {"label": run.label, **model})]
     unique = {(rule, _job_key(job)): (rule, job) for rule, job in jobs}
     return list(unique.values())
+
+
+def generator_model(results: str, generator: str, cls: str, base_dir: str) -> str:
+    """What synthesis draws class ``cls`` from: the concept folder of a personalising generator,
+    the base folder itself for ``base`` (no personalise job)."""
+    if generator in personalised_names():
+        return f"{results}/generate/{generator}/concepts/class{cls}"
+    return base_dir
 
 
 def generate_params(config: Mapping[str, Any], stage: str, generator: str | None = None,

@@ -105,7 +105,7 @@ rule filter_judge:
 
 rule synthesize:
     input:
-        concept=f"{R}/generate/{{generator}}/concepts/class{{cls}}",
+        concept=lambda w: lw.generator_model(R, w.generator, w.cls, BASE_DIR),
         base=BASE_DIR,
         split=rules.split.output.split,
         plan=f"{R}/generate/plan.json",
