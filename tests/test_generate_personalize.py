@@ -92,6 +92,12 @@ def test_schedule_presets_and_overrides():
                       False)
     with pytest.raises(LthashError, match="preset 'tiny' has no stages for 'lora'"):
         method_stages("lora", personalize_section(), False)
+    known = method_stages("attndreambooth", personalize_section(schedule="tiny_known_class", attndreambooth={
+        "prior_preservation": {"enabled": True}}), has_vae=False)
+    assert [(s.trains, s.lr, s.prior_weight) for s in known] == [("embedding", 1e-3, 1.0),
+                                                               ("cross_attention", 2e-4, 1.0)]
+    with pytest.raises(LthashError, match="preset 'tiny_known_class' has no stages for 'dreambooth'"):
+        method_stages("dreambooth", personalize_section(schedule="tiny_known_class"), False)
 
 
 def test_augmentation_and_batches_are_seeded_and_shaped():

@@ -8,11 +8,14 @@ trainable_parameters`): ``embedding`` (the [V] row only), ``cross_attention`` (e
     L = || eps - eps_theta(x_t, t, c) ||^2  [+ prior_weight * prior MSE]
         + L_reg(lambda_mean, lambda_var)        (seed paper eq. 1, when a lambda is non-zero)
 
-Two presets: ``reference`` (AttnDreamBooth's published schedule, for real checkpoints) and
+Presets: ``reference`` (AttnDreamBooth's published schedule, for real checkpoints) and
 ``tiny`` (scaled for the tiny pixel-space model on one CPU thread: ~15 s of training per class,
 the three stages in the reference's order with fewer steps and larger learning rates, chosen
 by class fidelity on Fashion-MNIST tail classes; see benchmarks/bench_personalize_quality.py). ``auto`` picks ``tiny``
-for a base without a VAE and ``reference`` otherwise.
+for a base without a VAE and ``reference`` otherwise. ``tiny_known_class`` (AttnDreamBooth only) is
+for a tiny base that knows the class names: ``tiny``'s lr / 10 for the embedding and
+cross-attention stages and no whole-UNet stage, measured with prior preservation (corpus, 64
+images) to keep the quality judge's class fidelity near the un-personalised base's (issue 18).
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ PRESETS: dict[str, dict[str, tuple[Stage, ...]]] = {
         ),
         "dreambooth": (Stage("unet", "unet", 50, 5e-4, 16),),
         "textual_inversion": (Stage("embedding", "embedding", 60, 1e-2, 16),),
+    },
+    "tiny_known_class": {
+        "attndreambooth": (
+            Stage("embedding", "embedding", 15, 1e-3, 16, 0.1, 0.0),
+            Stage("cross_attention", "cross_attention", 15, 2e-4, 16, 2.0, 5.0),
+        ),
     },
 }
 
