@@ -107,7 +107,7 @@ def test_tiny_stable_diffusion_trains_and_synthesizes(small_split, tmp_path):
     summary = synthesize_shard(folder, None, 7, "pretrain", 0, plan, small_split, out, gen, progress=False)
     shard = read_image_set(out, "synthetic")
     assert summary["images"] == 3 and shard.images.shape == (3, 28, 28, 1)
-    assert shard.attrs["generator"] == "base-category" and shard.attrs["prompt"] == "a photo of a footwear"
+    assert shard.attrs["generator"] == "base" and shard.attrs["prompt"] == "a photo of a footwear"
 
 
 def test_base_training_on_one_and_two_threads_differs_only_in_float_order(small_split, tmp_path):

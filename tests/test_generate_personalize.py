@@ -90,8 +90,14 @@ def test_schedule_presets_and_overrides():
     with pytest.raises(LthashError, match="unknown stage"):
         method_stages("textual_inversion", {**personalize_section(), "textual_inversion": {"stages": {"unet": {"steps": 1}}}},
                       False)
-    with pytest.raises(LthashError, match="unknown personalisation method"):
+    with pytest.raises(LthashError, match="preset 'tiny' has no stages for 'lora'"):
         method_stages("lora", personalize_section(), False)
+    known = method_stages("attndreambooth", personalize_section(schedule="tiny_known_class", attndreambooth={
+        "prior_preservation": {"enabled": True}}), has_vae=False)
+    assert [(s.trains, s.lr, s.prior_weight) for s in known] == [("embedding", 1e-3, 1.0),
+                                                               ("cross_attention", 2e-4, 1.0)]
+    with pytest.raises(LthashError, match="preset 'tiny_known_class' has no stages for 'dreambooth'"):
+        method_stages("dreambooth", personalize_section(schedule="tiny_known_class"), False)
 
 
 def test_augmentation_and_batches_are_seeded_and_shaped():
@@ -244,15 +250,16 @@ def test_personalisation_registry_equals_the_schema_and_refuses_a_second_method_
 
     import yaml
 
-    from lthash.generate.personalize.method import Method, get_method, method_names, register
+    from lthash.generate.personalize.method import Method, get_method, method_names, personalised_names, register
 
     root = Path(__file__).resolve().parents[1]
     experiment = yaml.safe_load((root / "lthash/schemas/experiment.schema.yaml").read_text())
     generate = yaml.safe_load((root / "lthash/schemas/generate.schema.yaml").read_text())
     personalize = generate["properties"]["personalize"]["properties"]
     assert experiment["properties"]["generators"]["items"]["enum"] == method_names()
-    assert [name for name in personalize if name in method_names()] == method_names()
+    assert [name for name in personalize if name in method_names()] == personalised_names()
+    assert [name for name in method_names() if name not in personalised_names()] == ["base"]
     with pytest.raises(ValueError, match="registered twice"):
-        register(Method(name="dreambooth", description="a second DreamBooth"))
-    with pytest.raises(LthashError, match="allowed: attndreambooth, dreambooth, textual_inversion"):
+        register(Method(name="dreambooth", description="a second DreamBooth", seed_id=2))
+    with pytest.raises(LthashError, match="allowed: base, attndreambooth, dreambooth, textual_inversion"):
         get_method("lora")

@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth = subparsers.add_parser(
         "synthesize", help="draw one shard of synthetic images of one class",
         description="Draw one shard of the plan from a concept folder (lthash personalize) or, with "
-                    "--model = the base folder, from the base with the class's super-category prompt "
-                    "(generator 'base-category'). A complete shard is never redrawn.")
+                    "--model = the base folder, from the base with its own caption of the class "
+                    "(generator 'base'). A complete shard is never redrawn.")
     synth.add_argument("--model", required=True, help="concept folder, or a model folder")
     synth.add_argument("--base", default=None, help="base model folder the concept was made from")
     synth.add_argument("--class", dest="class_index", type=int, required=True, help="class index")

@@ -176,3 +176,37 @@ def check_base_corpus(base_dir: str | os.PathLike, split_path: str | os.PathLike
                           f"with the split {split_path} (first: source index {int(shared[0])}); the base must "
                           f"never have seen a query, database or training image. Train a base for this split "
                           f"(generate.base.model: tiny)")
+
+
+def corpus_class_images(base_dir: str | os.PathLike, class_names: Sequence[str], words: Sequence[str],
+                        class_index: int, count: int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, source indices) of up to ``count`` real images of the base's recorded corpus
+    that the base saw captioned with class ``class_index``'s prompt: the images of every class
+    whose caption word (``words``, by class) is that class's. A seeded choice without replacement.
+
+    Only an ``outside_split`` corpus qualifies (disjoint from the split, :func:`check_base_corpus`):
+    a base with no corpus record, or one that learned from the split's training group, is refused
+    naming ``key``, as is a class with no image in the corpus.
+    """
+    from lthash.data.readers import load_dataset
+
+    record, index = read_corpus(base_dir)
+    if not record:
+        raise LthashError(f"config key '{key}' is corpus, but the base {base_dir} records no corpus ({CORPUS_FILE}): "
+                          f"its class images can only be its own samples (source: samples)")
+    if index is None:
+        raise LthashError(f"config key '{key}' is corpus, but the base {base_dir} learned from the split's own "
+                          f"training images (corpus {record.get('kind')!r}) and class images never come from the "
+                          f"split: use source: samples, or a base trained with generate.base.corpus: outside_split")
+    dataset = load_dataset(record["split_params"]["dataset"])
+    if list(map(str, dataset.class_names)) != list(map(str, class_names)):
+        raise LthashError(f"config key '{key}': the corpus of {base_dir} ({record.get('dataset')}) has classes "
+                          f"{list(dataset.class_names)}, the split has {list(class_names)}")
+    captioned = [c for c, word in enumerate(words) if word == words[class_index]]
+    members = index[np.isin(dataset.labels[index], captioned)]
+    if not len(members):
+        raise LthashError(f"config key '{key}' is corpus, but the corpus of {base_dir} holds no image of class "
+                          f"{class_index} ({class_names[class_index]!r}) or of a class sharing its caption "
+                          f"{words[class_index]!r}")
+    chosen = np.sort(np.random.default_rng(seed).permutation(members)[:count])
+    return dataset.images[chosen], chosen

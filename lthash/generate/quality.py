@@ -7,7 +7,7 @@ on the long-tail set (:mod:`lthash.generate.judge` holds the CNN both use). For 
 
 - ``class_fidelity``: fraction of synthetic images the judge assigns to their class;
 - ``category_fidelity``: fraction assigned to a class of the same super-category (what a
-  class-agnostic generator such as ``base-category`` can at best achieve);
+  class-agnostic generator such as ``base`` on a category-captioned base can at best achieve);
 - ``diversity``: mean pairwise distance of the synthetic images in a PCA space of the real
   images' pixels (centred, not standardised: scaling up the near-constant background pixels
   would make pixel noise count as diversity),

@@ -35,7 +35,7 @@ from lthash.io import ImageSet, canonical_json, open_complete_h5, write_image_se
 
 log = logging.getLogger("lthash.synthesize")
 
-BASE_GENERATOR = "base-category"
+BASE_GENERATOR = "base"
 
 
 def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
@@ -53,8 +53,9 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
     """(components, prompt, generator name) for one class.
 
     ``model_dir`` is a concept folder (``concept.json``, from ``lthash personalize``) or a
-    model folder itself; the latter is the non-personalised generator ``base-category``,
-    prompted with the class's super-category ("a photo of a <word>").
+    model folder itself; the latter is the non-personalised generator ``base``, prompted with
+    the base's own caption of the class ("a photo of a <word>": the class name for a
+    class_name base, the super-category otherwise).
     """
     model_dir = Path(model_dir)
     if (model_dir / "concept.json").exists():

@@ -39,6 +39,7 @@ from lthash.workflow.paths import (  # noqa: F401
     model_folder,
     plan_path,
     concept_folder,
+    generator_model,
     quality_path,
     quality_files,
     shard_path,

@@ -37,6 +37,14 @@ def concept_folder(results: str, generator: str, class_index: int | str) -> str:
     return f"{results}/generate/{generator}/concepts/class{class_index}"
 
 
+def generator_model(results: str, generator: str, class_index: int | str, base_dir: str) -> str:
+    """What synthesis draws a class from: the concept folder of a personalising generator, the
+    base folder itself for ``base`` (no personalise job)."""
+    from lthash.generate.personalize.method import personalised_names
+
+    return concept_folder(results, generator, class_index) if generator in personalised_names() else base_dir
+
+
 def quality_path(results: str, generator: str, synthesis: str) -> str:
     """The quality stage's metrics of one generator x synthesis mode."""
     return f"{results}/generate/{generator}/{synthesis}/quality.json"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lthash.errors import LthashError
+from lthash.generate.personalize.method import personalised_names
 from lthash.io import canonical_json
 from lthash.workflow.arms import ARMS, RESAMPLED, TRAINING, Arm, generated_sources, runs, shard_sources, uses_generators
 
@@ -64,8 +65,8 @@ READS: dict[str, tuple[str, ...]] = {
     "plan": ("generate.seed", "generate.synthesis.pretrain_per_class", "generate.synthesis.mix_target",
              "generate.synthesis.shard_size"),
     "personalize": ("generate.seed", "generate.categories", "generate.personalize",
-                    "-generate.personalize.attndreambooth", "-generate.personalize.dreambooth",
-                    "-generate.personalize.textual_inversion", "generate.personalize.{generator}"),
+                    *(f"-generate.personalize.{name}" for name in personalised_names()),
+                    "generate.personalize.{generator}"),
     "synthesize": ("generate.seed", "generate.categories", "generate.synthesis",
                    "-generate.synthesis.pretrain_per_class", "-generate.synthesis.mix_target",
                    "-generate.synthesis.shard_size", "-generate.synthesis.{other_modes_keys}"),
@@ -273,7 +274,7 @@ def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             jobs.append(("base", {}))
         if generate["synthesis"]["filter_factor"] > 1:
             jobs.append(("filter_judge", {}))
-        jobs += [("personalize", {"generator": g}) for g in experiment["generators"]]
+        jobs += [("personalize", {"generator": g}) for g in experiment["generators"] if g in personalised_names()]
         for generator, synthesis in generated_sources(config):
             jobs.append(("synthesize", {"generator": generator, "synthesis": synthesis}))
             if experiment["quality"]:

@@ -107,7 +107,7 @@ rule filter_judge:
 
 rule synthesize:
     input:
-        concept=rules.personalize.output.concept,
+        concept=lambda w: lw.generator_model(R, w.generator, w.cls, BASE_DIR),
         base=BASE_DIR,
         split=rules.split.output.split,
         plan=rules.plan.output.plan,

@@ -14,4 +14,5 @@ from lthash.generate.personalize.method import Method, register
 METHOD = register(Method(
     name="attndreambooth",
     description="[V] embedding, then cross-attention, then whole UNet, with the eq. 1 regulariser",
+    seed_id=1,
 ))

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-METHOD_CHOICES = ("attndreambooth", "dreambooth", "textual_inversion")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``personalize`` subcommand."""
     from lthash.cli import add_common_arguments
+    from lthash.generate.personalize.method import personalised_names
 
     parser = subparsers.add_parser(
         "personalize", help="personalise the base model to one class (AttnDreamBooth, DreamBooth, Textual Inversion)",
@@ -18,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", required=True, help="base model folder (tiny base or Stable Diffusion, diffusers format)")
     parser.add_argument("--split", required=True, help="split file (HDF5); only its long-tail 'train' group is read")
     parser.add_argument("--class", dest="class_index", type=int, required=True, help="class index")
-    parser.add_argument("--method", required=True, help=f"one of {', '.join(METHOD_CHOICES)}")
+    parser.add_argument("--method", required=True, help=f"one of {', '.join(personalised_names())}")
     parser.add_argument("--out", required=True, help="concept folder to write")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(parser)

@@ -1,4 +1,5 @@
-"""The images of one class (long-tail ``train`` group only) and the reference augmentation.
+"""The images of one class (long-tail ``train`` group only), the reference augmentation, and
+the prior-preservation class images (:func:`prior_class_images`, never from the split).
 
 Augmentation follows AttnDreamBooth's (random rotation with p=0.75, resize + random crop,
 horizontal flip with p=0.25), done as one affine warp per image driven by an explicit
@@ -116,3 +117,51 @@ def sample_batch(count: int, batch_size: int, generator: torch.Generator) -> tor
     blocks = math.ceil(batch_size / count)
     order = torch.cat([torch.randperm(count, generator=generator) for _ in range(blocks)])
     return order[:batch_size]
+
+
+@dataclass(frozen=True)
+class PriorImages:
+    """Prior-preservation class images as model pixels (N x C x H x W in [-1, 1]), their prompt,
+    their ``source`` (``samples`` or ``corpus``) and, for ``corpus``, their dataset indices."""
+
+    pixels: torch.Tensor
+    prompt: str
+    source: str
+    index: np.ndarray | None
+
+    def record(self, weight: float) -> dict[str, Any]:
+        """What concept.json says of them."""
+        return {"source": self.source, "prompt": self.prompt, "images": int(self.pixels.shape[0]), "weight": weight,
+                "index": None if self.index is None else self.index.tolist()}
+
+
+def prior_class_images(components, base_dir: str | os.PathLike, settings: Mapping[str, Any], key: str,
+                       class_names: list[str], words: list[str], class_index: int, grid: Mapping[str, Any],
+                       seed: int, cache: str | os.PathLike) -> PriorImages:
+    """The ``settings["images"]`` class images of validated ``<method>.prior_preservation``
+    (``key`` names it in errors), captioned "a photo of a <word>" with the word the base was
+    trained with for the class: its own samples of that prompt (``samples``) or real images of
+    its recorded corpus (``corpus``, :func:`lthash.generate.corpus.corpus_class_images`).
+    Cached in ``cache`` (the partial folder, whose fingerprint holds the settings)."""
+    from pathlib import Path
+
+    from lthash.generate.corpus import corpus_class_images
+    from lthash.generate.models import images_to_pixels
+    from lthash.generate.prompts import category_prompt
+    from lthash.io import load_safetensors, save_safetensors
+
+    prompt, source, count = category_prompt(words[class_index]), str(settings["source"]), int(settings["images"])
+    if Path(cache).exists():
+        tensors, _ = load_safetensors(cache)
+        index = tensors["index"].numpy() if "index" in tensors else None
+        return PriorImages(tensors["pixels"], prompt, source, index)
+    index = None
+    if source == "corpus":
+        images, index = corpus_class_images(base_dir, class_names, words, class_index, count, seed, f"{key}.source")
+    else:
+        from lthash.generate.personalize.sampling import sample_images
+
+        images = sample_images(components, [prompt] * count, grid, torch.Generator().manual_seed(seed))
+    pixels = images_to_pixels(images, components.image_size, components.channels)
+    save_safetensors(cache, {"pixels": pixels, **({} if index is None else {"index": torch.from_numpy(index)})})
+    return PriorImages(pixels, prompt, source, index)

@@ -18,22 +18,23 @@ REGISTRY: dict[str, "Method"] = {}
 
 @dataclass(frozen=True)
 class Method:
-    """``stages`` come from :mod:`~lthash.generate.personalize.schedule`; ``uses_prior``: the
-    method can add prior-preservation images (``<method>.prior_preservation`` in the config)."""
+    """``stages`` come from :mod:`~lthash.generate.personalize.schedule`; ``seed_id`` tells the
+    method's runs apart in :func:`~lthash.generate.personalize.runner.run_seed`; a method that
+    does not ``personalise`` (``base``) trains nothing: its generator draws from the base
+    model itself with the base's own prompt for the class."""
 
     name: str
     description: str
-    uses_prior: bool = False
+    seed_id: int
+    personalises: bool = True
 
     def stages(self, params: Mapping[str, Any], has_vae: bool) -> list[Stage]:
         return method_stages(self.name, params, has_vae)
 
     def prior_settings(self, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """The prior-preservation block when enabled, else None."""
-        if not self.uses_prior:
-            return None
-        prior = (params.get(self.name) or {}).get("prior_preservation") or {}
-        return prior if prior.get("enabled") else None
+        """The validated ``<method>.prior_preservation`` block when enabled, else None."""
+        prior = params[self.name]["prior_preservation"]
+        return prior if prior["enabled"] else None
 
 
 def register(method: Method) -> Method:
@@ -49,6 +50,11 @@ def method_names() -> list[str]:
     import lthash.generate.personalize.methods  # noqa: F401  (fills the registry)
 
     return list(REGISTRY)
+
+
+def personalised_names() -> list[str]:
+    """The registered methods that train a concept (every one but ``base``)."""
+    return [name for name in method_names() if REGISTRY[name].personalises]
 
 
 def get_method(name: str) -> Method:

@@ -16,25 +16,22 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from lthash.errors import LthashError
 from lthash.generate.concepts import write_concept
-from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components
+from lthash.generate.models import images_to_pixels, load_components
 from lthash.checkpointing import CheckpointFolder, partial_folder
-from lthash.generate.personalize.data import Augmentation, load_class_images
+from lthash.generate.personalize.data import Augmentation, load_class_images, prior_class_images
 from lthash.generate.personalize.method import Method, get_method
 from lthash.generate.personalize.sampling import sample_images, save_grid
 from lthash.generate.personalize.trainer import (ConceptToken, StageTrainer, TrainingData, TrainingOptions,
                                                  changed_weights, concept_prompt, concept_token_name, load_weights)
 from lthash.generate.corpus import check_base_corpus, prompt_words
-from lthash.io import load_safetensors, save_safetensors
 
 log = logging.getLogger("lthash.personalize")
 
-METHOD_IDS = {"attndreambooth": 1, "dreambooth": 2, "textual_inversion": 3}
-
-
-def run_seed(seed: int, class_index: int, method: str) -> int:
+def run_seed(seed: int, class_index: int, method: Method) -> int:
     """One independent seed per (config seed, class, method)."""
-    return int(np.random.SeedSequence([seed, class_index, METHOD_IDS[method]]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, class_index, method.seed_id]).generate_state(1)[0])
 
 
 def make_accelerator(device: str, mixed_precision: str):
@@ -57,20 +54,6 @@ def check_replicas_agree(accelerator, weights: Mapping[str, torch.Tensor]) -> No
         raise RuntimeError("replicas diverged: the trained weights differ between processes")
 
 
-def prior_images(components: DiffusionComponents, prompt: str, count: int, grid: Mapping[str, Any],
-                 seed: int, cache: Path) -> torch.Tensor:
-    """Class-agnostic prior images from the base, as model pixels; cached in the partial folder."""
-    if cache.exists():
-        tensors, _ = load_safetensors(cache)
-        if tensors["pixels"].shape[0] == count:
-            return tensors["pixels"]
-    generator = torch.Generator().manual_seed(seed)
-    images = sample_images(components, [prompt] * count, grid, generator)
-    pixels = images_to_pixels(images, components.image_size, components.channels)
-    save_safetensors(cache, {"pixels": pixels})
-    return pixels
-
-
 def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, class_index: int, method_name: str,
                 out_dir: str | os.PathLike, generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
     """Personalise ``base_dir`` to class ``class_index`` of the split's long-tail ``train`` group.
@@ -82,6 +65,9 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     corpus shares an image with the split is refused. Returns the concept folder.
     """
     method: Method = get_method(method_name)
+    if not method.personalises:
+        raise LthashError(f"personalisation method {method.name!r} trains nothing: synthesis draws from the base "
+                          f"model itself (lthash synthesize --model <base>)")
     check_base_corpus(base_dir, split_path)
     params = generate_params["personalize"]
     data = load_class_images(split_path, class_index)
@@ -91,8 +77,9 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     components = load_components(base_dir, device=str(accelerator.device))
     has_vae = components.vae is not None
     stages = method.stages(params, has_vae)
-    seed = run_seed(int(generate_params["seed"]), class_index, method.name)
-    category = prompt_words(components.info, data.class_names, generate_params["categories"])[class_index]
+    seed = run_seed(int(generate_params["seed"]), class_index, method)
+    words = prompt_words(components.info, data.class_names, generate_params["categories"])
+    category = words[class_index]
     token_name = concept_token_name(class_index)
     token = ConceptToken(components, token_name, category).install()
     prompt = concept_prompt(token_name, category)
@@ -110,10 +97,13 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     training_data = TrainingData(
         pixels=images_to_pixels(data.images, components.image_size, components.channels),
         prompt=prompt, augmentation=Augmentation.from_params(params["augment"]))
+    prior_images = None
     if prior is not None:
-        training_data.prior_prompt = f"a photo of a {category}"
-        training_data.prior_pixels = prior_images(components, training_data.prior_prompt, int(prior["images"]),
-                                                  grid, seed + 1, partial / "prior.safetensors")
+        prior_images = prior_class_images(
+            components, base_dir, prior, f"generate.personalize.{method.name}.prior_preservation", data.class_names,
+            words, class_index, grid, seed + 1, partial / "prior.safetensors")
+        training_data.prior_pixels, training_data.prior_prompt = prior_images.pixels, prior_images.prompt
+        training_data.prior_seed = seed + 2 + 1_000_003 * accelerator.process_index
     generator = torch.Generator().manual_seed(seed + 1_000_003 * accelerator.process_index)
     trainer = StageTrainer(components, token, training_data, TrainingOptions.from_params(params), accelerator,
                            generator, checkpoints, stages)
@@ -145,6 +135,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
             "token": token_name, "category": category, "prompt": prompt, "seed": seed,
             "images": int(len(data.images)), "stages": trainer.stage_log, "params": params,
             "base": str(base_dir), "base_kind": components.kind, "processes": accelerator.num_processes,
+            "prior": None if prior_images is None else prior_images.record(float(prior["weight"])),
         }
         write_concept(out, record, token.row, accelerator.unwrap_model(components.unet) if unet_changed else None, grids)
         checkpoints.remove()

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -170,22 +171,34 @@ def to_model_space(components: DiffusionComponents, pixels: torch.Tensor, genera
         return dist.sample(generator=generator) * vae.config.scaling_factor
 
 
+def _noise_and_timesteps(components: DiffusionComponents, x0: torch.Tensor,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    timesteps = torch.randint(0, components.noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
+                              generator=generator).to(x0.device)
+    return noise, timesteps
+
+
 def denoising_loss(components: DiffusionComponents, x0: torch.Tensor, context: torch.Tensor,
                    generator: torch.Generator, stage: Stage, store=None, prior_x0: torch.Tensor | None = None,
-                   prior_context: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   prior_context: torch.Tensor | None = None,
+                   prior_generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """L = ||target - pred||^2 on the instances (+ prior_weight * the same on prior images)
     + L_reg (eq. 1) on the instances' attention maps.
 
     ``target`` is the noise for eps-prediction and v = sqrt(a) eps - sqrt(1-a) x0 for v-prediction.
+    The prior images' noise and timesteps come from ``prior_generator``, so the instances'
+    draws from ``generator`` are the same with and without prior preservation.
     """
     scheduler = components.noise_scheduler
     n = x0.shape[0]
+    noise, timesteps = _noise_and_timesteps(components, x0, generator)
     if prior_x0 is not None:
+        prior_noise, prior_timesteps = _noise_and_timesteps(components, prior_x0, prior_generator)
         x0 = torch.cat([x0, prior_x0])
         context = torch.cat([context, prior_context])
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],),
-                              generator=generator).to(x0.device)
+        noise = torch.cat([noise, prior_noise])
+        timesteps = torch.cat([timesteps, prior_timesteps])
     noisy = scheduler.add_noise(x0, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(x0, noise, timesteps)
@@ -226,13 +239,23 @@ class TrainingOptions:
 
 @dataclass
 class TrainingData:
-    """Instance pixels, their prompt, and optional prior-preservation pixels + prompt."""
+    """Instance pixels, their prompt, and optional prior-preservation pixels + prompt.
+
+    The prior batch of each micro-step draws from its own generator, seeded by
+    (``prior_seed``, stage, step, micro-step): a resumed run draws the same, and the instances'
+    draws do not depend on whether prior preservation is on.
+    """
 
     pixels: torch.Tensor
     prompt: str
     augmentation: Augmentation
     prior_pixels: torch.Tensor | None = None
     prior_prompt: str | None = None
+    prior_seed: int = 0
+
+    def prior_generator(self, stage_index: int, step: int, micro: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.prior_seed, stage_index, step, micro]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(state))
 
 
 @dataclass
@@ -259,12 +282,12 @@ class StageTrainer:
         with torch.set_grad_enabled(grad), self.accelerator.autocast():
             return self.components.text_encoder(ids)[0]
 
-    def _batch(self, pixels: torch.Tensor, batch_size: int, augment: bool) -> torch.Tensor:
-        index = sample_batch(pixels.shape[0], batch_size, self.generator)
+    def _batch(self, pixels: torch.Tensor, batch_size: int, augment: bool, generator: torch.Generator) -> torch.Tensor:
+        index = sample_batch(pixels.shape[0], batch_size, generator)
         x = pixels[index]
         if augment:
-            x = self.data.augmentation(x, self.generator)
-        return to_model_space(self.components, x, self.generator)
+            x = self.data.augmentation(x, generator)
+        return to_model_space(self.components, x, generator)
 
     def run(self, stage_index: int, resume: Checkpoint | None = None) -> None:
         """Train stage ``stage_index`` from its start or from ``resume`` (same stage)."""
@@ -296,17 +319,18 @@ class StageTrainer:
             store.enabled = stage.regularized
             for step in tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=stage.name,
                              disable=not accelerator.is_main_process, mininterval=5):
-                for _ in range(accum):
+                for micro in range(accum):
                     context = fixed_context if fixed_context is not None else self._encode(self.data.prompt, grad=True)
-                    x0 = self._batch(self.data.pixels, stage.batch_size, augment=True)
-                    prior_x0 = pc = None
+                    x0 = self._batch(self.data.pixels, stage.batch_size, augment=True, generator=self.generator)
+                    prior_x0 = pc = pg = None
                     if prior_context is not None:
-                        prior_x0 = self._batch(self.data.prior_pixels, stage.batch_size, augment=False)
+                        pg = self.data.prior_generator(stage_index, step, micro)
+                        prior_x0 = self._batch(self.data.prior_pixels, stage.batch_size, augment=False, generator=pg)
                         pc = prior_context.expand(prior_x0.shape[0], -1, -1)
                     with accelerator.autocast():
                         loss, parts = denoising_loss(
                             self.components, x0, context.expand(x0.shape[0], -1, -1), self.generator, stage,
-                            store if stage.regularized else None, prior_x0, pc)
+                            store if stage.regularized else None, prior_x0, pc, pg)
                     accelerator.backward(loss / accum)
                     history.append(parts)
                 self._sync_gradients(params.values())
