@@ -481,7 +481,7 @@ def test_readme_table_is_rendered_from_the_arms_table(two_seeds, tmp_path):
     assert f"best control: {ours['bits']} bits: {ours['control']}" in table
     best = max((r for r in rows.values() if r["control"]), key=lambda r: float(r["map"]))
     assert (f"{best['bits']} bits: the best generated arm, {best['arm_label']}, " in table
-            and f"the best control, {best['control']}, by {100 * float(best['vs_control_all']):+.2f} points" in table)
+            and f"the best control, {best['control']}: {100 * float(best['vs_control_all']):+.2f} points" in table)
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n{START}\nold table\n{END}\nafter\n")
     assert main(["readme-table", "--arms", str(arms), "--readme", str(readme)]) == 0

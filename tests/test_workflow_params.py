@@ -196,6 +196,7 @@ def test_default_run_reruns_nothing_for_csq_settings_or_the_encoding_batch_size(
     assert readers_of(default, "hashing.csq.quant_weight", 0.1) == set()
     assert readers_of(default, "hashing.encode.batch_size", 64) == set()
     assert readers_of(default, "device", "cpu") == set()
+    assert readers_of(default, "warm_start", False) == set()
     assert readers_of(default, "evaluate.search.k", 3) == set()
 
 

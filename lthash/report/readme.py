@@ -109,7 +109,7 @@ def reading(rows: Sequence[Mapping[str, str]], bits: int) -> str:
     interval = (f"95 % CI {_points(low, True)} to {_points(high, True)}, {seeds} seeds" if _number(low) is not None
                 else "one seed, no spread measured")
     text = (f"{bits} bits: the best generated arm, {best['arm_label']}, {verdict} the best control, "
-            f"{best['control']}, by {_points(best['vs_control_all'], True)} points mAP ({interval}); "
+            f"{best['control']}: {_points(best['vs_control_all'], True)} points mAP ({interval}); "
             f"it closes {_share(best['gap_share_all'])} of the balanced − long-tail gap")
     if control is not None:
         text += f" ({best['control']}: {_share(control['gap_share_all'])})"
