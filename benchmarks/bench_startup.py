@@ -12,7 +12,10 @@ the ratio columns are each row's times over its times. Rows:
   ``resample``, ``score`` and ``synthesize`` of one small image-to-image shard from a concept
   folder (the base's UNet as the concept's, so nothing is trained). For ``synthesize`` the
   drawing seconds it logs are subtracted: ``overhead`` = wall - drawing, the per-job cost;
-- ``load_concept``: imports + rebuilding the personalised model, timed inside one process.
+- ``load_concept``: imports + rebuilding the personalised model, timed inside one process;
+- ``warm:`` rows: ``score`` and ``synthesize`` again, each handed to a warm server
+  (:mod:`lthash.forkserver`, what a local workflow run starts) that has the libraries imported:
+  wall time only (the work is done in the server's child, so the client's CPU says nothing).
 
 ``heavy`` lists which of torch / diffusers / transformers / numba each command imported.
 
@@ -116,6 +119,38 @@ def make_workspace(root: Path, env: dict[str, str], images: int) -> dict[str, st
     return params
 
 
+def warm_rows(root: Path, env: dict[str, str], cli: list[str], params: dict[str, str], args: argparse.Namespace,
+              shard: Path, row) -> tuple[str, float, float, list[str], str]:
+    """score and synthesize through a warm server started for them (rows named ``warm: ...``);
+    returns the row of the synthesis job's overhead."""
+    from lthash import forkserver
+
+    socket_path = str(root / "warm.sock")
+    server = forkserver.start(socket_path, str(root / "warm.log"), os.getpid())
+    try:
+        deadline = time.time() + 300
+        while not os.path.exists(socket_path):
+            if server.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"the warm server did not start: {(root / 'warm.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        env[forkserver.ENV] = socket_path
+        row("warm: score (32 bits)", cli + ["score", "--codes", "codes.h5", "--split", "split.h5", "--out",
+                                            "metrics.json", "--csv", "metrics.csv", "--params", params["score"],
+                                            "--threads", "1"], note="wall; CPU is the server child's")
+        wall, output = row(f"warm: synthesize ({args.images} images, img2img)", cli + [
+            "synthesize", "--model", "concept", "--base", str(BASE), "--class", "3", "--purpose", "pretrain",
+            "--shard", "0", "--plan", "plan.json", "--split", "split.h5", "--out", str(shard), "--device", "cpu",
+            "--params", params["synthesize"], "--threads", "1"], before=lambda: shard.unlink(missing_ok=True))
+        drawn = DRAWN.search(output)
+        drawing = float(drawn.group(2)) if drawn else float("nan")
+        return ("warm: synthesize overhead (wall - drawing)", wall - drawing, float("nan"), [],
+                f"drawing {drawing:.2f} s wall")
+    finally:
+        env.pop(forkserver.ENV, None)
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -164,6 +199,7 @@ def main() -> None:
         drawing = float(drawn.group(2)) if drawn else float("nan")
         rows.append(("synthesize overhead (wall - drawing)", wall - drawing, float("nan"), [],
                      f"drawing {drawing:.2f} s wall"))
+        rows.append(warm_rows(root, env, cli, params, args, shard, row))
         loads = [float(subprocess.run([python, "-c", LOAD, "concept", str(BASE)], env=env, cwd=root, check=True,
                                       capture_output=True, text=True).stdout.split()[-1]) for _ in range(args.repeats)]
         rows.append(("load_concept in-process (imports + load)", min(loads), float("nan"), [], "wall"))

@@ -38,6 +38,7 @@ rule resample:
         f"{R}/logs/resample/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/resample/{{purpose}}/class{{cls}}/shard{{shard}}.tsv"
+    priority: 20
     conda:
         ENV
     threads: 1

@@ -1,5 +1,7 @@
 # Generation stage: tiny base model (CPU default), balancing plan, per-class
-# personalisation, sharded synthesis, and the quality of what was drawn.
+# personalisation, sharded synthesis, and the quality of what was drawn. Priorities put the
+# critical path (base > personalize > synthesize > pretrain > the arms that start from it)
+# ahead of the jobs that can fill idle cores (the real-data arms, encode, score).
 
 GEN = config["generate"]
 # The filter judge feeds synthesis only when it over-generates (filter_factor > 1); the
@@ -22,6 +24,7 @@ rule base:
         f"{R}/logs/base.log",
     benchmark:
         f"{R}/benchmarks/base.tsv"
+    priority: 40
     conda:
         ENV
     threads: ALL_CORES
@@ -66,6 +69,7 @@ rule personalize:
         f"{R}/logs/personalize/{{generator}}/class{{cls}}.log",
     benchmark:
         f"{R}/benchmarks/personalize/{{generator}}/class{{cls}}.tsv"
+    priority: 30
     conda:
         ENV
     threads: 1
@@ -92,6 +96,7 @@ rule filter_judge:
         f"{R}/logs/filter_judge.log",
     benchmark:
         f"{R}/benchmarks/filter_judge.tsv"
+    priority: 30
     conda:
         ENV
     threads: ALL_CORES
@@ -120,6 +125,7 @@ rule synthesize:
         f"{R}/logs/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/synthesize/{{generator}}/{{synthesis}}/{{purpose}}/class{{cls}}/shard{{shard}}.tsv"
+    priority: 20
     conda:
         ENV
     threads: 1

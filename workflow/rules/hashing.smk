@@ -23,6 +23,7 @@ for arm in lw.TRAINING.values():
             f"{R}/logs/train/{arm.folder}/{MODEL}.log",
         benchmark:
             f"{R}/benchmarks/train/{arm.folder}/{MODEL}.tsv"
+        priority: 10 if arm.name == lw.PRETRAIN_NAME else 5 if arm.init else 0
         conda:
             ENV
         threads: 1
