@@ -191,8 +191,8 @@ def test_snakemake_split_killed_mid_job_reruns_to_the_same_split(tmp_path, refer
 TRAIN_CONFIG = {
     "dataset": {"name": "digits", "image_size": 16},
     "split": SPLIT,
-    "experiment": {"arms": ["balanced"], "methods": ["orthohash"], "backbones": ["cnn"], "bits": [16]},
-    "hashing": {"seed": 1, "cnn": {"width": 8, "feature_dim": 32},
+    "experiment": {"arms": ["balanced"], "methods": ["orthohash"], "backbones": ["cnn"], "bits": [16], "seeds": [1]},
+    "hashing": {"cnn": {"width": 8, "feature_dim": 32},
                 "train": {"epochs": 6, "batch_size": 32, "lr": 0.002}},
 }
 
@@ -208,7 +208,7 @@ def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weight
     from lthash.io import load_safetensors
     from lthash.workflow import rule_params
 
-    target = "results/runs/balanced/orthohash-cnn-16/seed0/model"
+    target = "results/runs/balanced/orthohash-cnn-16/seed1/model"
     work = copy_workflow(tmp_path / "killed")
     (work / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
     process = start_in_new_group(snakemake_command("--cores", "1", target, "--configfile", "train.yaml"),
@@ -227,7 +227,7 @@ def test_snakemake_training_killed_after_a_checkpoint_resumes_to_the_same_weight
     assert not (work / (target + ".partial")).exists()
 
     config = load_config(work / "config.yaml", TRAIN_CONFIG)
-    params = rule_params(config, "balanced", {"method": "orthohash", "backbone": "cnn", "bits": 16})
+    params = rule_params(config, "balanced", {"method": "orthohash", "backbone": "cnn", "bits": 16, "seed": 1})
     reference = tmp_path / "reference"
     done = run(lthash_command("train", "--split", str(work / "results/data/split.h5"), "--group", "train_balanced",
                               "--mode", "real", "--out", str(reference), "--params", json.dumps(params),
