@@ -191,6 +191,7 @@ def serve(path: str, parent: int | None = None, idle: float = 600.0, preload: Se
     listener.listen(64)
     children: dict[int, socket.socket] = {}
     by_connection: dict[socket.socket, int] = {}
+    commands: dict[int, str] = {}
     last_job = time.monotonic()
     print(f"lthash forkserver: serving on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
     try:
@@ -206,7 +207,7 @@ def serve(path: str, parent: int | None = None, idle: float = 600.0, preload: Se
             for ready in readable:
                 if ready is listener:
                     connection, _ = listener.accept()
-                    _accept(connection, children, by_connection, listener)
+                    _accept(connection, children, by_connection, listener, commands)
                     last_job = time.monotonic()
                 else:
                     data = b""
@@ -223,7 +224,7 @@ def serve(path: str, parent: int | None = None, idle: float = 600.0, preload: Se
                                 os.kill(pid, signum)
                     except ProcessLookupError:
                         pass
-            _reap(children, by_connection)
+            _reap(children, by_connection, commands)
     finally:
         for pid in list(children):
             try:
@@ -236,7 +237,8 @@ def serve(path: str, parent: int | None = None, idle: float = 600.0, preload: Se
     return 0
 
 
-def _accept(connection: socket.socket, children: dict, by_connection: dict, listener: socket.socket) -> None:
+def _accept(connection: socket.socket, children: dict, by_connection: dict, listener: socket.socket,
+            commands: dict) -> None:
     """Read one request with its three descriptors and fork its child."""
     try:
         connection.settimeout(5.0)
@@ -260,23 +262,34 @@ def _accept(connection: socket.socket, children: dict, by_connection: dict, list
     connection.sendall(b"+")
     children[pid] = connection
     by_connection[connection] = pid
+    commands[pid] = " ".join(["lthash", *request["argv"][:1], *_outputs(request["argv"])])
 
 
-def _reap(children: dict, by_connection: dict) -> None:
-    """Report every child that ended to its job and forget it."""
+def _outputs(argv: Sequence[str]) -> list[str]:
+    """The ``--out`` of a command line (what names the job in the server's log)."""
+    return [f"--out {argv[i + 1]}" for i, arg in enumerate(argv[:-1]) if arg == "--out"]
+
+
+def _reap(children: dict, by_connection: dict, commands: dict) -> None:
+    """Report every child that ended to its job, log its CPU time and peak memory (Snakemake's
+    benchmark of the job sees only the job's own process), and forget it."""
     while children:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
         connection = children.pop(pid, None)
+        command = commands.pop(pid, "?")
         if connection is None:
             continue
         by_connection.pop(connection, None)
+        code = _exit_code(status)
+        print(f"lthash forkserver: job {pid} ({command}) exit {code}, {usage.ru_utime + usage.ru_stime:.2f} s CPU, "
+              f"{usage.ru_maxrss / 1024:.0f} MB peak", file=sys.stderr, flush=True)
         try:
-            connection.sendall(struct.pack("!i", _exit_code(status)))
+            connection.sendall(struct.pack("!i", code))
         except OSError:
             pass
         connection.close()

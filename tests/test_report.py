@@ -457,6 +457,13 @@ def test_timing_gives_the_elapsed_time_and_the_critical_path_bound(tmp_path):
         os.utime(path, (1000.0 + end, 1000.0 + end))
     records = {r["stage"]: r for r in timing_table(tmp_path).records}
     assert records["elapsed (first job start to last job end)"]["wall_s"] == pytest.approx(15.0)
+    log = tmp_path / "forkserver.log"
+    log.write_text("lthash forkserver: serving on /tmp/s.sock (pid 9)\n"
+                   "lthash forkserver: job 11 (lthash train --out runs/a/model) exit 0, 7.50 s CPU, 900 MB peak\n"
+                   "lthash forkserver: job 12 (lthash encode --out runs/a/codes.h5) exit 2, 0.25 s CPU, 80 MB peak\n")
+    warm = {r["stage"]: r for r in timing_table(tmp_path, log).records}
+    assert warm["train"]["cpu_s"] == pytest.approx(records["train"]["cpu_s"] + 7.5)
+    assert warm["train"]["max_rss_mb"] == pytest.approx(900) and warm["encode"]["cpu_s"] == pytest.approx(3.25)
     assert records["critical path bound (split > train > encode)"]["wall_s"] == pytest.approx(15.0)
     assert records["all stages"]["wall_s"] == pytest.approx(20.0) and records["train"]["jobs"] == 2
 

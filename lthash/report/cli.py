@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quality", nargs="*", default=[], help="quality.json of every generator")
     parser.add_argument("--split-summary", required=True, help="split.json of the data stage")
     parser.add_argument("--benchmarks", help="Snakemake's benchmark folder (time per stage)")
+    parser.add_argument("--server-log", help="the warm job server's log (CPU time of the jobs it ran)")
     parser.add_argument("--out", required=True, help="report.md")
     parser.add_argument("--table", required=True, help="CSV of every run's metrics")
     parser.add_argument("--tables", help="folder for <table>.csv and <table>.html of every table")
@@ -42,7 +43,7 @@ def _report(args: argparse.Namespace) -> None:
 
     write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, parse_params(args.params),
                  codes=args.codes, split=args.split, tables=args.tables, figures=args.figures,
-                 benchmarks=args.benchmarks)
+                 benchmarks=args.benchmarks, server_log=args.server_log)
 
 
 def _readme_table(args: argparse.Namespace) -> None:

@@ -243,7 +243,8 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
                  split_summary: str | os.PathLike, quality: Sequence[str | os.PathLike] = (),
                  params: Mapping[str, Any] | None = None, codes: Sequence[str | os.PathLike] = (),
                  split: str | os.PathLike | None = None, tables: str | os.PathLike | None = None,
-                 figures: str | os.PathLike | None = None, benchmarks: str | os.PathLike | None = None) -> None:
+                 figures: str | os.PathLike | None = None, benchmarks: str | os.PathLike | None = None,
+                 server_log: str | os.PathLike | None = None) -> None:
     """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures."""
     params = dict(params or {})
     settings = report_params(params)
@@ -254,7 +255,7 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
     arms, readings = arms_table(runs, R, ties)
     by_name: dict[str, Table] = {t.name: t for t in (
         arms, generator_table(runs, R, ties), per_class_table(runs, R, ties), validation_table(runs, R, ties),
-        timing_table(benchmarks))}
+        timing_table(benchmarks, server_log))}
     points, bars, pictures = ("_no figures folder given_",) * 3
     if figures is not None:
         points, bars, pictures = _figures(runs, Path(figures), out, split, settings, R, ties)

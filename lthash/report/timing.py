@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,36 @@ def _clock(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
 
 
-def timing_table(folder: str | os.PathLike | None) -> Table:
+SERVER_LINE = re.compile(r"job \d+ \(lthash (\S+)[^)]*\) exit -?\d+, ([0-9.]+) s CPU, (\d+) MB peak")
+
+
+def add_server_jobs(stages: dict[str, dict[str, float]], log: str | os.PathLike | None) -> int:
+    """Add the CPU time and peak memory of the jobs the warm server ran (its log, one line a
+    job: :mod:`lthash.forkserver`) to their stages: Snakemake's benchmark of such a job measures
+    only the job's own process. Returns how many jobs the log names."""
+    if log is None or not Path(log).is_file():
+        return 0
+    count = 0
+    for match in SERVER_LINE.finditer(Path(log).read_text(errors="replace")):
+        stage = match.group(1).replace("-", "_")
+        if stage in stages:
+            stages[stage]["cpu_s"] += float(match.group(2))
+            stages[stage]["max_rss_mb"] = max(stages[stage]["max_rss_mb"], float(match.group(3)))
+            count += 1
+    return count
+
+
+def timing_table(folder: str | os.PathLike | None, server_log: str | os.PathLike | None = None) -> Table:
     """The stages, longest first, with a total (job time summed, not elapsed: jobs overlap)."""
     stages = read_benchmarks(folder)
+    warm = add_server_jobs(stages, server_log)
     table = Table(
         name="timing", title="How long each stage took",
         intro=("From Snakemake's benchmark files: wall time of every job of a stage, summed (jobs "
                "that ran side by side count each), the longest single job, CPU time and peak memory. "
                "Jobs of rules without a benchmark directive (the report itself among them) are not "
-               "listed."),
+               "listed. Jobs run by the warm server (config warm_start) add the CPU time and peak memory "
+               f"its log records for them ({warm} such jobs)."),
         csv_columns=["stage", "jobs", "wall_s", "longest_s", "cpu_s", "max_rss_mb"],
         empty="_no benchmark files under the results folder_")
     order = sorted(stages, key=lambda s: -stages[s]["wall_s"])

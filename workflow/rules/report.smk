@@ -108,9 +108,10 @@ rule report:
         figures=lambda w, output: os.path.dirname(output.retrieval[0]),
         # read, not an input: every job that writes one has finished before the report
         benchmarks=f"{R}/benchmarks",
+        server_log=f"{R}/logs/forkserver.log",
     shell:
         "lthash report --metrics {input.metrics} --codes {input.codes} --split {input.split}"
         " --quality {input.quality} --split-summary {input.summary}"
-        " --benchmarks {params.benchmarks} --out {output.markdown} --table {output.table}"
+        " --benchmarks {params.benchmarks} --server-log {params.server_log} --out {output.markdown} --table {output.table}"
         " --tables {params.tables} --figures {params.figures} --params {params.config}"
         " 2> {log}"
