@@ -21,13 +21,12 @@ import yaml
 
 from lthash.errors import LthashError
 
-#: libyaml's safe loader where PyYAML was built with it (6x faster on the schemas), else the pure-Python one.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def load_yaml(text: str) -> Any:
-    """YAML text -> Python objects with a safe loader (no arbitrary tags)."""
-    return yaml.load(text, Loader=_YAML_LOADER)
+    """YAML text -> Python objects with a safe loader (no arbitrary tags): libyaml's where PyYAML
+    was built with it (6x faster on the schemas), else the pure-Python one."""
+    if hasattr(yaml, "CSafeLoader"):
+        return yaml.load(text, Loader=yaml.CSafeLoader)
+    return yaml.load(text, Loader=yaml.SafeLoader)
 
 
 SCHEMA_DIR = Path(os.environ.get("LTHASH_SCHEMA_DIR", Path(__file__).resolve().parent / "schemas"))

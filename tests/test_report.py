@@ -152,7 +152,8 @@ def test_cli_writes_every_table_figure_and_reads_identity_from_tags(scored):
     assert "_no run recorded a validation mAP_" in text
     timing = {r["stage"]: r for r in _csv(out / "tables" / "timing.csv")}
     assert float(timing["train"]["wall_s"]) == pytest.approx(14.0) and timing["train"]["jobs"] == "2"
-    assert list(timing) == ["train", "split"]
+    assert list(timing)[:2] == ["train", "split"] and list(timing)[2] == "all stages"
+    assert float(timing["all stages"]["wall_s"]) == pytest.approx(15.5)
 
 
 def test_retrieval_picture_marks_each_result_by_its_class(scored):

@@ -120,11 +120,16 @@ def file_fingerprint(paths: Sequence[str | Path]) -> list[list[Any]]:
     return [[str(Path(p).resolve()), Path(p).stat().st_size if Path(p).exists() else None] for p in paths]
 
 
-def run_identity(tags: Mapping[str, str] | None, method: str, backbone: str, bits: int) -> dict[str, Any]:
+def run_identity(tags: Mapping[str, str] | None, method: str, backbone: str, bits: int,
+                 seed: int | None = None) -> dict[str, Any]:
     """The run's identity for run.json: the workflow's tags (arm, generator, synthesis; "" = not
-    applicable, stored as None) with the job's method, backbone and bits, which a tag may not contradict."""
+    applicable, stored as None) with the job's method, backbone, bits and, when the workflow
+    tags it, seed (``hashing.seed``), which a tag may not contradict."""
     identity: dict[str, Any] = {key: (value if value != "" else None) for key, value in (tags or {}).items()}
-    for key, value in (("method", method), ("backbone", backbone), ("bits", bits)):
+    fields = [("method", method), ("backbone", backbone), ("bits", bits)]
+    if seed is not None and "seed" in identity:
+        fields.append(("seed", seed))
+    for key, value in fields:
         if key in identity and identity[key] is not None and str(identity[key]) != str(value):
             raise LthashError(f"--tag {key}={identity[key]} contradicts the params' hashing.{key} {value}")
         identity[key] = value
@@ -137,8 +142,8 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
     """Train (or fit) one model and write RUN_DIR; returns the run record (run.json)."""
     out = Path(out)
     method, backbone, bits = job_choice(params)
-    identity = run_identity(tags, method, backbone, bits)
     seed = int(params["seed"])
+    identity = run_identity(tags, method, backbone, bits, seed)
     train = effective_train(params, method, mode, init)
     if init and not (Path(init) / MODEL_FILE).exists():
         raise LthashError(f"--init {init}: no {MODEL_FILE} there (is the run finished?)")

@@ -7,12 +7,21 @@ RUNS = lw.runs(config)
 GENERATORS = config["experiment"]["generators"] if lw.uses_generators(config) else []
 BASE_DIR, BASE_IS_TINY = base_folder(config["generate"]["base"]["model"], R)
 HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
+
+
 # A job that nothing else can run beside (the base every generator waits for, the filter
 # judge every filtered shard waits for) takes all the cores the run was given; a cluster
 # profile's set-threads wins.
-ALL_CORES = (
-    workflow.cores if isinstance(workflow.cores, int) and workflow.cores > 0 else 1
-)
+def all_cores():
+    """--cores of this run; 1 where Snakemake was given none (--report, --lint, a cluster)."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return 1
+    return cores if isinstance(cores, int) and cores > 0 else 1
+
+
+ALL_CORES = all_cores()
 
 if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
     raise WorkflowError(
