@@ -119,6 +119,20 @@ def make_workspace(root: Path, env: dict[str, str], images: int) -> dict[str, st
     return params
 
 
+def synthesis_rows(prefix: str, row, cli: list[str], params: dict[str, str], images: int,
+                   shard: Path) -> tuple[str, float, float, list[str], str]:
+    """Time one small image-to-image shard job (a row named ``<prefix>synthesize``); returns the
+    row of its overhead: wall minus the drawing seconds the job logs."""
+    wall, output = row(f"{prefix}synthesize ({images} images, img2img)", cli + [
+        "synthesize", "--model", "concept", "--base", str(BASE), "--class", "3", "--purpose", "pretrain",
+        "--shard", "0", "--plan", "plan.json", "--split", "split.h5", "--out", str(shard), "--device", "cpu",
+        "--params", params["synthesize"], "--threads", "1"], before=lambda: shard.unlink(missing_ok=True))
+    drawn = DRAWN.search(output)
+    drawing = float(drawn.group(2)) if drawn else float("nan")
+    return (f"{prefix}synthesize overhead (wall - drawing)", wall - drawing, float("nan"), [],
+            f"drawing {drawing:.2f} s wall")
+
+
 def warm_rows(root: Path, env: dict[str, str], cli: list[str], params: dict[str, str], args: argparse.Namespace,
               shard: Path, row) -> tuple[str, float, float, list[str], str]:
     """score and synthesize through a warm server started for them (rows named ``warm: ...``);
@@ -137,14 +151,7 @@ def warm_rows(root: Path, env: dict[str, str], cli: list[str], params: dict[str,
         row("warm: score (32 bits)", cli + ["score", "--codes", "codes.h5", "--split", "split.h5", "--out",
                                             "metrics.json", "--csv", "metrics.csv", "--params", params["score"],
                                             "--threads", "1"], note="wall; CPU is the server child's")
-        wall, output = row(f"warm: synthesize ({args.images} images, img2img)", cli + [
-            "synthesize", "--model", "concept", "--base", str(BASE), "--class", "3", "--purpose", "pretrain",
-            "--shard", "0", "--plan", "plan.json", "--split", "split.h5", "--out", str(shard), "--device", "cpu",
-            "--params", params["synthesize"], "--threads", "1"], before=lambda: shard.unlink(missing_ok=True))
-        drawn = DRAWN.search(output)
-        drawing = float(drawn.group(2)) if drawn else float("nan")
-        return ("warm: synthesize overhead (wall - drawing)", wall - drawing, float("nan"), [],
-                f"drawing {drawing:.2f} s wall")
+        return synthesis_rows("warm: ", row, cli, params, args.images, shard)
     finally:
         env.pop(forkserver.ENV, None)
         server.terminate()
@@ -191,14 +198,7 @@ def main() -> None:
         row("score (32 bits)", cli + ["score", "--codes", "codes.h5", "--split", "split.h5", "--out", "metrics.json",
                                       "--csv", "metrics.csv", "--params", params["score"], "--threads", "1"])
         shard = root / "shard.h5"
-        wall, output = row(f"synthesize ({args.images} images, img2img)", cli + [
-            "synthesize", "--model", "concept", "--base", str(BASE), "--class", "3", "--purpose", "pretrain",
-            "--shard", "0", "--plan", "plan.json", "--split", "split.h5", "--out", str(shard), "--device", "cpu",
-            "--params", params["synthesize"], "--threads", "1"], before=lambda: shard.unlink(missing_ok=True))
-        drawn = DRAWN.search(output)
-        drawing = float(drawn.group(2)) if drawn else float("nan")
-        rows.append(("synthesize overhead (wall - drawing)", wall - drawing, float("nan"), [],
-                     f"drawing {drawing:.2f} s wall"))
+        rows.append(synthesis_rows("", row, cli, params, args.images, shard))
         rows.append(warm_rows(root, env, cli, params, args, shard, row))
         loads = [float(subprocess.run([python, "-c", LOAD, "concept", str(BASE)], env=env, cwd=root, check=True,
                                       capture_output=True, text=True).stdout.split()[-1]) for _ in range(args.repeats)]
