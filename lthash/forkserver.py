@@ -36,10 +36,15 @@ import time
 from typing import Sequence
 
 ENV = "LTHASH_FORKSERVER"
-#: What the server imports before it forks: the heavy libraries of every model stage.
-PRELOAD = ("numpy", "h5py", "torch", "lthash.hashing.train", "lthash.hashing.encode", "lthash.evaluate.score",
-           "lthash.generate.synthesize", "lthash.generate.personalize.runner", "lthash.generate.quality",
-           "lthash.generate.models", "lthash.report.report", "lthash.cli")
+#: What the server imports before it forks: the heavy libraries of every model stage. The stage
+#: modules import diffusers' and transformers' model classes inside functions, so those modules
+#: are named here (importing them is most of a synthesis job's start-up).
+PRELOAD = ("numpy", "h5py", "torch", "matplotlib.pyplot", "diffusers.models.unets.unet_2d_condition",
+           "diffusers.schedulers.scheduling_ddim", "diffusers.schedulers.scheduling_ddpm",
+           "transformers.models.clip.modeling_clip", "transformers.models.clip.tokenization_clip",
+           "lthash.hashing.train", "lthash.hashing.encode", "lthash.evaluate.score", "lthash.generate.synthesize",
+           "lthash.generate.personalize.runner", "lthash.generate.quality", "lthash.generate.models",
+           "lthash.generate.concepts", "lthash.report.report", "lthash.cli")
 #: Math-library threads of the server: 1, so that importing numpy starts no thread pool
 #: (a fork copies only the forking thread); each job sets its own through ``--threads``.
 SERVER_THREADS = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
