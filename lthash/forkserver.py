@@ -52,12 +52,10 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
 
 
-def _send_message(sock: socket.socket, payload: dict, fds: Sequence[int] = ()) -> None:
+def _send_request(sock: socket.socket, payload: dict, fds: Sequence[int]) -> None:
+    """A length-prefixed JSON request with the job's descriptors (SCM_RIGHTS)."""
     data = json.dumps(payload).encode()
-    if fds:
-        socket.send_fds(sock, [_HEADER.pack(len(data)) + data], list(fds))
-    else:
-        sock.sendall(_HEADER.pack(len(data)) + data)
+    socket.send_fds(sock, [_HEADER.pack(len(data)) + data], list(fds))
 
 
 def _receive_exact(sock: socket.socket, size: int) -> bytes:
@@ -82,7 +80,7 @@ def run_in_server(argv: Sequence[str]) -> int | None:
         sock.connect(path)
         sock.settimeout(None)
         request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ)}
-        _send_message(sock, request, fds=[0, 1, 2])
+        _send_request(sock, request, [0, 1, 2])
         started = _receive_exact(sock, 1) == b"+"
     except (OSError, ConnectionError):
         started = False
@@ -176,8 +174,9 @@ def serve(path: str, parent: int | None = None, idle: float = 600.0, preload: Se
 
     for name in preload:
         importlib.import_module(name)
-    if _threads() != 1:
-        print(f"lthash forkserver: {_threads()} threads after importing {', '.join(preload)}: "
+    threads = _threads()
+    if threads != 1:
+        print(f"lthash forkserver: {threads} threads after importing {', '.join(preload)}: "
               "forking would not be safe; not serving", file=sys.stderr)
         return 1
     stop = False

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 from lthash.errors import LthashError
 from lthash.io import atomic_path
-from lthash.report.tables import MISSING, markdown_grid
+from lthash.report.tables import MISSING, markdown_grid, pct, share, signed_pct
 
 START = "<!-- results-table:start (lthash readme-table writes this block) -->"
 END = "<!-- results-table:end -->"
@@ -44,18 +44,17 @@ def _number(text: str) -> float | None:
 
 
 def _points(text: str, signed: bool = False) -> str:
-    value = _number(text)
-    return MISSING if value is None else f"{100 * value:{'+' if signed else ''}.2f}"
+    """A fraction from the CSV in percentage points, formatted as the report's tables do."""
+    return (signed_pct if signed else pct)(_number(text))
 
 
 def _mean_sd(row: Mapping[str, str]) -> str:
     sd = _number(row["map_sd"])
-    return _points(row["map"]) + ("" if sd is None else f" ± {100 * sd:.2f}")
+    return _points(row["map"]) + ("" if sd is None else f" ± {pct(sd)}")
 
 
 def _share(text: str) -> str:
-    value = _number(text)
-    return MISSING if value is None else f"{100 * value:.0f} %"
+    return share(_number(text))
 
 
 def _versus(row: Mapping[str, str]) -> str:
