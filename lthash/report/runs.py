@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from lthash.errors import LthashError
 from lthash.io import read_json
+from lthash.report.uncertainty import seed_order
 from lthash.workflow import ARM_KINDS, ARMS, Arm
 
 GROUPS = ("head", "medium", "tail")
@@ -110,11 +111,6 @@ def known_arm(arm: str, where: Any = None) -> Arm:
 def arm_order(arm: str) -> tuple[int, int]:
     """Table order of an arm: by kind (:data:`lthash.workflow.ARM_KINDS`), then registry order."""
     return ARM_KINDS.index(known_arm(arm).kind), list(ARMS).index(arm)
-
-
-def seed_order(seed: int | None) -> int:
-    """Sort key of a seed (a run without one first)."""
-    return -1 if seed is None else seed
 
 
 def _identity(metrics: Mapping[str, Any], record: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -26,6 +26,11 @@ CONFIDENCE = 0.95
 VERDICTS = ("beats", "indistinguishable", "trails", "one seed", "no shared seed")
 
 
+def seed_order(seed: Seed) -> int:
+    """Sort key of a seed (a run without one first)."""
+    return -1 if seed is None else seed
+
+
 def _kept(values: Mapping[Seed, float | None]) -> dict[Seed, float]:
     return {seed: float(value) for seed, value in values.items() if value is not None}
 
@@ -106,7 +111,7 @@ def paired(a: Mapping[Seed, float | None], b: Mapping[Seed, float | None],
     """a - b paired by seed; seeds where either has no value are left out (and listed)."""
     a, b = _kept(a), _kept(b)
     shared = [seed for seed in a if seed in b]
-    left_out = tuple(sorted({*a, *b} - set(shared), key=lambda s: -1 if s is None else s))
+    left_out = tuple(sorted({*a, *b} - set(shared), key=seed_order))
     diffs = {seed: a[seed] - b[seed] for seed in shared}
     low, high = t_interval(list(diffs.values()), confidence)
     return Paired(diffs, left_out, low, high, confidence)
