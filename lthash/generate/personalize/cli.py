@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``personalize`` subcommand."""
     from lthash.cli import add_common_arguments
@@ -20,18 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="concept folder to write")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=personalize_command)
 
 
-def run(args: argparse.Namespace) -> None:
-    from lthash.config import parse_params, validate_config
+def personalize_command(args: argparse.Namespace) -> None:
     from lthash.generate.personalize.method import get_method
     from lthash.generate.personalize.runner import personalize
     from lthash.runtime import select_device
 
     get_method(args.method)
-    params = parse_params(args.params)
-    generate = params.get("generate", params)
-    config = validate_config({"dataset": {}, "generate": generate})
-    personalize(args.base, args.split, args.class_index, args.method, args.out, config["generate"],
+    personalize(args.base, args.split, args.class_index, args.method, args.out, args.config["generate"],
                 device=select_device(args.device))
