@@ -68,13 +68,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lthash.hashing.cli import hashing_params
+    from lthash.config import stage_config
     from lthash.hashing.encode import encode_array, load_run_model
     from lthash.hashing.train import run_training
     from lthash.io import ImageSet, write_image_sets
 
     images, labels = fashion(args.images)
-    params = hashing_params(json.dumps({"train": {"epochs": args.epochs}}))
+    params = stage_config("train", json.dumps({"train": {"epochs": args.epochs}}))["hashing"]
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split.h5"
         sets = {g: ImageSet(images=images, labels=labels, index=np.arange(len(labels))) for g in ("train", "query")}

@@ -72,7 +72,7 @@ def evaluate(run: Path, split: Path, tail: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    from lthash.hashing.cli import hashing_params
+    from lthash.config import stage_config
     from lthash.hashing.methods import REGISTRY
     from lthash.hashing.train import run_training
     from lthash.io import read_image_set
@@ -96,7 +96,8 @@ def main() -> None:
         for method in methods:
             spec = {"method": method, "bits": 32, "seed": 0, "cnn": {"width": 8}, "train": dict(FAST), **EXTRA.get(method, {})}
             tic = time.perf_counter()
-            run_training(split, "train", [], "real", None, Path(tmp) / method, hashing_params(json.dumps(spec)), "cpu")
+            params = stage_config("train", json.dumps(spec))["hashing"]
+            run_training(split, "train", [], "real", None, Path(tmp) / method, params, "cpu")
             seconds = time.perf_counter() - tic
             mean_ap, tail_ap = evaluate(Path(tmp) / method, split, tail)
             reference = reference or mean_ap
@@ -104,7 +105,8 @@ def main() -> None:
                   f"train {seconds:5.1f} s")
         spec = {"method": "orthohash", "bits": 32, "seed": 0, "cnn": {"width": 8}, "train": dict(FAST)}
         for group in ("train", "train_balanced"):
-            run_training(split, group, [], "real", None, Path(tmp) / group, hashing_params(json.dumps(spec)), "cpu")
+            params = stage_config("train", json.dumps(spec))["hashing"]
+            run_training(split, group, [], "real", None, Path(tmp) / group, params, "cpu")
             mean_ap, tail_ap = evaluate(Path(tmp) / group, split, tail)
             print(f"orthohash on {group:14s}: mAP {mean_ap:.3f}  tail-class mAP {tail_ap:.3f}")
 

@@ -1,8 +1,12 @@
 """The ``lthash`` command: one subcommand per pipeline stage.
 
 Each stage group registers its subcommands from ``lthash/<group>/cli.py`` through
-``register(subparsers)``. A subcommand handler takes the parsed arguments and returns
-nothing; a :class:`~lthash.errors.LthashError` becomes a one-line message and exit code 2.
+``register(subparsers)``; the handler of ``lthash <command>`` is ``<command>_command``
+(``train_command``), set with ``parser.set_defaults(func=...)``. :func:`main` reads
+``--params`` once (:func:`lthash.config.stage_config`) and hands the stage's validated config
+to the handler as ``args.config``; a handler never parses ``--params`` itself. A handler takes
+the parsed arguments and returns nothing; a :class:`~lthash.errors.LthashError` becomes a
+one-line message and exit code 2.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ STAGE_MODULES = (
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every stage takes: its config section as JSON, threads, verbosity."""
+    """Options every stage takes: its config section as JSON (read by :func:`main` into
+    ``args.config``), threads, verbosity."""
     parser.add_argument("--params", default=None,
                         help="the stage's config as JSON, or @file.json / @file.yaml")
     parser.add_argument("--threads", type=int, default=None,
@@ -60,11 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "threads"):
         configure_threads(args.threads)
     try:
-        if getattr(args, "params", None):
-            from lthash.config import parse_params
-            from lthash.workflow import check_stage_params
+        if hasattr(args, "params"):
+            from lthash.config import stage_config
 
-            check_stage_params(args.command, parse_params(args.params))
+            args.config = stage_config(args.command, args.params)
         args.func(args)
     except LthashError as exc:
         print(f"lthash {args.command}: error: {exc}", file=sys.stderr)

@@ -230,3 +230,27 @@ def parse_params(text: str | None) -> dict:
     if not isinstance(data, dict):
         raise LthashError("--params must be a JSON object")
     return data
+
+
+def stage_config(stage: str, params_text: str | None) -> dict:
+    """The validated config of one ``lthash`` stage from its ``--params``: the one place a
+    stage's params are read (``lthash.cli.main`` hands the result to the handler as ``args.config``).
+
+    Parses ``params_text`` (:func:`parse_params`), refuses keys no job of ``stage`` reads
+    (:func:`lthash.workflow.check_stage_params`), puts a bare section under the stage's one
+    section (:func:`lthash.workflow.nest_params`) and validates with every default filled, so
+    each section is complete (``config["hashing"]`` for ``lthash train``). Without params,
+    ``export-imagefolder`` exports scikit-learn's digits.
+    """
+    from lthash.workflow.reads import check_stage_params, nest_params
+
+    params = parse_params(params_text)
+    if stage == "export-imagefolder" and not params:
+        params = {"dataset": {"name": "digits"}}
+    check_stage_params(stage, params)
+    config = validate_config({"dataset": {}, **nest_params(stage, params)})
+    evaluate = config["evaluate"]
+    if evaluate["few_shot"] > evaluate["many_shot"]:
+        raise LthashError(f"config key 'evaluate.few_shot' ({evaluate['few_shot']}) must not exceed "
+                          f"'evaluate.many_shot' ({evaluate['many_shot']})")
+    return config

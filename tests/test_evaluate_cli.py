@@ -140,13 +140,13 @@ def test_search_faiss_backend_distances(codes_file, tmp_path):
 def test_search_with_a_trained_model_matches_its_codes(small_split, tmp_path):
     """A real (LSH) model from the hashing stage: encoding the split's query images and
     searching gives the same results as searching with the codes it wrote."""
-    from lthash.hashing.cli import hashing_params
+    from lthash.config import stage_config
     from lthash.hashing.encode import encode_split
     from lthash.hashing.train import run_training
 
     run = tmp_path / "run"
     run_training(small_split, "train", [], "real", None, run,
-                 hashing_params(json.dumps({"method": "lsh", "bits": 24, "seed": 0})), "cpu")
+                 stage_config("train", json.dumps({"method": "lsh", "bits": 24, "seed": 0}))["hashing"], "cpu")
     codes = tmp_path / "codes.h5"
     encode_split(run, small_split, codes, device="cpu")
     by_model, by_rows = tmp_path / "model.json", tmp_path / "rows.json"

@@ -15,7 +15,7 @@ import torch
 
 from lthash.errors import LthashError
 from lthash.generate.base import BaseTrainingConfig, run_base, train_base
-from lthash.generate.cli import generate_params
+from lthash.config import stage_config
 from lthash.generate.models import load_components, save_tiny_stable_diffusion
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import synthesize_shard
@@ -27,7 +27,7 @@ def params(**base):
     settings = {"architecture": TINY, "steps": 12, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 2,
                 "samples_per_category": 2}
     settings.update(base)
-    return generate_params(json.dumps({"generate": {"base": settings}}))
+    return stage_config("base", json.dumps({"generate": {"base": settings}}))["generate"]
 
 
 def test_base_trains_with_class_agnostic_prompts(small_split, tmp_path):
@@ -102,7 +102,7 @@ def test_tiny_stable_diffusion_trains_and_synthesizes(small_split, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in parts.unet.state_dict().items())
     names = read_attrs(small_split)["class_names"]
     plan = make_plan([5] * 10, names, pretrain_per_class=3, shard_size=3)
-    gen = generate_params(json.dumps({"synthesis": {"steps": 2, "batch_size": 2}}))
+    gen = stage_config("synthesize", json.dumps({"synthesis": {"steps": 2, "batch_size": 2}}))["generate"]
     out = tmp_path / "shard.h5"
     summary = synthesize_shard(folder, None, 7, "pretrain", 0, plan, small_split, out, gen, progress=False)
     shard = read_image_set(out, "synthetic")

@@ -13,7 +13,7 @@ from lthash.config import validate_config
 from lthash.data.split import run_split
 from lthash.errors import LthashError
 from lthash.generate.base import run_base
-from lthash.generate.cli import generate_params
+from lthash.config import stage_config
 from lthash.generate.corpus import (caption_words, check_base_corpus, load_corpus, prompt_words, read_corpus,
                                     split_indices)
 from lthash.generate.models import load_components
@@ -82,9 +82,9 @@ def test_class_name_captions_and_the_words_a_base_records(split):
 
 
 def test_a_base_trained_outside_one_split_is_refused_with_another(split, tmp_path):
-    params = generate_params(json.dumps({"generate": {"base": {
+    params = stage_config("base", json.dumps({"generate": {"base": {
         "architecture": TINY, "steps": 2, "batch_size": 4, "checkpoint_every": 0, "warmup_steps": 1,
-        "samples_per_category": 1, "corpus": "outside_split", "captions": "class_name"}}}))
+        "samples_per_category": 1, "corpus": "outside_split", "captions": "class_name"}}}))["generate"]
     base = tmp_path / "base"
     report = run_base(split, base, params, progress=False)
     assert report["corpus"]["kind"] == "outside_split"

@@ -11,7 +11,7 @@ import torch
 from lthash.cli import main
 from lthash.config import validate_config
 from lthash.errors import LthashError
-from lthash.generate.cli import generate_params
+from lthash.config import stage_config
 from lthash.generate.judge import class_weights, load_judge, train_judge, judge_weights
 from lthash.generate.models import build_tiny_components, load_components, save_components
 from lthash.generate.pipeline import SamplerConfig, generate
@@ -94,7 +94,7 @@ SYNTHESIS = {"steps": 3, "batch_size": 16, "filter_factor": 2}
 
 def test_filter_keeps_count_most_confident_in_drawing_order(synth):
     root, split, folder, base, plan = synth
-    params = generate_params(json.dumps({"seed": 3, "synthesis": SYNTHESIS}))
+    params = stage_config("synthesize", json.dumps({"seed": 3, "synthesis": SYNTHESIS}))["generate"]
     out = root / "filtered.h5"
     summary = synthesize_shard(base, None, 5, "pretrain", 0, plan, split, out, params, progress=False,
                                judge_dir=folder)
@@ -118,7 +118,8 @@ def test_filter_keeps_count_most_confident_in_drawing_order(synth):
 
 def test_filtering_with_real_init_records_the_kept_images_init(synth):
     root, split, folder, base, plan = synth
-    params = generate_params(json.dumps({"seed": 3, "synthesis": {**SYNTHESIS, "init": "real", "strength": 0.7}}))
+    real_init = {**SYNTHESIS, "init": "real", "strength": 0.7}
+    params = stage_config("synthesize", json.dumps({"seed": 3, "synthesis": real_init}))["generate"]
     out = root / "filtered_real.h5"
     synthesize_shard(base, None, 5, "pretrain", 0, plan, split, out, params, progress=False, judge_dir=folder)
     got = read_image_set(out, "synthetic")
@@ -127,8 +128,8 @@ def test_filtering_with_real_init_records_the_kept_images_init(synth):
     assert set(got.extra["init_index"].tolist()) <= set(train.index[train.labels == 5].tolist())
     assert synthesize_shard(base, None, 5, "pretrain", 0, plan, split, out, params, progress=False,
                             judge_dir=folder)["skipped"] is True
-    unfiltered = generate_params(json.dumps({"seed": 3, "synthesis": {**SYNTHESIS, "init": "real",
-                                                                      "strength": 0.7, "filter_factor": 1}}))
+    unfiltered = stage_config("synthesize",
+                              json.dumps({"seed": 3, "synthesis": {**real_init, "filter_factor": 1}}))["generate"]
     assert synthesize_shard(base, None, 5, "pretrain", 0, plan, split, out, unfiltered,
                             progress=False)["skipped"] is False
 
@@ -143,7 +144,7 @@ def test_bad_filter_settings_are_named(synth, tmp_path):
     with_factor = json.dumps({"generate": {"synthesis": {"filter_factor": 2}}})
     with pytest.raises(LthashError, match="filter_factor' is 2: filtering needs --judge"):
         synthesize_shard(base, None, 5, "pretrain", 0, plan, split, tmp_path / "x.h5",
-                         generate_params(with_factor), progress=False)
+                         stage_config("synthesize", with_factor)["generate"], progress=False)
     assert main(command + ["--params", with_factor]) == 2
     assert main(command + ["--params", "{}", "--judge", str(folder)]) == 2
     assert not (tmp_path / "x.h5").exists()
@@ -152,7 +153,7 @@ def test_bad_filter_settings_are_named(synth, tmp_path):
         images=g["train"].images[1:], labels=g["train"].labels[1:], index=g["train"].index[1:])))
     with pytest.raises(LthashError, match="trained on another split"):
         synthesize_shard(base, None, 5, "pretrain", 0, plan, other, tmp_path / "x.h5",
-                         generate_params(with_factor), progress=False, judge_dir=folder)
+                         stage_config("synthesize", with_factor)["generate"], progress=False, judge_dir=folder)
 
 
 def test_candidate_count_rounds_before_the_ceiling():

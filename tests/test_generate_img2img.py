@@ -11,7 +11,7 @@ import torch
 
 from lthash.config import validate_config
 from lthash.errors import LthashError
-from lthash.generate.cli import generate_params
+from lthash.config import stage_config
 from lthash.generate.models import build_tiny_components, load_components, save_components, save_tiny_stable_diffusion
 from lthash.generate.pipeline import SamplerConfig, generate
 from lthash.generate.plan import make_plan
@@ -139,7 +139,7 @@ def shard(shard_setup, small_split, out, cls=3, **synthesis):
     base, plan = shard_setup
     params = {"seed": 3, "synthesis": {"steps": 4, "batch_size": 16, "init": "real", "strength": 0.5, **synthesis}}
     return synthesize_shard(base, None, cls, "pretrain", 0, plan, small_split, out,
-                            generate_params(json.dumps(params)), progress=False)
+                            stage_config("synthesize", json.dumps(params))["generate"], progress=False)
 
 
 def test_real_shard_starts_from_the_class_train_images_and_records_them(shard_setup, small_split, tmp_path):

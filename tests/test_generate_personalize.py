@@ -235,11 +235,11 @@ def test_bad_inputs_name_the_problem(tiny_base, tail_split, tmp_path, capsys):
     from lthash.cli import main
 
     code = main(["personalize", "--base", str(tiny_base), "--split", str(tail_split), "--class", "3",
-                 "--method", "textual_inversion", "--out", str(tmp_path / "x"), "--device", "cpu",
+                 "--generator", "textual_inversion", "--out", str(tmp_path / "x"), "--device", "cpu",
                  "--params", json.dumps({"generate": {"personalize": {"schedule": "tiny"}}})])
     assert code == 2 and "has no images" in capsys.readouterr().err
     code = main(["personalize", "--base", str(tiny_base), "--split", str(tail_split), "--class", "0",
-                 "--method", "textual_inversion", "--out", str(tmp_path / "x"), "--device", "cpu",
+                 "--generator", "textual_inversion", "--out", str(tmp_path / "x"), "--device", "cpu",
                  "--params", json.dumps({"generate": {"personalize": {"schedule": "huge"}}})])
     assert code == 2 and "personalize.schedule" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

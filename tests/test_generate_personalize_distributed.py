@@ -27,7 +27,7 @@ def test_two_cpu_processes_train_one_concept(small_split, tmp_path):
                            tmp_path / "base")
     out = tmp_path / "concept"
     command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "lthash.cli", "personalize",
-               "--base", str(base), "--split", str(small_split), "--class", "7", "--method", "attndreambooth",
+               "--base", str(base), "--split", str(small_split), "--class", "7", "--generator", "attndreambooth",
                "--out", str(out), "--device", "cpu", "--threads", "1", "--params", json.dumps(PARAMS)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)

@@ -25,7 +25,7 @@ PARAMS = {"generate": {"personalize": {
 
 def _command(base, split, out) -> list[str]:
     return [sys.executable, "-m", "lthash.cli", "personalize", "--base", str(base), "--split", str(split),
-            "--class", "4", "--method", "attndreambooth", "--out", str(out), "--device", "cpu",
+            "--class", "4", "--generator", "attndreambooth", "--out", str(out), "--device", "cpu",
             "--threads", "1", "--params", json.dumps(PARAMS)]
 
 

@@ -127,7 +127,7 @@ def test_prior_preservation_without_class_images_is_refused_naming_the_key(defau
 
 
 def test_the_base_generator_draws_a_shard_with_no_personalisation(default_split, tmp_path):
-    from lthash.generate.cli import generate_params
+    from lthash.config import stage_config
     from lthash.generate.plan import make_plan
     from lthash.generate.synthesize import synthesize_shard
     from lthash.workflow import generator_model, param_jobs
@@ -142,7 +142,7 @@ def test_the_base_generator_draws_a_shard_with_no_personalisation(default_split,
                      pretrain_per_class=6, shard_size=6)
     out = tmp_path / "shard.h5"
     synthesize_shard(model, SHIPPED, SNEAKER, "pretrain", 0, plan, default_split, out,
-                     generate_params(json.dumps({"synthesis": {"steps": 2}})), progress=False)
+                     stage_config("synthesize", json.dumps({"synthesis": {"steps": 2}}))["generate"], progress=False)
     shard = read_image_set(out, "synthetic")
     assert shard.attrs["generator"] == "base" and shard.attrs["prompt"] == "a photo of a sneaker"
     assert shard.images.shape == (6, 28, 28, 1) and (shard.labels == SNEAKER).all()

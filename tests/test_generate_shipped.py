@@ -13,7 +13,7 @@ from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash.generate import shipped
 from lthash.generate.base import run_base
-from lthash.generate.cli import generate_params
+from lthash.config import stage_config
 from lthash.data.split import run_split
 from lthash.testing.faults import snapshot
 
@@ -29,9 +29,9 @@ def models_dir(tmp_path_factory):
     cfg = validate_config({"dataset": {"name": "digits"}, "split": SPLIT})
     split = folder / "split.h5"
     run_split(cfg["dataset"], cfg["split"], split, folder / "split.json")
-    params = generate_params(json.dumps({"generate": {"base": {
+    params = stage_config("base", json.dumps({"generate": {"base": {
         "architecture": TINY, "steps": 2, "batch_size": 4, "checkpoint_every": 0, "warmup_steps": 1,
-        "samples_per_category": 1, "corpus": "outside_split", "captions": "class_name"}}}))
+        "samples_per_category": 1, "corpus": "outside_split", "captions": "class_name"}}}))["generate"]
     run_base(split, folder / "models" / "digits-known", params, progress=False)
     shipped.write_manifest(folder / "models" / "digits-known", "lthash base ...")
     return folder / "models"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lthash.errors import LthashError
-from lthash.generate.cli import generate_params
+from lthash.config import stage_config
 from lthash.generate.models import build_tiny_components, save_components
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import BASE_GENERATOR, shard_seed, synthesize_shard
@@ -37,7 +37,7 @@ def setup(small_split, tmp_path_factory):
 def draw(setup, small_split, out, cls=2, purpose="pretrain", shard=0, params=PARAMS):
     root, base, plan = setup
     return synthesize_shard(base, None, cls, purpose, shard, plan, small_split, out,
-                            generate_params(json.dumps(params)), progress=False)
+                            stage_config("synthesize", json.dumps(params))["generate"], progress=False)
 
 
 def test_shard_seeds_are_distinct():
@@ -107,4 +107,4 @@ def test_bad_shard_requests_are_named(setup, small_split, tmp_path):
     with pytest.raises(LthashError, match="model folder not found"):
         root, base, plan = setup
         synthesize_shard(tmp_path / "nothing", None, 0, "pretrain", 0, plan, small_split, tmp_path / "x.h5",
-                         generate_params("{}"), progress=False)
+                         stage_config("synthesize", "{}")["generate"], progress=False)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lthash.errors import LthashError
-from lthash.hashing.cli import hashing_params
+from lthash.config import stage_config
 from lthash.hashing.losses.logit_adjustment import adjust_logits, logit_offset
 from lthash.hashing.methods import REGISTRY, check_balance
 from lthash.hashing.model import build_model
@@ -83,8 +83,8 @@ def test_class_logits_are_a_fact_of_the_registry():
 
 def method_losses(method: str, out: dict[str, torch.Tensor], tau: float | None) -> float:
     """The method's loss of constructed outputs, plain (tau None) or logit-adjusted."""
-    params = hashing_params(json.dumps({"method": method, "bits": 16, "cnn": {"width": 4},
-                                        "lthnet": {"feature_dim": 16}}))
+    params = stage_config("train", json.dumps({"method": method, "bits": 16, "cnn": {"width": 4},
+                                               "lthnet": {"feature_dim": 16}}))["hashing"]
     model = build_model(params, method, "cnn", 16, len(COUNTS), (28, 28, 1), COUNTS, 0)
     if tau is not None:
         model.adjust_logits_by_prior(tau)
@@ -133,8 +133,9 @@ def test_a_negative_tau_is_a_schema_error_naming_the_key():
 
 
 def params(method: str = "orthohash", **train):
-    return hashing_params(json.dumps({"method": method, "bits": 16, "cnn": {"width": 8},
-                                      "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, **train}}))
+    return stage_config("train", json.dumps({"method": method, "bits": 16, "cnn": {"width": 8},
+                                             "train": {"epochs": 1, "batch_size": 32, "lr": 0.002,
+                                                       **train}}))["hashing"]
 
 
 def test_logit_adjustment_changes_the_trained_model_and_is_recorded(small_split, tmp_path):

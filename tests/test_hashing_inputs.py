@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lthash.errors import LthashError
-from lthash.hashing.cli import hashing_params
+from lthash.config import stage_config
 from lthash.hashing.data import load_training_set, mix_counts
 from lthash.hashing.encode import encode_array
 from lthash.hashing.methods import REGISTRY
@@ -29,7 +29,7 @@ def params(**spec) -> dict:
     spec.setdefault("bits", 16)
     spec.setdefault("cnn", {"width": 8})
     spec.setdefault("train", TINY)
-    return hashing_params(json.dumps(spec))
+    return stage_config("train", json.dumps(spec))["hashing"]
 
 
 def write_shard(path, images: np.ndarray, labels: np.ndarray, cls: int = 0) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lthash.evaluate.codes import read_codes
-from lthash.hashing.cli import hashing_params
+from lthash.config import stage_config
 from lthash.hashing.encode import encode_array, encode_split
 from lthash.hashing.methods import REGISTRY
 from lthash.hashing.train import run_training
@@ -48,7 +48,7 @@ def score(codes_path, classes: np.ndarray | None = None) -> float:
 
 def train(split, out, method: str, group: str = "train", extra: dict | None = None) -> dict:
     spec = {"method": method, "bits": 32, "seed": 0, "cnn": {"width": 8}, "train": dict(FAST), **(extra or {})}
-    return run_training(split, group, [], "real", None, out, hashing_params(json.dumps(spec)), "cpu")
+    return run_training(split, group, [], "real", None, out, stage_config("train", json.dumps(spec))["hashing"], "cpu")
 
 
 def test_registry_names_every_method():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lthash.errors import LthashError
-from lthash.hashing.cli import hashing_params
+from lthash.config import stage_config
 from lthash.hashing.data import class_balanced_draw, epoch_batches
 from lthash.hashing.train import run_training
 from lthash.io import load_safetensors
@@ -46,8 +46,9 @@ def test_class_balanced_batches_are_a_function_of_seed_and_epoch():
 
 
 def params(**train):
-    return hashing_params(json.dumps({"bits": 16, "cnn": {"width": 8},
-                                      "train": {"epochs": 1, "batch_size": 32, "lr": 0.002, **train}}))
+    return stage_config("train", json.dumps({"bits": 16, "cnn": {"width": 8},
+                                             "train": {"epochs": 1, "batch_size": 32, "lr": 0.002,
+                                                       **train}}))["hashing"]
 
 
 def test_a_class_balanced_run_records_its_sampling_and_identity(small_split, tmp_path):

@@ -119,11 +119,12 @@ def test_encode_killed_while_writing_leaves_no_codes_and_the_rerun_matches(tmp_p
     """SIGKILL `lthash encode` as soon as a file appears beside its output (writing has begun):
     no codes file is left under the output name, and the rerun of the same command writes the
     codes of an uninterrupted run and removes the killed writer's temporary."""
-    from lthash.hashing.cli import hashing_params
+    from lthash.config import stage_config
     from lthash.hashing.train import run_training
 
     model = tmp_path / "run"
-    run_training(small_split, "train", [], "real", None, model, hashing_params(json.dumps(TINY_MODEL)), "cpu")
+    params = stage_config("train", json.dumps(TINY_MODEL))["hashing"]
+    run_training(small_split, "train", [], "real", None, model, params, "cpu")
 
     def encode(out: Path) -> list[str]:
         return lthash_command("encode", "--model", str(model), "--split", str(small_split), "--out", str(out),

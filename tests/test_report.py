@@ -8,6 +8,7 @@ report's tables, sentences, pictures and timing are checked against numbers reco
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lthash.config import stage_config
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, pack_codes, write_codes
 from lthash.evaluate.score import run_score
@@ -27,7 +29,9 @@ from lthash.report.uncertainty import difference_text, paired, spread
 from lthash.report.timing import read_benchmarks
 
 BITS = 16
-PARAMS = {"topk": ["all", 50], "pk_points": 5, "many_shot": 30, "few_shot": 8}
+#: the score stage's validated evaluate section
+PARAMS = stage_config("score", json.dumps({"topk": ["all", 50], "pk_points": 5, "many_shot": 30,
+                                           "few_shot": 8}))["evaluate"]
 # arm label -> (tags, how the codes are made: random mixes of the class-mean directions of the
 # database (supervised, far better), or a random projection of the pixels with this seed)
 ARMS = {

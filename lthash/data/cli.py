@@ -31,30 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="a new or empty folder")
     export.add_argument("--size", type=int, default=None, help="square side in pixels (default: as stored)")
     add_common_arguments(export)
-    export.set_defaults(func=export_command)
+    export.set_defaults(func=export_imagefolder_command)
 
 
-def export_command(args: argparse.Namespace) -> None:
-    """Validate the dataset section and write the ImageFolder tree."""
-    from lthash.config import parse_params, validate_config
+def export_imagefolder_command(args: argparse.Namespace) -> None:
+    """Write the ImageFolder tree of the validated dataset section (digits without --params)."""
     from lthash.data.export import counts_summary, export_imagefolder
 
-    params = parse_params(args.params) or {"dataset": {"name": "digits"}}
-    config = validate_config({"dataset": params.get("dataset") or {}})
-    print(counts_summary(export_imagefolder(config["dataset"], args.out, args.size)))
+    print(counts_summary(export_imagefolder(args.config["dataset"], args.out, args.size)))
 
 
 def split_command(args: argparse.Namespace) -> None:
-    """Validate params (defaults filled) and run the split stage."""
-    from lthash.config import parse_params, validate_config
+    """Run the split stage on the validated dataset and split sections."""
     from lthash.data.split import run_split
-    from lthash.errors import LthashError
 
-    params = parse_params(args.params)
-    unknown = sorted(set(params) - {"dataset", "split"})
-    if unknown:
-        raise LthashError(f"--params of split takes the sections dataset and split, not {', '.join(unknown)}")
-    config = validate_config({"dataset": params.get("dataset") or {}, "split": params.get("split") or {}})
+    config = args.config
     threads = args.threads or int(os.environ.get("LTHASH_THREADS", 0)) or os.cpu_count() or 1
     summary = args.summary or str(Path(args.out).with_suffix(".json"))
     run_split(config["dataset"], config["split"], args.out, summary, args.figure, threads=threads)

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                        help="extra column of every CSV row (repeatable), e.g. method=csq")
     add_common_arguments(score)
-    score.set_defaults(func=_score)
+    score.set_defaults(func=score_command)
 
     search = subparsers.add_parser(
         "search", help="top-k database items by Hamming distance, for query images or codes (exact scan, or faiss)",
@@ -49,11 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="contact sheet: each query and its top-k, framed green / red (same class or not) when "
                              "the query's class is known (its folder names a class, or it is a codes-file row)")
     add_common_arguments(search)
-    search.set_defaults(func=_search)
+    search.set_defaults(func=search_command)
 
 
-def _score(args: argparse.Namespace) -> None:
-    from lthash.config import parse_params
+def score_command(args: argparse.Namespace) -> None:
     from lthash.errors import LthashError
     from lthash.evaluate.metrics import set_threads
     from lthash.evaluate.score import parse_tags, run_score
@@ -65,22 +64,16 @@ def _score(args: argparse.Namespace) -> None:
             counts = [int(c) for c in args.counts.split(",") if c.strip()]
         except ValueError as exc:
             raise LthashError(f"--counts must be comma-separated integers, got {args.counts!r}") from exc
-    params = parse_params(args.params)
-    params = params.get("evaluate", params) if isinstance(params.get("evaluate"), dict) else params
-    run_score(args.codes, args.out, params, split=args.split, counts=counts, csv_path=args.csv,
+    run_score(args.codes, args.out, args.config["evaluate"], split=args.split, counts=counts, csv_path=args.csv,
               plots=args.plots, tags=parse_tags(args.tag), threads=args.threads)
 
 
-def _search(args: argparse.Namespace) -> None:
-    from lthash.config import parse_params
+def search_command(args: argparse.Namespace) -> None:
     from lthash.evaluate.metrics import set_threads
-    from lthash.evaluate.score import validate_params
     from lthash.evaluate.search import run_search
 
     set_threads(args.threads)
-    params = parse_params(args.params)
-    params = params.get("evaluate", params) if isinstance(params.get("evaluate"), dict) else params
-    settings = validate_params(params)["search"]
+    settings = args.config["evaluate"]["search"]
     device = args.device
     if args.model is not None and device == "auto":
         from lthash.runtime import select_device

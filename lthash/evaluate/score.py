@@ -27,17 +27,6 @@ METRIC_COLUMNS = ("R", "R_effective", "ties", "bits", "n_query", "n_database", "
                   "map_head", "map_medium", "map_tail", "precision_at_R", "radius", "precision_within_radius")
 
 
-def validate_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``evaluate`` config section with defaults filled (schema ``evaluate.schema.yaml``)."""
-    from lthash.config import validate_config
-
-    section = validate_config({"dataset": {}, "evaluate": dict(params or {})})["evaluate"]
-    if section["few_shot"] > section["many_shot"]:
-        raise LthashError(f"config key 'evaluate.few_shot' ({section['few_shot']}) must not exceed "
-                          f"'evaluate.many_shot' ({section['many_shot']})")
-    return section
-
-
 def split_class_info(split: str | os.PathLike) -> tuple[list[int], list[str] | None]:
     """Training class counts (``train`` group attribute ``counts``) and class names of a split file."""
     train = read_attrs(split, "train")
@@ -236,15 +225,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def run_score(codes: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any] | None = None,
+def run_score(codes: str | os.PathLike, out: str | os.PathLike, params: Mapping[str, Any],
               split: str | os.PathLike | None = None, counts: Sequence[int] | None = None,
               csv_path: str | os.PathLike | None = None, plots: str | os.PathLike | None = None,
               tags: Mapping[str, str] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Score a codes file and write the metrics JSON (and CSV / plots when asked).
 
+    ``params`` is the validated ``evaluate`` section (``lthash.config.stage_config("score", ...)``).
     Class counts come from ``split`` (its ``train`` group's ``counts``) or ``counts``.
     """
-    params = validate_params(params)
     if (split is None) == (counts is None):
         raise LthashError("give exactly one of a split file (for training class counts) or a counts list")
     names = None

@@ -1,22 +1,12 @@
 """Subcommands of the generation group: base, plan, personalize, filter-judge, synthesize, quality.
 
-``--params`` carries the ``generate`` section, either as ``{"generate": {...}}`` (what the
-workflow passes) or bare; it is validated against the schema so defaults are filled.
+Each handler reads the validated ``generate`` section from ``args.config`` (``lthash.cli.main``
+read ``--params``: ``{"generate": {...}}`` as the workflow passes it, or the bare section).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-
-def generate_params(text: str | None) -> dict[str, Any]:
-    """The validated ``generate`` section from a ``--params`` argument."""
-    from lthash.config import parse_params, validate_config
-
-    params = parse_params(text)
-    section = params.get("generate", params)
-    return validate_config({"dataset": {}, "generate": section})["generate"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     base.add_argument("--samples", default=None, help="also write the sample grid PNG here")
     base.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(base)
-    base.set_defaults(func=run_base)
+    base.set_defaults(func=base_command)
 
     plan = subparsers.add_parser(
         "plan", help="balancing plan: synthetic images per class and purpose, cut into shards",
@@ -42,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--split-summary", required=True, help="split.json (or the split HDF5 file)")
     plan.add_argument("--out", required=True, help="plan JSON to write")
     add_common_arguments(plan)
-    plan.set_defaults(func=run_plan)
+    plan.set_defaults(func=plan_command)
 
     synth = subparsers.add_parser(
         "synthesize", help="draw one shard of synthetic images of one class",
@@ -62,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "generate.synthesis.filter_factor > 1, refused otherwise")
     synth.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(synth)
-    synth.set_defaults(func=run_synthesize)
+    synth.set_defaults(func=synthesize_command)
 
     judge = subparsers.add_parser(
         "filter-judge", help="train the synthesis filter's classifier on the long-tail training set",
@@ -73,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     judge.add_argument("--split", required=True, help="split file (HDF5)")
     judge.add_argument("--out", required=True, help="judge folder to write")
     add_common_arguments(judge)
-    judge.set_defaults(func=run_filter_judge)
+    judge.set_defaults(func=filter_judge_command)
 
     quality = subparsers.add_parser(
         "quality", help="class fidelity and diversity of synthetic shards, and a real-vs-synthetic grid",
@@ -86,28 +76,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--out", required=True, help="metrics JSON to write")
     quality.add_argument("--grid", default=None, help="real-vs-synthetic PNG to write")
     add_common_arguments(quality)
-    quality.set_defaults(func=run_quality)
+    quality.set_defaults(func=quality_command)
 
     from lthash.generate.personalize.cli import register as register_personalize
 
     register_personalize(subparsers)
 
 
-def run_base(args: argparse.Namespace) -> None:
+def base_command(args: argparse.Namespace) -> None:
     from lthash.generate.base import run_base as train
     from lthash.runtime import select_device
 
-    train(args.split, args.out, generate_params(args.params), device=select_device(args.device),
+    train(args.split, args.out, args.config["generate"], device=select_device(args.device),
           samples_png=args.samples)
 
 
-def run_plan(args: argparse.Namespace) -> None:
+def plan_command(args: argparse.Namespace) -> None:
     import logging
 
     from lthash.generate.plan import plan_from_params, read_summary
     from lthash.io import write_json
 
-    params = generate_params(args.params)
+    params = args.config["generate"]
     plan = plan_from_params(read_summary(args.split_summary), params["synthesis"])
     plan["seed"] = params["seed"]
     write_json(args.out, plan)
@@ -116,13 +106,13 @@ def run_plan(args: argparse.Namespace) -> None:
         plan["totals"]["pretrain"], plan["totals"]["mix"])
 
 
-def run_synthesize(args: argparse.Namespace) -> None:
+def synthesize_command(args: argparse.Namespace) -> None:
     from lthash.generate.synthesize import read_plan, synthesize_shard
     from lthash.runtime import select_device
 
     from lthash.errors import LthashError
 
-    params = generate_params(args.params)
+    params = args.config["generate"]
     if args.judge is not None and params["synthesis"]["filter_factor"] <= 1:
         raise LthashError("--judge given but config key 'generate.synthesis.filter_factor' is "
                           f"{params['synthesis']['filter_factor']:g}: no filtering happens; drop --judge or raise the factor")
@@ -130,22 +120,22 @@ def run_synthesize(args: argparse.Namespace) -> None:
                      args.split, args.out, params, device=select_device(args.device), judge_dir=args.judge)
 
 
-def run_filter_judge(args: argparse.Namespace) -> None:
+def filter_judge_command(args: argparse.Namespace) -> None:
     import logging
 
     from lthash.generate.judge import train_filter_judge
 
-    record = train_filter_judge(args.split, args.out, generate_params(args.params))
+    record = train_filter_judge(args.split, args.out, args.config["generate"])
     logging.getLogger("lthash.filter_judge").info(
         "filter judge written to %s (validation accuracy %s)", args.out, record["validation_accuracy"])
 
 
-def run_quality(args: argparse.Namespace) -> None:
+def quality_command(args: argparse.Namespace) -> None:
     from lthash.errors import LthashError
     from lthash.generate.quality import evaluate_quality, save_real_vs_synthetic_grid
     from lthash.io import read_attrs, write_json
 
-    params = generate_params(args.params)
+    params = args.config["generate"]
     shards = list(args.shards)
     if args.generator is not None:
         shards = [path for path in shards if str(read_attrs(path, "synthetic").get("generator")) == args.generator]

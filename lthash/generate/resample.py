@@ -68,11 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard", type=int, required=True, help="shard number within (class, purpose)")
     parser.add_argument("--out", required=True, help="shard file to write (HDF5)")
     add_common_arguments(parser)
-    parser.set_defaults(func=_resample)
+    parser.set_defaults(func=resample_command)
 
 
-def _resample(args: argparse.Namespace) -> None:
-    from lthash.generate.cli import generate_params
-
+def resample_command(args: argparse.Namespace) -> None:
     resample_shard(args.split, read_plan(args.plan), args.class_index, args.purpose, args.shard, Path(args.out),
-                   generate_params(args.params))
+                   args.config["generate"])

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                        help="identity of the run written into run.json (repeatable: arm, generator, synthesis)")
     add_common_arguments(train)
-    train.set_defaults(func=_train)
+    train.set_defaults(func=train_command)
 
     encode = subparsers.add_parser("encode", help="packed codes of the database and query sets")
     encode.add_argument("--model", required=True, metavar="RUN_DIR")
@@ -34,34 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--batch-size", type=int, default=None,
                         help="default: LTHASH_ENCODE_BATCH_SIZE, else hashing.encode.batch_size")
     add_common_arguments(encode)
-    encode.set_defaults(func=_encode)
+    encode.set_defaults(func=encode_command)
 
 
-def hashing_params(text: str | None, stage: str = "train") -> dict:
-    """The hashing section from --params (``{"hashing": {...}}`` as the workflow passes it, or
-    the bare section), validated with defaults filled (``lthash`` has refused keys ``stage`` does not read)."""
-    from lthash.config import parse_params, validate_config
-    from lthash.workflow import nest_params
-
-    params = nest_params(stage, parse_params(text))
-    return validate_config({"dataset": {}, "hashing": params.get("hashing", {})})["hashing"]
-
-
-def _train(args: argparse.Namespace) -> None:
+def train_command(args: argparse.Namespace) -> None:
     from lthash.evaluate.score import parse_tags
     from lthash.hashing.train import run_training
     from lthash.runtime import select_device
 
-    params = hashing_params(args.params)
-    run_training(args.split, args.group, args.synthetic, args.mode, args.init, args.out, params,
+    run_training(args.split, args.group, args.synthetic, args.mode, args.init, args.out, args.config["hashing"],
                  select_device(args.device), args.threads, tags=parse_tags(args.tag))
 
 
-def _encode(args: argparse.Namespace) -> None:
+def encode_command(args: argparse.Namespace) -> None:
     from lthash.hashing.encode import encode_split
     from lthash.runtime import select_device
     from lthash.workflow import runtime_setting
 
-    params = hashing_params(args.params, "encode")
-    batch_size = args.batch_size or int(runtime_setting({"hashing": params}, "hashing.encode.batch_size"))
+    batch_size = args.batch_size or int(runtime_setting(args.config, "hashing.encode.batch_size"))
     encode_split(args.model, args.split, args.out, select_device(args.device), batch_size)

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tables", help="folder for <table>.csv and <table>.html of every table")
     parser.add_argument("--figures", help="folder for the retrieval pictures and per-class AP charts")
     add_common_arguments(parser)
-    parser.set_defaults(func=_report)
+    parser.set_defaults(func=report_command)
 
     table = subparsers.add_parser(
         "readme-table", help="the README's results table from a run's tables/arms.csv",
@@ -34,19 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "against the best control) as Markdown; with --readme, rewrite the file's results block.")
     table.add_argument("--arms", required=True, help="tables/arms.csv of a finished run")
     table.add_argument("--readme", help="Markdown file whose results block to rewrite (else print the table)")
-    table.set_defaults(func=_readme_table)
+    table.set_defaults(func=readme_table_command)
 
 
-def _report(args: argparse.Namespace) -> None:
-    from lthash.config import parse_params
+def report_command(args: argparse.Namespace) -> None:
     from lthash.report.report import write_report
 
-    write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, parse_params(args.params),
+    write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, args.config,
                  codes=args.codes, split=args.split, tables=args.tables, figures=args.figures,
                  benchmarks=args.benchmarks, server_log=args.server_log)
 
 
-def _readme_table(args: argparse.Namespace) -> None:
+def readme_table_command(args: argparse.Namespace) -> None:
     from lthash.report.readme import write_readme_table
 
     table = write_readme_table(args.arms, args.readme)

@@ -40,13 +40,6 @@ TABLE_COLUMNS = ("arm_label", "arm", "generator", "synthesis", "kind", "method",
                  "map", "map_head", "map_medium", "map_tail", "precision_at_R", "n_query", "n_database")
 
 
-def report_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``report`` section with schema defaults filled."""
-    from lthash.config import validate_config
-
-    return validate_config({"dataset": {}, "report": dict((params or {}).get("report") or {})})["report"]
-
-
 class SeedTables:
     """The seed paper's tables 1-3 and the all-runs group table, from the scored runs (an arm's
     cell is its mean ± sd over seeds; the group table has one row per run and seed)."""
@@ -241,13 +234,21 @@ def _figures(runs: Sequence[RunRecord], figures: Path, out: Path, split: str | o
 
 def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, table: str | os.PathLike,
                  split_summary: str | os.PathLike, quality: Sequence[str | os.PathLike] = (),
-                 params: Mapping[str, Any] | None = None, codes: Sequence[str | os.PathLike] = (),
+                 config: Mapping[str, Any] | None = None, codes: Sequence[str | os.PathLike] = (),
                  split: str | os.PathLike | None = None, tables: str | os.PathLike | None = None,
                  figures: str | os.PathLike | None = None, benchmarks: str | os.PathLike | None = None,
                  server_log: str | os.PathLike | None = None) -> None:
-    """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures."""
-    params = dict(params or {})
-    settings = report_params(params)
+    """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures.
+
+    ``config`` is the report stage's validated config (``lthash.config.stage_config("report", ...)``,
+    every default when not given); its digest in ``report.md`` is that of what the stage reads.
+    """
+    from lthash.config import stage_config
+    from lthash.workflow import rule_params
+
+    config = stage_config("report", None) if config is None else config
+    settings = config["report"]
+    params = rule_params(config, "report")
     runs = load_runs(metrics, codes)
     out = Path(out)
     R, ties = primary_cut(runs)

@@ -83,7 +83,7 @@ rule personalize:
         ),
     shell:
         "lthash personalize --base {input.base} --split {input.split} --class {wildcards.cls}"
-        " --method {wildcards.generator} --out {output.concept} --params {params.config}"
+        " --generator {wildcards.generator} --out {output.concept} --params {params.config}"
         " --threads {threads} 2> {log}"
 
 

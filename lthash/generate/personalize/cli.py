@@ -1,8 +1,9 @@
-"""``lthash personalize``: one concept (class x method) from the base model and the split."""
+"""``lthash personalize``: one concept (class x generator) from the base model and the split."""
 
 from __future__ import annotations
 
 import argparse
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``personalize`` subcommand."""
@@ -16,22 +17,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", required=True, help="base model folder (tiny base or Stable Diffusion, diffusers format)")
     parser.add_argument("--split", required=True, help="split file (HDF5); only its long-tail 'train' group is read")
     parser.add_argument("--class", dest="class_index", type=int, required=True, help="class index")
-    parser.add_argument("--method", required=True, help=f"one of {', '.join(personalised_names())}")
+    parser.add_argument("--generator", required=True,
+                        help=f"the personalisation method, one of {', '.join(personalised_names())}")
     parser.add_argument("--out", required=True, help="concept folder to write")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=personalize_command)
 
 
-def run(args: argparse.Namespace) -> None:
-    from lthash.config import parse_params, validate_config
+def personalize_command(args: argparse.Namespace) -> None:
     from lthash.generate.personalize.method import get_method
     from lthash.generate.personalize.runner import personalize
     from lthash.runtime import select_device
 
-    get_method(args.method)
-    params = parse_params(args.params)
-    generate = params.get("generate", params)
-    config = validate_config({"dataset": {}, "generate": generate})
-    personalize(args.base, args.split, args.class_index, args.method, args.out, config["generate"],
+    get_method(args.generator)
+    personalize(args.base, args.split, args.class_index, args.generator, args.out, args.config["generate"],
                 device=select_device(args.device))
