@@ -26,12 +26,11 @@ from lthash.errors import LthashError
 from lthash.generate.judge import check_judge_for, judge_weights, load_judge
 from lthash.generate.models import DiffusionComponents, load_components
 from lthash.generate.pipeline import SamplerConfig, generate
-from lthash.generate.plan import shard_entry
-from lthash.generate.shards import (class_train_images, init_choice, read_plan, shard_is_complete,  # noqa: F401
-                                    shard_seed)
+from lthash.generate.plan import read_plan, shard_entry  # noqa: F401 (lthash synthesize reads plans through here)
+from lthash.generate.shards import class_train_images, init_choice, shard_is_complete, shard_seed  # noqa: F401
 from lthash.generate.corpus import check_base_corpus, prompt_words
 from lthash.generate.prompts import category_prompt
-from lthash.io import ImageSet, canonical_json, open_complete_h5, write_image_sets
+from lthash.io import ImageSet, canonical_json, open_complete_h5, read_attrs, write_image_sets
 
 log = logging.getLogger("lthash.synthesize")
 
@@ -39,11 +38,15 @@ BASE_GENERATOR = "base"
 
 
 def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
-    """(H, W, C) of the split's images, which synthetic shards must match."""
+    """(H, W, C) of the split's images, which synthetic shards must match: the stored pixels'
+    shape, else (a split stored as paths) its ``image_shape`` attribute."""
     with open_complete_h5(split_path) as h5:
         for group in ("train", "train_balanced", "database", "query"):
             if group in h5 and "images" in h5[group]:
                 return tuple(int(v) for v in h5[group]["images"].shape[1:])
+    shape = read_attrs(split_path).get("image_shape")
+    if shape is not None and len(shape) == 3:
+        return tuple(int(v) for v in shape)
     raise LthashError(f"{split_path} holds no images to take the shard size from")
 
 
@@ -134,7 +137,7 @@ def synthesize_shard(
     candidates = candidate_count(entry["count"], factor)
     init_images = init_index = None
     if init == "real":
-        train = class_train_images(split_path, class_index, class_names[class_index])
+        train = class_train_images(split_path, class_index, "config key 'generate.synthesis.init': real needs them")
         picks = init_choice(train.index, candidates, seed)
         init_images, init_index = train.images[picks], train.index[picks]
     started = time.perf_counter()
