@@ -87,6 +87,29 @@ def most_confident(probabilities: np.ndarray, class_index: int, count: int) -> n
     return np.sort(order[:count])
 
 
+def _judge_digest(judge_dir: str | os.PathLike | None, factor: float, split_path: str | os.PathLike,
+                  class_names: list[str]) -> str:
+    """The filter judge's digest (checked to be the split's), or "none" when nothing is filtered."""
+    if factor <= 1:
+        return "none"
+    if judge_dir is None:
+        raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
+                          "--judge (the folder written by lthash filter-judge)")
+    return check_judge_for(judge_dir, split_path, class_names)
+
+
+def _keep_most_confident(images: np.ndarray, init_index: np.ndarray | None, judge_dir: str | os.PathLike,
+                         class_index: int, count: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """The ``count`` candidates the judge is surest are of the class, their init indices and
+    what the shard records of the filter (candidate numbers, judge probabilities)."""
+    judge, _ = load_judge(judge_weights(judge_dir))
+    probabilities = judge.predict_proba(images)
+    keep = most_confident(probabilities, class_index, count)
+    extra = {"candidate": keep.astype(np.int64),
+             "judge_probability": probabilities[keep, class_index].astype(np.float32)}
+    return images[keep], None if init_index is None else init_index[keep], extra
+
+
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -115,12 +138,7 @@ def synthesize_shard(
     init, strength = str(synthesis["init"]), float(synthesis["strength"])
     factor = float(synthesis["filter_factor"])
     class_names = list(plan["class_names"])
-    judge_digest = "none"
-    if factor > 1:
-        if judge_dir is None:
-            raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
-                              "--judge (the folder written by lthash filter-judge)")
-        judge_digest = check_judge_for(judge_dir, split_path, class_names)
+    judge_digest = _judge_digest(judge_dir, factor, split_path, class_names)
     check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
@@ -147,13 +165,7 @@ def synthesize_shard(
                           sampler, size=size, on_batch=bar.update, init_images=init_images, strength=strength)
     extra: dict[str, np.ndarray] = {}
     if factor > 1:
-        judge, _ = load_judge(judge_weights(judge_dir))
-        probabilities = judge.predict_proba(images)
-        keep = most_confident(probabilities, class_index, entry["count"])
-        images = images[keep]
-        extra["candidate"] = keep.astype(np.int64)
-        extra["judge_probability"] = probabilities[keep, class_index].astype(np.float32)
-        init_index = None if init_index is None else init_index[keep]
+        images, init_index, extra = _keep_most_confident(images, init_index, judge_dir, class_index, entry["count"])
     if init_index is not None:
         extra["init_index"] = np.asarray(init_index, dtype=np.int64)
     seconds = time.perf_counter() - started
