@@ -262,7 +262,7 @@ def write_loss_curve(folder: Path, losses: Sequence[float], config: BaseTraining
 def sample_grid(components: DiffusionComponents, words: Sequence[str], per_word: int, seed: int,
                 size: tuple[int, int, int]) -> np.ndarray:
     """One row per super-category of samples of "a photo of a <word>" (uint8 grid image)."""
-    from lthash.generate.pipeline import SamplerConfig, generate
+    from lthash.generate.sampler import SamplerConfig, generate
     from lthash.generate.prompts import category_prompt
 
     prompts = [category_prompt(word) for word in words for _ in range(per_word)]

@@ -25,7 +25,7 @@ import torch
 from lthash.errors import LthashError
 from lthash.generate.judge import check_judge_for, judge_weights, load_judge
 from lthash.generate.models import DiffusionComponents, load_components
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import read_plan, shard_entry  # noqa: F401 (lthash synthesize reads plans through here)
 from lthash.generate.shards import class_train_images, init_choice, shard_is_complete, shard_seed  # noqa: F401
 from lthash.generate.corpus import check_base_corpus, prompt_words
