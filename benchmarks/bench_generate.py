@@ -29,7 +29,7 @@ import torch
 from lthash.config import validate_config
 from lthash.generate.base import BaseTrainingConfig, train_base
 from lthash.generate.models import TinyModelConfig, build_tiny_components, encode_prompts
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import make_plan
 from lthash.generate.reference import reference_draw
 

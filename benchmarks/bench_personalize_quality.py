@@ -28,7 +28,7 @@ import torch
 from lthash.config import validate_config
 from lthash.generate.concepts import load_concept
 from lthash.generate.personalize.runner import personalize
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.synthesize import load_generator
 from lthash.io import read_attrs, read_image_set
 

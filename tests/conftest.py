@@ -95,3 +95,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_clothing_base(tmp_path_factory):
+    """A tiny text-to-image base (super-categories clothing, footwear, accessory; 28 x 28 grey),
+    saved once for the synthesis tests, which only read it."""
+    from lthash.generate.models import build_tiny_components, save_components
+
+    settings = {"block_out_channels": [8, 16], "norm_num_groups": 4, "text_hidden_size": 16, "text_heads": 2}
+    return save_components(build_tiny_components(["clothing", "footwear", "accessory"], 28, 1, 0, settings),
+                           tmp_path_factory.mktemp("tiny_clothing_base") / "base")

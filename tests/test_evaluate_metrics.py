@@ -167,17 +167,22 @@ def test_skewed_query_classes_and_classes_missing_from_the_database():
             np.testing.assert_array_equal(scores.hist_rel.sum(axis=1), np.bincount(dl, minlength=5)[ql])
 
 
+def assert_average_ap_is(reference, qc, dc, ql, dl, topks, n):
+    """The kernel's tie-averaged AP of both queries at every cut-off equals ``reference``'s."""
+    scores = score_codes(qc, dc, ql, dl, topks)
+    for topk in topks:
+        for i in range(2):
+            exact = reference(hamming(qc[i], dc), relevance(ql[i], dl), topk or n)
+            assert abs(scores.ap(topk, "average")[i] - float(exact)) < 1e-12
+
+
 def test_tie_average_matches_permutation_enumeration():
     rng = np.random.default_rng(1)
     for _ in range(40):
         n = int(rng.integers(1, 8))
         qc, dc, ql, dl = random_problem(rng, n, 2, int(rng.integers(1, 3)), 2)
         topks = [None, int(rng.integers(1, n + 1))]
-        scores = score_codes(qc, dc, ql, dl, topks)
-        for topk in topks:
-            for i in range(2):
-                exact = permutation_average_ap(hamming(qc[i], dc), relevance(ql[i], dl), topk or n)
-                assert abs(scores.ap(topk, "average")[i] - float(exact)) < 1e-12
+        assert_average_ap_is(permutation_average_ap, qc, dc, ql, dl, topks, n)
 
 
 def test_tie_average_matches_pattern_enumeration_heavy_ties():
@@ -186,11 +191,7 @@ def test_tie_average_matches_pattern_enumeration_heavy_ties():
         n = int(rng.integers(2, 16))
         qc, dc, ql, dl = random_problem(rng, n, 2, int(rng.integers(1, 4)), 3)
         topks = [None] + sorted({int(k) for k in rng.integers(1, n + 1, 3)})
-        scores = score_codes(qc, dc, ql, dl, topks)
-        for topk in topks:
-            for i in range(2):
-                exact = enumerate_average_ap(hamming(qc[i], dc), relevance(ql[i], dl), topk or n)
-                assert abs(scores.ap(topk, "average")[i] - float(exact)) < 1e-12
+        assert_average_ap_is(enumerate_average_ap, qc, dc, ql, dl, topks, n)
 
 
 @pytest.mark.parametrize("n_db,bits,topks", [(300, 2, [None, 1, 70, 150, 151, 233]),
@@ -200,11 +201,7 @@ def test_tie_average_large_buckets_exact(n_db, bits, topks):
     cut-offs inside them, against the exact rational position-law reference."""
     rng = np.random.default_rng(n_db)
     qc, dc, ql, dl = random_problem(rng, n_db, 2, bits, 4)
-    scores = score_codes(qc, dc, ql, dl, topks)
-    for topk in topks:
-        for i in range(2):
-            exact = position_average_ap(hamming(qc[i], dc), relevance(ql[i], dl), topk or n_db)
-            assert abs(scores.ap(topk, "average")[i] - float(exact)) < 1e-12
+    assert_average_ap_is(position_average_ap, qc, dc, ql, dl, topks, n_db)
 
 
 def test_hand_made_single_tie():

@@ -14,7 +14,7 @@ from lthash.errors import LthashError
 from lthash.config import stage_config
 from lthash.generate.judge import class_weights, load_judge, train_judge, judge_weights
 from lthash.generate.models import build_tiny_components, load_components, save_components
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import candidate_count, shard_seed, synthesize_shard, BASE_GENERATOR
 from lthash.io import ImageSet, read_attrs, read_image_set, read_json, write_image_sets, write_json

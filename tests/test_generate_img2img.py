@@ -12,8 +12,8 @@ import torch
 from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash.config import stage_config
-from lthash.generate.models import build_tiny_components, load_components, save_components, save_tiny_stable_diffusion
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.models import build_tiny_components, load_components, save_tiny_stable_diffusion
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import init_choice, synthesize_shard
 from lthash.io import read_attrs, read_image_set
@@ -127,9 +127,8 @@ def test_init_choice_is_a_seeded_cycled_permutation():
 
 
 @pytest.fixture(scope="module")
-def shard_setup(small_split, tmp_path_factory):
-    root = tmp_path_factory.mktemp("img2img")
-    base = save_components(build_tiny_components(["clothing", "footwear", "accessory"], 28, 1, 0, TINY), root / "base")
+def shard_setup(small_split, tiny_clothing_base):
+    base = tiny_clothing_base
     names = read_attrs(small_split)["class_names"]
     plan = make_plan([60, 30, 20, 15, 12, 10, 8, 7, 6, 6], names, pretrain_per_class=20, shard_size=20)
     return base, plan

@@ -1,6 +1,6 @@
 """The sampler draws exactly what the plain classifier-free-guidance loop over the same model
 draws (:func:`lthash.generate.reference.reference_draw`). A change to
-:func:`lthash.generate.pipeline.generate` made for speed must keep the images bit-identical to
+:func:`lthash.generate.sampler.generate` made for speed must keep the images bit-identical to
 it, or be reported as a change of the images.
 """
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lthash.generate.models import encode_prompts, load_components
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.reference import reference_draw
 from lthash.generate.shipped import MODELS_DIR
 from lthash.io import read_image_set

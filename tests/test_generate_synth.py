@@ -14,20 +14,17 @@ import pytest
 
 from lthash.errors import LthashError
 from lthash.config import stage_config
-from lthash.generate.models import build_tiny_components, save_components
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import BASE_GENERATOR, shard_seed, synthesize_shard
 from lthash import io
 from lthash.io import read_attrs, read_image_set, write_json
 
-TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "text_hidden_size": 16, "text_heads": 2}
 PARAMS = {"seed": 3, "synthesis": {"steps": 3, "batch_size": 16}}
 
 
 @pytest.fixture(scope="module")
-def setup(small_split, tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    base = save_components(build_tiny_components(["clothing", "footwear", "accessory"], 28, 1, 0, TINY), root / "base")
+def setup(small_split, tmp_path_factory, tiny_clothing_base):
+    root, base = tmp_path_factory.mktemp("synth"), tiny_clothing_base
     names = read_attrs(small_split)["class_names"]
     plan = make_plan([60, 30, 20, 15, 12, 10, 8, 7, 6, 6], names, pretrain_per_class=40, shard_size=16)
     write_json(root / "plan.json", plan)

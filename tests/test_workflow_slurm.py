@@ -223,16 +223,16 @@ def sacct(argv):
         return 0
     if "-j" in argv:
         return 0  # failure reasons: nothing more to say
-    name = opts.get("--name")
-    for job in states():
-        if name is None or job["name"] == name:
-            print(f"{job['jobid']}|{job['state']}")
-    return 0
+    return print_states(opts.get("--name"))
 
 
 def squeue(argv):
     opts, _ = options(argv)
-    name = opts.get("--name")
+    return print_states(opts.get("--name"))
+
+
+def print_states(name):
+    """``jobid|state`` of every job (of the one named ``name``, when given), as sacct and squeue print them."""
     for job in states():
         if name is None or job["name"] == name:
             print(f"{job['jobid']}|{job['state']}")

@@ -30,26 +30,31 @@ class UnreadableImage(Exception):
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Resize an H x W x C uint8 image to size x size (shorter side, then centre crop)."""
+    return cover_image(image, size, size)
+
+
+def cover_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale an H x W x C uint8 image to cover ``height`` x ``width`` (bicubic), then centre-crop to it."""
     from PIL import Image
 
-    height, width, channels = image.shape
-    if height == size and width == size:
+    h, w, channels = image.shape
+    if (h, w) == (height, width):
         return image
     pil = Image.fromarray(image[..., 0] if channels == 1 else image, mode="L" if channels == 1 else "RGB")
-    return _as_array(_resize_pil(pil, size), channels)
+    return _as_array(_cover_pil(pil, height, width), channels)
 
 
-def _resize_pil(pil, size: int):
+def _cover_pil(pil, height: int, width: int):
     from PIL import Image
 
-    width, height = pil.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
+    w, h = pil.size
+    scale = max(height / h, width / w)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    if (new_w, new_h) != (w, h):
         pil = pil.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    if (new_w, new_h) != (size, size):
-        pil = pil.crop((left, top, left + size, top + size))
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    if (new_w, new_h) != (width, height):
+        pil = pil.crop((left, top, left + width, top + height))
     return pil
 
 
@@ -93,7 +98,7 @@ def decode_image(path: str | os.PathLike, channels: int, size: int | None) -> np
                 pil.draft(mode, (max(size, round(pil.size[0] * scale)), max(size, round(pil.size[1] * scale))))
             pil = pil.convert(mode)
             if size is not None:
-                pil = _resize_pil(pil, size)
+                pil = _cover_pil(pil, size, size)
             return _as_array(pil, channels)
     except Exception as exc:  # truncated data, unknown format, decoder errors
         raise UnreadableImage(f"{type(exc).__name__}: {exc}") from exc

@@ -62,28 +62,12 @@ def _by_class(indices: np.ndarray, labels: np.ndarray, num_classes: int) -> list
     return [np.sort(indices[labels[indices] == c]) for c in range(num_classes)]
 
 
-def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[str, Any],
-               official: Mapping[str, np.ndarray] | None = None,
-               lists: Mapping[str, np.ndarray] | None = None,
-               dataset_name: str = "dataset", describe: Callable[[int], str] | None = None) -> SplitPlan:
-    """Draw the groups from ``labels`` (class index per pooled image); ``split_cfg`` is validated here.
-
-    A request for more images than a class has raises :class:`LthashError` naming the class
-    and both numbers; ``describe(i)`` names image i in errors (default: its pooled index).
-    """
-    from lthash.config import validate_section
-
-    split_cfg = validate_section("split", split_cfg)
-    describe = describe or (lambda i: f"pooled index {i}")
-    labels = np.asarray(labels, dtype=np.int64)
+def _query_and_database(protocol: str, labels: np.ndarray, class_names: list[str], query_n: int | None,
+                         db_cap: int | None, official: Mapping[str, np.ndarray] | None,
+                         lists: Mapping[str, np.ndarray] | None, dataset_name: str, describe: Callable[[int], str],
+                         rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The query and database images of every class, by the split's protocol."""
     num_classes = len(class_names)
-    rng = np.random.default_rng(split_cfg["seed"])
-    order = class_order(num_classes, rng)
-    protocol = split_cfg["protocol"]
-    query_n = split_cfg["query_per_class"]
-    db_cap = split_cfg["database_per_class"]
-    train_n = split_cfg["train_per_class"]
-
     if protocol == "per_class":
         if query_n is None:
             raise LthashError("config key 'split.query_per_class' must be a number with protocol per_class")
@@ -126,24 +110,14 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                               f"(first: {describe(int(outside[0]))}); train must lie inside the database")
     else:
         raise LthashError(f"config key 'split.protocol': unknown protocol {protocol!r}")
+    return query, database
 
-    if protocol == "lists":
-        balanced = _by_class(lists["train"], labels, num_classes)
-        for c in range(num_classes):
-            if not len(balanced[c]):
-                raise LthashError(f"class '{class_names[c]}' has no images in the train list")
-        train_n = None
-    else:
-        if train_n is None:
-            train_n = min(len(d) for d in database)
-        balanced = []
-        for c in range(num_classes):
-            if len(database[c]) < train_n:
-                raise LthashError(f"class '{class_names[c]}' has {len(database[c])} database images, "
-                                  f"train_per_class asks for {train_n}")
-            balanced.append(rng.permutation(database[c])[:train_n])
 
-    lt = split_cfg["longtail"]
+def _long_tail(lt: Mapping[str, Any], balanced: list[np.ndarray], database: list[np.ndarray], order: np.ndarray,
+               class_names: list[str], rng: np.random.Generator):
+    """The long-tail training images of every class, drawn from its balanced set or database by
+    the profile over the class order; returns (train, order, sizes by rank, mu, s1, source name)."""
+    num_classes = len(class_names)
     profile = lt["profile"]
     source_name = lt["source"]
     source = balanced if source_name == "train_balanced" else database
@@ -167,6 +141,52 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
                 raise LthashError(f"class '{class_names[c]}' (rank {rank}) needs {size} long-tail images but its "
                                   f"{source_name} set has {len(source[c])}; lower config key 'split.longtail.s1'")
             train[c] = rng.permutation(source[c])[:size]
+    return train, order, sizes, mu, s1, source_name
+
+
+def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[str, Any],
+               official: Mapping[str, np.ndarray] | None = None,
+               lists: Mapping[str, np.ndarray] | None = None,
+               dataset_name: str = "dataset", describe: Callable[[int], str] | None = None) -> SplitPlan:
+    """Draw the groups from ``labels`` (class index per pooled image); ``split_cfg`` is validated here.
+
+    A request for more images than a class has raises :class:`LthashError` naming the class
+    and both numbers; ``describe(i)`` names image i in errors (default: its pooled index).
+    """
+    from lthash.config import validate_section
+
+    split_cfg = validate_section("split", split_cfg)
+    describe = describe or (lambda i: f"pooled index {i}")
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = len(class_names)
+    rng = np.random.default_rng(split_cfg["seed"])
+    order = class_order(num_classes, rng)
+    protocol = split_cfg["protocol"]
+    query_n = split_cfg["query_per_class"]
+    db_cap = split_cfg["database_per_class"]
+    train_n = split_cfg["train_per_class"]
+
+    query, database = _query_and_database(protocol, labels, class_names, query_n, db_cap, official, lists,
+                                          dataset_name, describe, rng)
+
+    if protocol == "lists":
+        balanced = _by_class(lists["train"], labels, num_classes)
+        for c in range(num_classes):
+            if not len(balanced[c]):
+                raise LthashError(f"class '{class_names[c]}' has no images in the train list")
+        train_n = None
+    else:
+        if train_n is None:
+            train_n = min(len(d) for d in database)
+        balanced = []
+        for c in range(num_classes):
+            if len(database[c]) < train_n:
+                raise LthashError(f"class '{class_names[c]}' has {len(database[c])} database images, "
+                                  f"train_per_class asks for {train_n}")
+            balanced.append(rng.permutation(database[c])[:train_n])
+
+    train, order, sizes, mu, s1, source_name = _long_tail(split_cfg["longtail"], balanced, database, order,
+                                                         class_names, rng)
 
     validation = _draw_validation(labels, class_names, int(split_cfg["validation_per_class"]),
                                   query, database, rng)
@@ -176,8 +196,8 @@ def plan_split(labels: np.ndarray, class_names: list[str], split_cfg: Mapping[st
 
     plan = SplitPlan(indices={"train": join(train), "train_balanced": join(balanced),
                               "validation": join(validation), "database": join(database), "query": join(query)},
-                     class_order=order, profile=profile, s1=int(s1), mu=mu, train_per_class=train_n,
-                     sizes_by_rank=[int(s) for s in sizes])
+                     class_order=order, profile=split_cfg["longtail"]["profile"], s1=int(s1), mu=mu,
+                     train_per_class=train_n, sizes_by_rank=[int(s) for s in sizes])
     check_disjoint(plan, source_name, describe)
     return plan
 

@@ -68,20 +68,31 @@ def write_grid(path: str | os.PathLike, rows: list[Row]) -> tuple[int, int]:
     return size
 
 
-def _draw_tile(sheet, draw, font, tile: Tile, left: int, top: int) -> None:
+def fit_tile(image: np.ndarray, size: int, stretch: bool = False, downscale: str = "bicubic"):
+    """A uint8 image (H x W, or H x W x C with C = 1, 3 or 4) as an RGB PIL image fitting a
+    ``size`` x ``size`` tile: aspect kept (the longer side ``size``), or ``stretch``-ed to the
+    square; scaled up with nearest neighbours, down with ``downscale`` ("bicubic" or "bilinear").
+    The one tile maker of both contact sheets (this module's and the report's retrieval figure)."""
     from PIL import Image
 
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    pil = Image.fromarray(image if image.ndim == 2 else image[..., :3]).convert("RGB")
+    scale = size / max(pil.size)
+    new = (size, size) if stretch else (max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale)))
+    shrink = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[downscale]
+    return pil.resize(new, Image.Resampling.NEAREST if scale >= 1 else shrink)
+
+
+def _draw_tile(sheet, draw, font, tile: Tile, left: int, top: int) -> None:
     if tile.image is None:
         draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], fill=EMPTY)
         draw.text((left + 6, top + TILE // 2 - 6), "no pixels", fill=(80, 80, 80), font=font)
     else:
-        image = np.asarray(tile.image, dtype=np.uint8)
-        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).convert("RGB")
-        scale = TILE / max(pil.size)
-        new = (max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale)))
-        pil = pil.resize(new, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BICUBIC)
+        pil = fit_tile(tile.image, TILE)
         draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], fill=EMPTY)
-        sheet.paste(pil, (left + (TILE - new[0]) // 2, top + (TILE - new[1]) // 2))
+        sheet.paste(pil, (left + (TILE - pil.size[0]) // 2, top + (TILE - pil.size[1]) // 2))
     if tile.correct is not None:
         draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], outline=COLOURS[tile.correct], width=FRAME)
     for i, line in enumerate(tile.caption.split("\n")[:2]):

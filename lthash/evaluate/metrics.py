@@ -4,7 +4,7 @@ Ranking: the database sorted by Hamming distance to the query. Two tie policies:
 
 * ``"index"``: inside one distance, by database index (what a stable argsort gives).
 * ``"average"``: the expectation over uniformly random orders inside every distance,
-  computed in closed form (``lthash.evaluate._kernels`` derives it).
+  computed in closed form (``lthash.evaluate._ap_kernels`` derives it).
 
 ``AP@R = (1/Q_R) sum_{k <= R, item k relevant} P@k`` with ``Q_R`` the relevant items
 retrieved within the first ``R``; a query with ``Q_R = 0`` has AP 0. With ``ties="average"``

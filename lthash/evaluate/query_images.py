@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lthash.data.images import IMAGE_SUFFIXES, UnreadableImage, decode_image, is_image_file
+from lthash.data.images import IMAGE_SUFFIXES, UnreadableImage, cover_image, decode_image, is_image_file
 from lthash.errors import LthashError
 
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -56,23 +56,7 @@ def load_query_image(path: str | os.PathLike, shape: Sequence[int]) -> np.ndarra
         image = decode_image(path, channels, None)
     except UnreadableImage as exc:
         raise LthashError(f"{path}: cannot read the image ({exc})") from exc
-    return _cover_crop(image, height, width)
-
-
-def _cover_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scale to cover height x width (bicubic), then centre-crop to it."""
-    from PIL import Image
-
-    h, w, channels = image.shape
-    if (h, w) == (height, width):
-        return image
-    scale = max(height / h, width / w)
-    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
-    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    pil = pil.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    array = np.asarray(pil.crop((left, top, left + width, top + height)), dtype=np.uint8)
-    return array.reshape(height, width, channels)
+    return cover_image(image, height, width)
 
 
 def class_from_folder(path: str | os.PathLike, class_names: Sequence[str] | None) -> int | None:

@@ -101,6 +101,36 @@ def trainable_parameters(components: DiffusionComponents, train_text_encoder: bo
 # --- training ----------------------------------------------------------------------------
 
 
+def _prompt_table(components: DiffusionComponents, prompts: Sequence[str], balance: bool):
+    """Token ids of the distinct prompts (sorted) and of the empty prompt (last), each image's
+    row among them, and each image's sampling weight (1 / its prompt's count when ``balance``)."""
+    unique = sorted(set(prompts)) + [""]
+    prompt_ids = tokenize(components, unique).cpu()
+    prompt_index = torch.tensor([unique.index(p) for p in prompts])
+    counts = torch.bincount(prompt_index, minlength=len(unique)).double()
+    weights = 1.0 / counts[prompt_index] if balance else torch.ones(len(prompts), dtype=torch.double)
+    return prompt_ids, prompt_index, weights
+
+
+def _resume_base(folder: CheckpointFolder, params: dict[str, torch.nn.Parameter], ema: ExponentialMovingAverage,
+                 optimizer: torch.optim.Optimizer, generator: torch.Generator) -> TrainingState:
+    """Prepare the checkpoint folder; restore its newest checkpoint (weights, EMA, optimizer,
+    random state) into the run and return its training state, or a fresh one."""
+    folder.prepare()
+    resume = folder.latest()
+    if resume is None:
+        return TrainingState(losses=[])
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(resume.tensors["param"][name])
+            ema.shadow[name].copy_(resume.tensors["ema"][name])
+    optimizer.load_state_dict(resume.optimizers["adamw"])
+    resume.restore_rng(generator)
+    state = TrainingState(**resume.state)
+    log.info("resuming base training from %s (step %d)", resume.path, state.step)
+    return state
+
+
 def train_base(
     components: DiffusionComponents,
     images: np.ndarray,
@@ -129,12 +159,8 @@ def train_base(
     with torch.no_grad():
         data = torch.cat([encode_images(components, images[i:i + 256], sample=False)
                           for i in range(0, len(images), 256)]).float().cpu()
-    unique = sorted(set(prompts)) + [""]
-    prompt_ids = tokenize(components, unique).cpu()
-    prompt_index = torch.tensor([unique.index(p) for p in prompts])
-    empty = len(unique) - 1
-    counts = torch.bincount(prompt_index, minlength=len(unique)).double()
-    weights = 1.0 / counts[prompt_index] if config.balance_prompts else torch.ones(len(prompts), dtype=torch.double)
+    prompt_ids, prompt_index, weights = _prompt_table(components, prompts, config.balance_prompts)
+    empty = len(prompt_ids) - 1
 
     components.unet.train().requires_grad_(True)
     components.text_encoder.train(train_text).requires_grad_(train_text)
@@ -145,19 +171,7 @@ def train_base(
                                   weight_decay=config.weight_decay)
     ema = ExponentialMovingAverage(params, config.ema_decay)
     folder = CheckpointFolder(partial_dir, fingerprint) if partial_dir else None
-    state = TrainingState(losses=[])
-    if folder is not None:
-        folder.prepare()
-        resume = folder.latest()
-        if resume is not None:
-            with torch.no_grad():
-                for name, param in params.items():
-                    param.copy_(resume.tensors["param"][name])
-                    ema.shadow[name].copy_(resume.tensors["ema"][name])
-            optimizer.load_state_dict(resume.optimizers["adamw"])
-            resume.restore_rng(generator)
-            state = TrainingState(**resume.state)
-            log.info("resuming base training from %s (step %d)", resume.path, state.step)
+    state = _resume_base(folder, params, ema, optimizer, generator) if folder is not None else TrainingState(losses=[])
     scheduler = components.noise_scheduler
     timesteps_total = scheduler.config.num_train_timesteps
     bar = tqdm(total=config.steps, initial=state.step, desc="base", disable=not progress, mininterval=5)
@@ -248,7 +262,7 @@ def write_loss_curve(folder: Path, losses: Sequence[float], config: BaseTraining
 def sample_grid(components: DiffusionComponents, words: Sequence[str], per_word: int, seed: int,
                 size: tuple[int, int, int]) -> np.ndarray:
     """One row per super-category of samples of "a photo of a <word>" (uint8 grid image)."""
-    from lthash.generate.pipeline import SamplerConfig, generate
+    from lthash.generate.sampler import SamplerConfig, generate
     from lthash.generate.prompts import category_prompt
 
     prompts = [category_prompt(word) for word in words for _ in range(per_word)]

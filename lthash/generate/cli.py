@@ -107,7 +107,8 @@ def plan_command(args: argparse.Namespace) -> None:
 
 
 def synthesize_command(args: argparse.Namespace) -> None:
-    from lthash.generate.synthesize import read_plan, synthesize_shard
+    from lthash.generate.plan import read_plan
+    from lthash.generate.synthesize import synthesize_shard
     from lthash.runtime import select_device
 
     from lthash.errors import LthashError

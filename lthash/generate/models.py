@@ -3,9 +3,7 @@
 Both model sizes pass through the same :class:`DiffusionComponents` and the same diffusers
 folder layout (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` and, for latent
 models, ``vae/``). The tiny model has no VAE: it denoises pixels scaled to [-1, 1]. Its
-tokenizer is a word-level CLIP BPE tokenizer whose ``vocab.json`` and ``merges.txt`` are
-written here and loaded with ``CLIPTokenizer.from_pretrained`` (in transformers 5.x the
-``vocab_file=`` constructor ignores the files silently).
+tokenizer is a word-level CLIP BPE tokenizer (:mod:`lthash.generate.tokenizer`).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -22,11 +19,9 @@ import numpy as np
 import torch
 
 from lthash.errors import LthashError
+from lthash.generate.tokenizer import build_word_tokenizer
 
 MODEL_INFO_FILE = "lthash_model.json"
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-PROMPT_WORDS = ("a", "an", "photo", "of", "the", "picture", "image")
 
 
 @dataclass
@@ -112,82 +107,6 @@ class DiffusionComponents:
 
     def max_length(self) -> int:
         return int(min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings))
-
-
-def train_word_bpe(words: Iterable[str]) -> list[tuple[str, str]]:
-    """Learn BPE merges on ``words`` until each word is a single symbol.
-
-    Greedy most-frequent-pair training (ties broken lexicographically), so encoding a
-    training word with these merges replays its training segmentation: one token.
-    """
-    sequences = {word: list(word[:-1]) + [word[-1] + "</w>"] for word in sorted(set(words))}
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts: dict[tuple[str, str], int] = {}
-        for seq in sequences.values():
-            for pair in zip(seq, seq[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        for word, seq in sequences.items():
-            merged, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    merged.append(seq[i] + seq[i + 1])
-                    i += 2
-                else:
-                    merged.append(seq[i])
-                    i += 1
-            sequences[word] = merged
-
-
-def normalise_words(words: Iterable[str]) -> list[str]:
-    """Lower-case vocabulary words; each must be letters only (one CLIP pre-token)."""
-    result = set(PROMPT_WORDS)
-    for word in words:
-        word = word.strip().lower()
-        if not word.isalpha():
-            raise LthashError(f"vocabulary word {word!r} must be letters only (one word, no spaces or digits)")
-        result.add(word)
-    return sorted(result)
-
-
-def write_word_tokenizer(folder: str | os.PathLike, words: Iterable[str], max_length: int) -> Path:
-    """Write ``vocab.json``/``merges.txt``/``tokenizer_config.json`` of a word-level CLIP tokenizer."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    words = normalise_words(words)
-    merges = train_word_bpe(words)
-    tokens = [BOS_TOKEN, EOS_TOKEN]
-    for char in sorted({c for word in words for c in word}):
-        tokens += [char, char + "</w>"]
-    for left, right in merges:
-        if left + right not in tokens:
-            tokens.append(left + right)
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}, indent=0))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length,
-        "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN,
-    }, indent=2))
-    return folder
-
-
-def build_word_tokenizer(words: Iterable[str], max_length: int = 16):
-    """A CLIPTokenizer in which every word of ``words`` (and the prompt words) is one token."""
-    from transformers import CLIPTokenizer
-
-    words = normalise_words(words)
-    with tempfile.TemporaryDirectory(prefix="lthash-tok-") as tmp:
-        write_word_tokenizer(tmp, words, max_length)
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length)
-    for word in words:
-        ids = tokenizer(word, add_special_tokens=False).input_ids
-        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
-            raise LthashError(f"tokenizer build failed: word {word!r} became {ids}")
-    return tokenizer
 
 
 def build_tiny_components(

@@ -100,3 +100,13 @@ def shard_entry(plan: Mapping[str, Any], class_index: int, purpose: str, shard: 
         raise LthashError(f"class {class_index} has {len(shards)} {purpose} shard(s) in the plan; "
                           f"shard {shard} does not exist")
     return dict(shards[shard])
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    """The balancing plan written by ``lthash plan`` (checked to be one)."""
+    from lthash.io import read_json
+
+    plan = read_json(path)
+    if not isinstance(plan, dict) or "classes" not in plan or "class_names" not in plan:
+        raise LthashError(f"{path} is not a balancing plan (written by lthash plan)")
+    return plan

@@ -98,16 +98,20 @@ def mean_nearest_distance(queries: np.ndarray, references: np.ndarray) -> float:
     return float(np.sqrt(np.maximum(sq, 0.0)).min(1).mean())
 
 
-def read_shards(paths: Sequence[str | os.PathLike]) -> dict[str, dict[int, np.ndarray]]:
-    """Synthetic images by generator and class, from shard files."""
-    found: dict[str, dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+def synthetic_by_generator(paths: Sequence[str | os.PathLike], shape: tuple[int, int, int],
+                           class_names: list[str]) -> dict[str, dict[int, np.ndarray]]:
+    """Synthetic images by generator and class, from shard files read (and checked against the
+    split: image shape, class range and names) by :func:`lthash.hashing.data.read_shards`."""
+    from lthash.hashing.data import read_shards
+
+    paths_of: dict[str, list[str | os.PathLike]] = defaultdict(list)
     for path in paths:
-        shard = read_image_set(path, "synthetic")
-        generator = str(shard.attrs.get("generator", "unknown"))
-        for cls in np.unique(shard.labels):
-            found[generator][int(cls)].append(shard.images[shard.labels == cls])
-    return {gen: {cls: np.concatenate(parts) for cls, parts in sorted(by_class.items())}
-            for gen, by_class in sorted(found.items())}
+        paths_of[str(read_attrs(path, "synthetic").get("generator", "unknown"))].append(path)
+    found = {}
+    for generator in sorted(paths_of):
+        images, labels = read_shards(paths_of[generator], shape, class_names)
+        found[generator] = {int(cls): images[labels == cls] for cls in np.unique(labels)}
+    return found
 
 
 def _subset(images: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -138,7 +142,7 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
                                 settings["classifier"], settings["feature_dim"], seed)
     query_pred = judge.predict(query.images)
     category_of = np.array(categories)
-    synthetic = read_shards(shard_paths)
+    synthetic = synthetic_by_generator(shard_paths, balanced.images.shape[1:], class_names)
     limit = int(settings["max_per_class"])
     train_counts = np.bincount(train.labels, minlength=len(class_names))
     order = np.argsort(-train_counts, kind="stable")
@@ -147,8 +151,6 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     for generator, by_class in synthetic.items():
         per_class = {}
         for cls, images in by_class.items():
-            if not 0 <= cls < len(class_names):
-                raise LthashError(f"a {generator} shard has class {cls}, the split has {len(class_names)} classes")
             images = _subset(images, limit, rng)
             pred = judge.predict(images)
             feats = judge.features(images)

@@ -1,4 +1,4 @@
-"""The plain classifier-free-guidance loop: the yardstick for :func:`lthash.generate.pipeline.generate`.
+"""The plain classifier-free-guidance loop: the yardstick for :func:`lthash.generate.sampler.generate`.
 
 It is the textbook DDIM loop of diffusers' StableDiffusion / img2img pipelines, written out with
 nothing but the model's parts: one batch, the conditional and unconditional halves in one UNet

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lthash.generate.plan import shard_entry
-from lthash.generate.shards import class_train_images, init_choice, read_plan, shard_is_complete, shard_seed
+from lthash.generate.plan import read_plan, shard_entry
+from lthash.generate.shards import class_train_images, init_choice, shard_is_complete, shard_seed
 from lthash.io import ImageSet, canonical_json, write_image_sets
 
 log = logging.getLogger("lthash.resample")
@@ -39,7 +39,7 @@ def resample_shard(split_path: str | os.PathLike, plan: Mapping[str, Any], class
     if shard_is_complete(out, expected):
         log.info("%s is complete already: not redrawn", out)
         return {"images": entry["count"], "skipped": True}
-    train = class_train_images(split_path, class_index, class_names[class_index])
+    train = class_train_images(split_path, class_index, "nothing to resample")
     picks = init_choice(train.index, entry["count"], seed)
     write_image_sets(out, {"synthetic": ImageSet(
         images=train.images[picks],

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from lthash.errors import LthashError
-from lthash.io import ImageSet, canonical_json, open_complete_h5, read_image_set, read_json
+from lthash.io import canonical_json, open_complete_h5, read_attrs
 
 
 def shard_seed(seed: int, generator: str, class_index: int, purpose: str, shard: int) -> int:
@@ -42,21 +43,46 @@ def init_choice(train_index: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)[np.arange(count) % n]
 
 
-def class_train_images(split_path: str | os.PathLike, class_index: int, class_name: str) -> ImageSet:
-    """The class's long-tail training images (group ``train``): the only init images allowed."""
-    train = read_image_set(split_path, "train")
-    if train.images is None or train.labels.ndim != 1:
-        raise LthashError("config key 'generate.synthesis.init': real needs the train group's images "
-                          "with single-label classes")
-    keep = train.labels == class_index
-    if not keep.any():
-        raise LthashError(f"config key 'generate.synthesis.init': real, but class {class_index} "
-                          f"({class_name}) has no image in the split's train group")
-    return ImageSet(images=train.images[keep], labels=train.labels[keep], index=train.index[keep])
+TRAIN_GROUP = "train"
 
 
-def read_plan(path: str | os.PathLike) -> dict[str, Any]:
-    plan = read_json(path)
-    if "classes" not in plan or "class_names" not in plan:
-        raise LthashError(f"{path} is not a balancing plan (written by lthash plan)")
-    return plan
+@dataclass(frozen=True)
+class ClassImages:
+    """uint8 N x H x W x C long-tail training images of one class, their source-dataset indices,
+    the class's index and name, and the split's class names."""
+
+    images: np.ndarray
+    index: np.ndarray
+    class_index: int
+    class_name: str
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def class_train_images(split_path: str | os.PathLike, class_index: int, purpose: str) -> ClassImages:
+    """Images of ``class_index`` in the split's long-tail ``train`` group (never query/database):
+    the only real images image-to-image synthesis, resampling and personalisation may use.
+
+    Works for splits storing pixels and for ``store: paths`` splits (only the class's files are
+    decoded, through :class:`lthash.data.lazy.SplitImages`); a multi-label item belongs to every
+    class it is labelled with. ``purpose`` ends the error raised when the class has no image.
+    """
+    from lthash.data.lazy import SplitImages
+
+    class_names = list(read_attrs(split_path).get("class_names") or [])
+    if not class_names:
+        raise LthashError(f"{split_path} has no 'class_names' attribute")
+    if not 0 <= class_index < len(class_names):
+        raise LthashError(f"class index {class_index} is out of range: {split_path} has "
+                          f"{len(class_names)} classes (0..{len(class_names) - 1})")
+    train = SplitImages(split_path, TRAIN_GROUP)
+    labels = np.asarray(train.labels)
+    member = labels[:, class_index] > 0 if labels.ndim == 2 else labels == class_index
+    name = class_names[class_index]
+    if not member.any():
+        raise LthashError(f"class {class_index} ({name!r}) has no images in the '{TRAIN_GROUP}' group "
+                          f"of {split_path}: {purpose}")
+    rows = np.flatnonzero(member)
+    return ClassImages(np.asarray(train[rows]), np.asarray(train.index)[rows], class_index, name, class_names)

@@ -25,13 +25,12 @@ import torch
 from lthash.errors import LthashError
 from lthash.generate.judge import check_judge_for, judge_weights, load_judge
 from lthash.generate.models import DiffusionComponents, load_components
-from lthash.generate.pipeline import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import shard_entry
-from lthash.generate.shards import (class_train_images, init_choice, read_plan, shard_is_complete,  # noqa: F401
-                                    shard_seed)
+from lthash.generate.shards import class_train_images, init_choice, shard_is_complete, shard_seed  # noqa: F401
 from lthash.generate.corpus import check_base_corpus, prompt_words
 from lthash.generate.prompts import category_prompt
-from lthash.io import ImageSet, canonical_json, open_complete_h5, write_image_sets
+from lthash.io import ImageSet, canonical_json, open_complete_h5, read_attrs, write_image_sets
 
 log = logging.getLogger("lthash.synthesize")
 
@@ -39,11 +38,15 @@ BASE_GENERATOR = "base"
 
 
 def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
-    """(H, W, C) of the split's images, which synthetic shards must match."""
+    """(H, W, C) of the split's images, which synthetic shards must match: the stored pixels'
+    shape, else (a split stored as paths) its ``image_shape`` attribute."""
     with open_complete_h5(split_path) as h5:
         for group in ("train", "train_balanced", "database", "query"):
             if group in h5 and "images" in h5[group]:
                 return tuple(int(v) for v in h5[group]["images"].shape[1:])
+    shape = read_attrs(split_path).get("image_shape")
+    if shape is not None and len(shape) == 3:
+        return tuple(int(v) for v in shape)
     raise LthashError(f"{split_path} holds no images to take the shard size from")
 
 
@@ -84,6 +87,29 @@ def most_confident(probabilities: np.ndarray, class_index: int, count: int) -> n
     return np.sort(order[:count])
 
 
+def _judge_digest(judge_dir: str | os.PathLike | None, factor: float, split_path: str | os.PathLike,
+                  class_names: list[str]) -> str:
+    """The filter judge's digest (checked to be the split's), or "none" when nothing is filtered."""
+    if factor <= 1:
+        return "none"
+    if judge_dir is None:
+        raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
+                          "--judge (the folder written by lthash filter-judge)")
+    return check_judge_for(judge_dir, split_path, class_names)
+
+
+def _keep_most_confident(images: np.ndarray, init_index: np.ndarray | None, judge_dir: str | os.PathLike,
+                         class_index: int, count: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """The ``count`` candidates the judge is surest are of the class, their init indices and
+    what the shard records of the filter (candidate numbers, judge probabilities)."""
+    judge, _ = load_judge(judge_weights(judge_dir))
+    probabilities = judge.predict_proba(images)
+    keep = most_confident(probabilities, class_index, count)
+    extra = {"candidate": keep.astype(np.int64),
+             "judge_probability": probabilities[keep, class_index].astype(np.float32)}
+    return images[keep], None if init_index is None else init_index[keep], extra
+
+
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -112,12 +138,7 @@ def synthesize_shard(
     init, strength = str(synthesis["init"]), float(synthesis["strength"])
     factor = float(synthesis["filter_factor"])
     class_names = list(plan["class_names"])
-    judge_digest = "none"
-    if factor > 1:
-        if judge_dir is None:
-            raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
-                              "--judge (the folder written by lthash filter-judge)")
-        judge_digest = check_judge_for(judge_dir, split_path, class_names)
+    judge_digest = _judge_digest(judge_dir, factor, split_path, class_names)
     check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
@@ -134,7 +155,7 @@ def synthesize_shard(
     candidates = candidate_count(entry["count"], factor)
     init_images = init_index = None
     if init == "real":
-        train = class_train_images(split_path, class_index, class_names[class_index])
+        train = class_train_images(split_path, class_index, "config key 'generate.synthesis.init': real needs them")
         picks = init_choice(train.index, candidates, seed)
         init_images, init_index = train.images[picks], train.index[picks]
     started = time.perf_counter()
@@ -144,13 +165,7 @@ def synthesize_shard(
                           sampler, size=size, on_batch=bar.update, init_images=init_images, strength=strength)
     extra: dict[str, np.ndarray] = {}
     if factor > 1:
-        judge, _ = load_judge(judge_weights(judge_dir))
-        probabilities = judge.predict_proba(images)
-        keep = most_confident(probabilities, class_index, entry["count"])
-        images = images[keep]
-        extra["candidate"] = keep.astype(np.int64)
-        extra["judge_probability"] = probabilities[keep, class_index].astype(np.float32)
-        init_index = None if init_index is None else init_index[keep]
+        images, init_index, extra = _keep_most_confident(images, init_index, judge_dir, class_index, entry["count"])
     if init_index is not None:
         extra["init_index"] = np.asarray(init_index, dtype=np.int64)
     seconds = time.perf_counter() - started

@@ -210,6 +210,72 @@ def _fit_shallow(model: HashMethod, train_set: TrainingSet, device: str, precisi
     return [row], model.state_dict(), {"fit": stats, "epochs_run": 0, "selected_epoch": None, "resumed_at_epochs": []}
 
 
+def _accelerator(params: Mapping[str, Any], device: str):
+    """The Accelerate handle and this process's (rank, world size), or (None, (0, 1)) when not distributed."""
+    if params["distributed"] != "accelerate":
+        return None, (0, 1)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
+    return accelerator, (accelerator.process_index, accelerator.num_processes)
+
+
+def _run_summary(history: list[dict[str, Any]], epochs: int, selected: int | None, select: str,
+                 best_val_map: float | None, resumed: list[int], is_main: bool) -> dict[str, Any]:
+    """What the run record says of the training loop: epochs, selection, speed, final loss."""
+    speeds = [row["images_per_second"] for row in history if row.get("images_per_second")]
+    return {"epochs_run": epochs, "selected_epoch": selected, "select": select,
+            "best_val_map": best_val_map, "resumed_at_epochs": resumed,
+            "train_images_per_second": float(np.median(speeds)) if speeds else None,
+            "final_loss": history[-1]["loss"] if history else None, "is_main": is_main}
+
+
+def _schedule(train: Mapping[str, Any], n: int, batch_size: int, seed: int, shard: tuple[int, int],
+              epochs: int) -> tuple[int, int, int, int]:
+    """(steps per epoch, epochs, total steps, warmup steps); ``train.steps``, when set, sets the epochs."""
+    steps_per_epoch = len(epoch_batches(n, batch_size, seed, 0, shard))
+    if train.get("steps"):
+        epochs = max(1, math.ceil(int(train["steps"]) / steps_per_epoch))
+    return steps_per_epoch, epochs, max(steps_per_epoch * epochs, 1), int(train["warmup_epochs"]) * steps_per_epoch
+
+
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+
+def _restore(restored, model: HashMethod, optimizer, scaler):
+    """Load a checkpoint's model, optimizer, scaler and random state; returns the run's
+    (start epoch, history, best score, best epoch, best state, epochs it resumed at)."""
+    model.load_state_dict(restored.tensors["model"])
+    optimizer.load_state_dict(restored.optimizers["optimizer"])
+    state = restored.state
+    start_epoch = restored.position[0]
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    restored.restore_rng()
+    return (start_epoch, state["history"], state["best_score"], state["best_epoch"], restored.tensors.get("best"),
+            state["resumed_at_epochs"] + [start_epoch])
+
+
+def _train_step(model: HashMethod, wrapped, optimizer, scaler, accelerator, x: torch.Tensor, y: torch.Tensor,
+                train: Mapping[str, Any], device: str, precision: str) -> float:
+    """One optimisation step on the batch (x, y) (gradient scaling, optional clipping); returns its loss."""
+    with autocast(device, precision):
+        output = wrapped(x)
+    loss = model.loss(output, y)
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator is not None:
+        accelerator.backward(scaler.scale(loss))
+    else:
+        scaler.scale(loss).backward()
+    if train["grad_clip"]:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(train["grad_clip"]))
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
 def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet | None, train: Mapping[str, Any],
                 params: Mapping[str, Any], device: str, out: Path, seed: int, fingerprint: str):
     from tqdm import tqdm
@@ -223,12 +289,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     best_state, best_score, best_epoch, start_epoch, resumed = None, -1.0, None, 0, []
     scaler = torch.amp.GradScaler(torch.device(device).type,
                                   enabled=precision == "fp16" and torch.device(device).type == "cuda")
-    accelerator, shard = None, (0, 1)
-    if params["distributed"] == "accelerate":
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
-        shard = (accelerator.process_index, accelerator.num_processes)
+    accelerator, shard = _accelerator(params, device)
     is_main = accelerator is None or accelerator.is_main_process
     checkpoints = CheckpointFolder(partial, fingerprint, keep=int(train["keep_checkpoints"]),
                                    process_index=shard[0], is_main_process=is_main,
@@ -236,28 +297,15 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     checkpoints.prepare()
     restored = checkpoints.latest()
     if restored is not None:
-        model.load_state_dict(restored.tensors["model"])
-        optimizer.load_state_dict(restored.optimizers["optimizer"])
-        state = restored.state
-        start_epoch, history = restored.position[0], state["history"]
-        best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], restored.tensors.get("best")
-        resumed = state["resumed_at_epochs"] + [start_epoch]
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        restored.restore_rng()
+        start_epoch, history, best_score, best_epoch, best_state, resumed = _restore(restored, model, optimizer, scaler)
         log.info("resuming %s from %s (epoch %d of %d)", out, restored.path, start_epoch, epochs)
     wrapped = model
     if accelerator is not None:
         wrapped, optimizer = accelerator.prepare(model, optimizer)
         device = str(accelerator.device)
 
-    n = len(train_set)
     balanced = train_set.labels if train["sampling"] == "class_balanced" else None
-    steps_per_epoch = len(epoch_batches(n, batch_size, seed, 0, shard))
-    if train.get("steps"):
-        epochs = max(1, math.ceil(int(train["steps"]) / steps_per_epoch))
-    total_steps = max(steps_per_epoch * epochs, 1)
-    warmup = int(train["warmup_epochs"]) * steps_per_epoch
+    steps_per_epoch, epochs, total_steps, warmup = _schedule(train, len(train_set), batch_size, seed, shard, epochs)
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     images_all = torch.from_numpy(train_set.images)
     labels_all = torch.from_numpy(train_set.labels)
@@ -266,33 +314,19 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         model.on_epoch_start(lambda: ordered_batches(train_set.images, train_set.labels, EVAL_BATCH, device))
         wrapped.train()
         generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 505]).integers(2**62)))
-        batches = epoch_batches(n, batch_size, seed, epoch, shard, balanced)
+        batches = epoch_batches(len(train_set), batch_size, seed, epoch, shard, balanced)
         losses, seen = [], 0
         bar = tqdm(batches, desc=f"{model.name} epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False,
                    mininterval=2.0, disable=not is_main)
         for step, index in enumerate(bar):
-            global_step = epoch * steps_per_epoch + step
-            factor = warmup_decay(global_step, total_steps, warmup, train["scheduler"])
+            factor = warmup_decay(epoch * steps_per_epoch + step, total_steps, warmup, train["scheduler"])
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
             x = to_float(images_all[index])
             if train["augment"]:
                 x = augment(x, generator)
-            x, y = x.to(device), labels_all[index].to(device)
-            with autocast(device, precision):
-                output = wrapped(x)
-            loss = model.loss(output, y)
-            optimizer.zero_grad(set_to_none=True)
-            if accelerator is not None:
-                accelerator.backward(scaler.scale(loss))
-            else:
-                scaler.scale(loss).backward()
-            if train["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(train["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
+            losses.append(_train_step(model, wrapped, optimizer, scaler, accelerator, x.to(device),
+                                      labels_all[index].to(device), train, device, precision))
             seen += len(index)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -304,26 +338,21 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         if val_set is not None and len(val_set):
             row["val_map"] = validation_map(model, train_set, val_set, device, precision, seed)
             if row["val_map"] > best_score:
-                best_score, best_epoch = row["val_map"], epoch + 1
-                best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+                best_score, best_epoch, best_state = row["val_map"], epoch + 1, _cpu_copy(model.state_dict())
         history.append(row)
         log.info("%s epoch %d/%d loss %.4f%s (%.1f s)", model.name, epoch + 1, epochs, row["loss"] or float("nan"),
                  f" val mAP {row['val_map']:.4f}" if row["val_map"] is not None else "", seconds)
         state = {"history": history, "best_score": best_score, "best_epoch": best_epoch, "resumed_at_epochs": resumed,
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-        groups = {"model": model.state_dict()}
-        if train["select"] == "best" and best_state is not None:
-            groups["best"] = best_state
-        checkpoints.save([epoch + 1], groups, state, {"optimizer": optimizer.state_dict()})
+        keep_best = train["select"] == "best" and best_state is not None
+        checkpoints.save([epoch + 1], {"model": model.state_dict(), **({"best": best_state} if keep_best else {})},
+                         state, {"optimizer": optimizer.state_dict()})
     if train["select"] == "best" and best_state is not None:
         final_state, selected = best_state, best_epoch
     else:
         final_state, selected = model.state_dict(), epochs
-    speeds = [row["images_per_second"] for row in history if row.get("images_per_second")]
-    extra = {"epochs_run": epochs, "selected_epoch": selected, "select": train["select"],
-             "best_val_map": best_score if best_epoch else None, "resumed_at_epochs": resumed,
-             "train_images_per_second": float(np.median(speeds)) if speeds else None,
-             "final_loss": history[-1]["loss"] if history else None, "is_main": is_main}
+    extra = _run_summary(history, epochs, selected, train["select"], best_score if best_epoch else None, resumed,
+                         is_main)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return history, final_state, extra

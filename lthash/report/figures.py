@@ -107,20 +107,13 @@ class SplitImages:
 
 
 def _tile(image: np.ndarray, colour: tuple[int, int, int] | None) -> np.ndarray:
-    from PIL import Image
+    from lthash.evaluate.grid import fit_tile
 
-    image = np.asarray(image, dtype=np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    pil = Image.fromarray(image[..., :3])
-    small = max(pil.size) <= TILE
-    pil = pil.resize((TILE, TILE), Image.NEAREST if small else Image.BILINEAR)
     tile = np.full((TILE + 2 * BORDER, TILE + 2 * BORDER, 3), 255, dtype=np.uint8)
     if colour is not None:
         tile[:] = colour
-    tile[BORDER:BORDER + TILE, BORDER:BORDER + TILE] = np.asarray(pil)
+    tile[BORDER:BORDER + TILE, BORDER:BORDER + TILE] = np.asarray(fit_tile(image, TILE, stretch=True,
+                                                                          downscale="bilinear"))
     return tile
 
 

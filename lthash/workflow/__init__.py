@@ -45,8 +45,8 @@ from lthash.workflow.paths import (  # noqa: F401
     shard_path,
     plan_shards,
     init_folder,
-    read_plan,
 )
+from lthash.generate.plan import read_plan  # noqa: F401,E402
 from lthash.workflow.reads import (  # noqa: F401
     shell_json,
     SHALLOW_METHODS,

@@ -7,8 +7,6 @@ to the results folder the config names.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
@@ -82,8 +80,3 @@ def init_folder(results: str, arm: "Arm", wildcards: Mapping[str, Any]) -> list[
     source = shard_source(arm, wildcards.get("generator"), wildcards.get("synthesis"))
     model = model_folder(wildcards["method"], wildcards["backbone"], wildcards["bits"], wildcards["seed"])
     return [f"{results}/{TRAINING[arm.init].folder.format(source=source)}/{model}/model"]
-
-
-def read_plan(path: str | Path) -> dict:
-    """The balancing plan written by ``lthash plan``."""
-    return json.loads(Path(path).read_text())

@@ -1,4 +1,5 @@
-"""The images of one class (long-tail ``train`` group only), the reference augmentation, and
+"""The images of one class (long-tail ``train`` group only, read by
+:func:`lthash.generate.shards.class_train_images`), the reference augmentation, and
 the prior-preservation class images (:func:`prior_class_images`, never from the split).
 
 Augmentation follows AttnDreamBooth's (random rotation with p=0.75, resize + random crop,
@@ -22,45 +23,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from lthash.errors import LthashError
-
-TRAIN_GROUP = "train"
-
-
-@dataclass(frozen=True)
-class ClassImages:
-    """uint8 N x H x W x C images of one class, with its index and name."""
-
-    images: np.ndarray
-    class_index: int
-    class_name: str
-    class_names: list[str]
-
+from lthash.generate.shards import ClassImages, class_train_images
 
 def load_class_images(split_path: str | os.PathLike, class_index: int) -> ClassImages:
-    """Images of ``class_index`` in the split's long-tail ``train`` group (never query/database).
-
-    Works for splits storing pixels and for ``store: paths`` splits (only the class's files
-    are decoded, through :class:`lthash.data.lazy.SplitImages`).
-    """
-    from lthash.data.lazy import SplitImages
-    from lthash.io import read_attrs
-
-    attrs = read_attrs(split_path)
-    class_names = list(attrs.get("class_names") or [])
-    if not class_names:
-        raise LthashError(f"{split_path} has no 'class_names' attribute")
-    if not 0 <= class_index < len(class_names):
-        raise LthashError(f"class index {class_index} is out of range: {split_path} has "
-                          f"{len(class_names)} classes (0..{len(class_names) - 1})")
-    train = SplitImages(split_path, TRAIN_GROUP)
-    labels = np.asarray(train.labels)
-    member = labels[:, class_index] > 0 if labels.ndim == 2 else labels == class_index
-    name = class_names[class_index]
-    if not member.any():
-        raise LthashError(f"class {class_index} ({name!r}) has no images in the '{TRAIN_GROUP}' group "
-                          f"of {split_path}: nothing to personalise on")
-    return ClassImages(np.asarray(train[np.flatnonzero(member)]), class_index, name, class_names)
+    """Images of ``class_index`` in the split's long-tail ``train`` group, pixels or paths
+    (:func:`lthash.generate.shards.class_train_images`)."""
+    return class_train_images(split_path, class_index, "nothing to personalise on")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,24 @@ def check_replicas_agree(accelerator, weights: Mapping[str, torch.Tensor]) -> No
         raise RuntimeError("replicas diverged: the trained weights differ between processes")
 
 
+def _resume(checkpoints: CheckpointFolder, trainer: StageTrainer, components, token: ConceptToken,
+            generator: torch.Generator, partial: Path):
+    """The latest checkpoint, its weights, random state and stage log restored; None when the run starts afresh."""
+    resume = checkpoints.latest()
+    if resume is not None:
+        load_weights(components.unet, token, resume.tensors["weights"])
+        resume.restore_rng(generator)
+        trainer.stage_log = list(resume.state["stage_log"])
+        log.info("resuming %s at stage %d step %d", partial, *resume.position)
+    return resume
+
+
+def _sample_grids(partial: Path) -> dict[str, Path]:
+    """The sample grids drawn after each stage, by file name."""
+    samples_dir = partial / "samples"
+    return {path.name: path for path in (sorted(samples_dir.glob("*.png")) if samples_dir.exists() else [])}
+
+
 def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, class_index: int, method_name: str,
                 out_dir: str | os.PathLike, generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
     """Personalise ``base_dir`` to class ``class_index`` of the split's long-tail ``train`` group.
@@ -107,15 +125,8 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     generator = torch.Generator().manual_seed(seed + 1_000_003 * accelerator.process_index)
     trainer = StageTrainer(components, token, training_data, TrainingOptions.from_params(params), accelerator,
                            generator, checkpoints, stages)
-    resume = checkpoints.latest()
-    first = 0
-    if resume is not None:
-        load_weights(components.unet, token, resume.tensors["weights"])
-        resume.restore_rng(generator)
-        trainer.stage_log = list(resume.state["stage_log"])
-        first = resume.position[0]
-        log.info("resuming %s at stage %d step %d", partial, *resume.position)
-    grids: dict[str, Path] = {}
+    resume = _resume(checkpoints, trainer, components, token, generator, partial)
+    first = 0 if resume is None else resume.position[0]
     for index in range(first, len(stages)):
         trainer.run(index, resume if resume is not None and resume.position[0] == index else None)
         if accelerator.is_main_process and int(grid["images"]) > 0:
@@ -126,10 +137,6 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
         trainer.save(index + 1, 0)
     check_replicas_agree(accelerator, changed_weights(components.unet, token, stages))
     if accelerator.is_main_process:
-        samples_dir = partial / "samples"
-        for path in sorted(samples_dir.glob("*.png")) if samples_dir.exists() else []:
-            grids[path.name] = path
-        unet_changed = any(stage.trains in ("cross_attention", "unet") for stage in stages)
         record = {
             "method": method.name, "class_index": class_index, "class_name": data.class_name,
             "token": token_name, "category": category, "prompt": prompt, "seed": seed,
@@ -137,7 +144,9 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
             "base": str(base_dir), "base_kind": components.kind, "processes": accelerator.num_processes,
             "prior": None if prior_images is None else prior_images.record(float(prior["weight"])),
         }
-        write_concept(out, record, token.row, accelerator.unwrap_model(components.unet) if unet_changed else None, grids)
+        unet_changed = any(stage.trains in ("cross_attention", "unet") for stage in stages)
+        write_concept(out, record, token.row, accelerator.unwrap_model(components.unet) if unet_changed else None,
+                      _sample_grids(partial))
         checkpoints.remove()
     accelerator.wait_for_everyone()
     return out

@@ -1,4 +1,4 @@
-"""Sample grids and prior-preservation images, drawn through :mod:`lthash.generate.pipeline`.
+"""Sample grids and prior-preservation images, drawn through :mod:`lthash.generate.sampler`.
 
 Sampler settings default by model kind (tiny: DDIM 10 steps, guidance 3; Stable Diffusion:
 DPM-Solver 50 steps, guidance 7.5); ``steps``/``guidance`` override them.
@@ -18,7 +18,7 @@ from lthash.generate.models import DiffusionComponents
 def sample_images(components: DiffusionComponents, prompts: Sequence[str], settings: Mapping[str, Any],
                   generator: torch.Generator) -> np.ndarray:
     """uint8 N x H x W x C images, one per prompt, at the model's image size (UNet left in its mode)."""
-    from lthash.generate.pipeline import SamplerConfig, generate
+    from lthash.generate.sampler import SamplerConfig, generate
 
     sampler = SamplerConfig.for_model(components, {"steps": settings.get("steps"),
                                                    "guidance": settings.get("guidance")})
