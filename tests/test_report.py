@@ -514,3 +514,20 @@ def test_the_readme_results_table_is_the_render_of_the_committed_default_tables(
     text = (root / "README.md").read_text()
     block = text.split(START)[1].split(END)[0].strip()
     assert block == render(read_arms(root / "docs" / "results" / "default" / "arms.csv")).strip()
+
+
+def test_the_readme_known_class_table_is_the_render_of_its_committed_tables():
+    """The known-class section of README.md shows what ``lthash readme-table`` renders from the
+    arms table of workflow/configs/fashion_mnist_known_class.yaml's run (docs/results/known_class),
+    and its config asks for the arms, generators and seeds that table holds."""
+    import yaml
+
+    from lthash.report.readme import read_arms, render
+
+    root = Path(__file__).resolve().parents[1]
+    rows = read_arms(root / "docs" / "results" / "known_class" / "arms.csv")
+    assert render(rows).strip() in (root / "README.md").read_text()
+    experiment = yaml.safe_load((root / "workflow" / "configs" / "fashion_mnist_known_class.yaml").read_text())["experiment"]
+    assert {row["arm"] for row in rows} == set(experiment["arms"])
+    assert {row["generator"] for row in rows if row["generator"]} == set(experiment["generators"])
+    assert {row["seeds"] for row in rows} == {" ".join(str(seed) for seed in experiment["seeds"])}
