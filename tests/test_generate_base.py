@@ -65,10 +65,16 @@ def _tensors(folder):
 def test_base_resumes_after_sigkill_to_the_same_weights(small_split, tmp_path):
     settings = params(steps=60, checkpoint_every=5)
     reference = tmp_path / "reference"
-    run_base(small_split, reference, settings, progress=False)
+    threads = int(os.environ.get("LTHASH_THREADS", "2"))  # both runs on one count: float order depends on it
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_base(small_split, reference, settings, progress=False)
+    finally:
+        torch.set_num_threads(before)
     cmd = [sys.executable, "-m", "lthash.cli", "base", "--split", str(small_split), "--out", str(tmp_path / "killed"),
            "--params", json.dumps({"generate": {"base": settings["base"], "seed": settings["seed"]}}),
-           "--threads", os.environ.get("LTHASH_THREADS", "2"), "--device", "cpu"]
+           "--threads", str(threads), "--device", "cpu"]
     partial = tmp_path / "killed.partial"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
