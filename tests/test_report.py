@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lthash.config import stage_config
+from lthash.config import load_config, stage_config
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, pack_codes, write_codes
 from lthash.evaluate.score import run_score
 from lthash.io import ImageSet, write_image_sets, write_json
-from lthash.report.analysis import TIE, arms_table, best_control, gap_share, read_setting, sentence, summary
+from lthash.report.analysis import arms_table, best_control, gap_share, read_setting, sentence, summary
 from lthash.report.figures import BORDER, PAD, RIGHT, TILE, WRONG, figure_path, pick_queries
 from lthash.report.report import TABLE_NAMES, VERDICT, write_report
 from lthash.report.runs import RunRecord, Setting, by_setting, load_runs
@@ -513,7 +513,11 @@ def test_the_readme_results_table_is_the_render_of_the_committed_default_tables(
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text()
     block = text.split(START)[1].split(END)[0].strip()
-    assert block == render(read_arms(root / "docs" / "results" / "default" / "arms.csv")).strip()
+    rows = read_arms(root / "docs" / "results" / "default" / "arms.csv")
+    assert block == render(rows).strip()
+    experiment = load_config(root / "config.yaml")["experiment"]
+    assert {row["arm"] for row in rows} == set(experiment["arms"])
+    assert {row["seeds"] for row in rows} == {" ".join(str(seed) for seed in experiment["seeds"])}
 
 
 def test_the_readme_known_class_table_is_the_render_of_its_committed_tables():
