@@ -84,3 +84,17 @@ def hadamard_codes(classes: int, bits: int, rng: np.random.Generator, min_distan
         matrix = hadamard(bits)
         return np.concatenate([matrix, -matrix])[:classes].astype(np.float32)
     return rejection_codes(classes, bits, rng, min_distance=min_distance, balanced=True)
+
+
+def class_codes(kind: str, classes: int, bits: int, rng: np.random.Generator,
+                min_distance: int | None = None) -> np.ndarray:
+    """One ±1 code per class (OrthoHash's codebook, DPN's targets): ``bernoulli`` draws them
+    uniformly; ``distance`` keeps the best of many Bernoulli codebooks by minimum Hamming
+    distance (:func:`spread_codes`), or rejection-samples to ``min_distance`` when it is set."""
+    if kind == "bernoulli":
+        return bernoulli_codes(classes, bits, rng)
+    if kind != "distance":
+        raise LthashError(f"unknown class-code kind {kind!r} (bernoulli or distance)")
+    if min_distance is None:
+        return spread_codes(classes, bits, rng)
+    return rejection_codes(classes, bits, rng, min_distance)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lthash.hashing.centers import bernoulli_codes, rejection_codes, spread_codes
+from lthash.hashing.centers import class_codes
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 
@@ -25,11 +25,7 @@ class DPN(HashMethod):
                  class_counts: np.ndarray, seed: int) -> None:
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)
         self.hash = hash_head(backbone.out_dim, bits)
-        if self.options["targets"] == "distance":
-            targets = spread_codes(num_classes, bits, self.rng) if self.options["min_distance"] is None \
-                else rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
-        else:
-            targets = bernoulli_codes(num_classes, bits, self.rng)
+        targets = class_codes(self.options["targets"], num_classes, bits, self.rng, self.options["min_distance"])
         self.register_buffer("targets", torch.from_numpy(targets))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lthash.hashing.centers import bernoulli_codes, rejection_codes, spread_codes
+from lthash.hashing.centers import class_codes
 from lthash.hashing.losses.logit_adjustment import adjust_logits
 from lthash.hashing.methods.base import HashMethod, hash_head, register
 
@@ -32,11 +32,7 @@ class OrthoHash(HashMethod):
         super().__init__(backbone, bits, num_classes, options, class_counts, seed)
         self.hash = hash_head(backbone.out_dim, bits)
         self.bn = nn.BatchNorm1d(bits)
-        if self.options["codebook"] == "distance":
-            codes = spread_codes(num_classes, bits, self.rng) if self.options["min_distance"] is None \
-                else rejection_codes(num_classes, bits, self.rng, self.options["min_distance"])
-        else:
-            codes = bernoulli_codes(num_classes, bits, self.rng)
+        codes = class_codes(self.options["codebook"], num_classes, bits, self.rng, self.options["min_distance"])
         self.register_buffer("codebook", torch.from_numpy(codes))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
