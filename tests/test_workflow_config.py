@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lthash.config import load_config
+from lthash.config import load_config, validate_config
 from lthash.workflow import runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +92,18 @@ def test_the_slurm_profile_gives_every_training_rule_a_gpu_and_threads():
     for rule in TRAINING:
         assert profile["set-resources"][rule]["gpu"] == 1, rule
         assert profile["set-threads"][rule] >= 1, rule
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflow/configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_state_their_personalisation_instead_of_inheriting_the_default(path):
+    """``--configfile`` is merged over config.yaml, so a shipped config that is silent on
+    ``generate.personalize`` would run the default's (the known-class preset with a corpus prior,
+    which a Stable Diffusion base with no corpus record refuses): each states its own."""
+    import copy
+
+    from snakemake.utils import update_config
+
+    own = yaml.safe_load(path.read_text())
+    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(merged, copy.deepcopy(own))
+    assert load_config(path)["generate"]["personalize"] == validate_config(merged)["generate"]["personalize"]
