@@ -107,3 +107,17 @@ def test_shipped_configs_state_their_personalisation_instead_of_inheriting_the_d
     merged = yaml.safe_load((ROOT / "config.yaml").read_text())
     update_config(merged, copy.deepcopy(own))
     assert load_config(path)["generate"]["personalize"] == validate_config(merged)["generate"]["personalize"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflow/configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_pass_the_snakefiles_checks_as_snakemake_merges_them(path):
+    """What the Snakefile checks before any job (seeds, schema, run matrix), on the config
+    ``snakemake --configfile <path>`` builds: the file merged over config.yaml."""
+    from snakemake.utils import update_config
+
+    from lthash.workflow import check_experiment, check_matrix
+
+    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load(path.read_text()))
+    check_experiment(merged)
+    check_matrix(validate_config(merged))
