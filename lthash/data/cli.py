@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = subparsers.add_parser(
         "export-imagefolder", help="write a dataset as an ImageFolder tree of PNG files",
-        description="Write every image of a dataset (default: scikit-learn's digits) to OUT/<class>/<n>.png, "
+        description="Write every image of a dataset (default: scikit-learn's digits; --params "
+                    "'{\"dataset\": {\"name\": \"shapes\"}}' for the procedural shapes) to OUT/<class>/<n>.png, "
                     "resized to --size, so the imagefolder reader can use it like a user's own collection.")
     export.add_argument("--out", required=True, help="a new or empty folder")
     export.add_argument("--size", type=int, default=None, help="square side in pixels (default: as stored)")

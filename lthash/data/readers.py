@@ -79,6 +79,8 @@ def load_dataset(cfg: Mapping[str, Any], threads: int = 1) -> Dataset:
         dataset = read_fashion_mnist(cfg["root"] or DEFAULT_FASHION_ROOT)
     elif name == "digits":
         dataset = read_digits()
+    elif name == "shapes":
+        dataset = read_shapes(cfg["shapes"]["per_class"], cfg["shapes"]["seed"])
     elif name in ("cifar10", "cifar100"):
         from lthash.data.cifar import read_cifar
 
@@ -173,6 +175,14 @@ def read_digits() -> Dataset:
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
     return Dataset(name="digits", labels=bunch.target.astype(np.int64),
                    class_names=[str(name) for name in bunch.target_names], images=images)
+
+
+def read_shapes(per_class: int, seed: int) -> Dataset:
+    """The procedural shapes of :mod:`lthash.data.shapes`, ``per_class`` images per class."""
+    from lthash.data.shapes import SHAPE_CLASSES, draw_shapes
+
+    images, labels = draw_shapes(per_class, seed)
+    return Dataset(name="shapes", labels=labels, class_names=list(SHAPE_CLASSES), images=images)
 
 
 # --- image files: ImageFolder and list files --------------------------------------------------
