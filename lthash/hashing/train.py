@@ -26,6 +26,7 @@ from lthash.provenance import code_version
 from lthash.hashing.curves import plot_curves, write_history
 from lthash.hashing.data import (TrainingSet, augment, carve_validation, epoch_batches, load_training_set,
                                  ordered_batches, to_float)
+from lthash.hashing.losses.synthetic import SyntheticLoss, mixed_batch_loss
 from lthash.hashing.methods import HashMethod, check_balance, get_method
 from lthash.hashing.metrics import hamming_map
 from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
@@ -55,6 +56,16 @@ def effective_train(params: Mapping[str, Any], method: str, mode: str, init: str
     if train["balance"] == "logit_adjusted":
         check_balance([method], "hashing.train.balance")
     return train
+
+
+def synthetic_rule(params: Mapping[str, Any], method: str, mode: str) -> SyntheticLoss:
+    """How a ``mix`` run weights its synthetic images (``hashing.mix``); other modes train plainly."""
+    if mode != "mix":
+        return SyntheticLoss()
+    rule = SyntheticLoss.from_mix(params["mix"])
+    if rule.label_smoothing:
+        check_balance([method], "hashing.mix.synthetic_label_smoothing", f"is {rule.label_smoothing}")
+    return rule
 
 
 def make_optimizer(model: HashMethod, train: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -145,6 +156,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
     seed = int(params["seed"])
     identity = run_identity(tags, method, backbone, bits, seed)
     train = effective_train(params, method, mode, init)
+    rule = synthetic_rule(params, method, mode)
     if init and not (Path(init) / MODEL_FILE).exists():
         raise LthashError(f"--init {init}: no {MODEL_FILE} there (is the run finished?)")
     seed_everything(seed)
@@ -177,7 +189,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
     started = time.time()
     if model.trainable:
         history, final_state, extra = _train_deep(model, train_set, val_set, train, params, device, out, seed,
-                                                  _fingerprint(split, group, shards, mode, init, params, train))
+                                                  _fingerprint(split, group, shards, mode, init, params, train), rule)
     else:
         history, final_state, extra = _fit_shallow(model, train_set, device, params["mixed_precision"])
     is_main = extra.pop("is_main", True)
@@ -258,11 +270,13 @@ def _restore(restored, model: HashMethod, optimizer, scaler):
 
 
 def _train_step(model: HashMethod, wrapped, optimizer, scaler, accelerator, x: torch.Tensor, y: torch.Tensor,
-                train: Mapping[str, Any], device: str, precision: str) -> float:
-    """One optimisation step on the batch (x, y) (gradient scaling, optional clipping); returns its loss."""
+                synthetic: torch.Tensor, rule: SyntheticLoss, train: Mapping[str, Any], device: str,
+                precision: str) -> float:
+    """One optimisation step on the batch (x, y) (synthetic images weighted by ``rule``, gradient
+    scaling, optional clipping); returns its loss."""
     with autocast(device, precision):
         output = wrapped(x)
-    loss = model.loss(output, y)
+    loss = mixed_batch_loss(model, output, y, synthetic, rule)
     optimizer.zero_grad(set_to_none=True)
     if accelerator is not None:
         accelerator.backward(scaler.scale(loss))
@@ -277,7 +291,7 @@ def _train_step(model: HashMethod, wrapped, optimizer, scaler, accelerator, x: t
 
 
 def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet | None, train: Mapping[str, Any],
-                params: Mapping[str, Any], device: str, out: Path, seed: int, fingerprint: str):
+                params: Mapping[str, Any], device: str, out: Path, seed: int, fingerprint: str, rule: SyntheticLoss):
     from tqdm import tqdm
 
     precision = params["mixed_precision"]
@@ -309,6 +323,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     images_all = torch.from_numpy(train_set.images)
     labels_all = torch.from_numpy(train_set.labels)
+    synthetic_all = torch.from_numpy(train_set.synthetic)
     for epoch in range(start_epoch, epochs):
         tic = time.time()
         model.on_epoch_start(lambda: ordered_batches(train_set.images, train_set.labels, EVAL_BATCH, device))
@@ -326,7 +341,8 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
             if train["augment"]:
                 x = augment(x, generator)
             losses.append(_train_step(model, wrapped, optimizer, scaler, accelerator, x.to(device),
-                                      labels_all[index].to(device), train, device, precision))
+                                      labels_all[index].to(device), synthetic_all[index].to(device), rule, train,
+                                      device, precision))
             seen += len(index)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")

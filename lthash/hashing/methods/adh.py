@@ -64,11 +64,12 @@ class ADH(HashMethod):
         code = self.hash(self.backbone.pool(fmap))
         return {"code": code, "logits": self.classifier(code)}
 
-    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         code = out["code"].float()
         similar = (labels[:, None] == labels[None, :]).float()
         theta = code @ code.t() / 2
         likelihood = (F.softplus(theta) - similar * theta).mean()
         quantisation = (code - code.sign()).pow(2).mean()
-        classification = F.cross_entropy(adjust_logits(out["logits"].float(), self.logit_offset), labels)
+        classification = F.cross_entropy(adjust_logits(out["logits"].float(), self.logit_offset), labels,
+                                         label_smoothing=label_smoothing)
         return likelihood + self.options["class_weight"] * classification + self.options["quant_weight"] * quantisation

@@ -37,14 +37,15 @@ def get_method(name: str, key: str = "hashing.method") -> type["HashMethod"]:
     return REGISTRY[name]
 
 
-def check_balance(methods: Iterable[str], key: str = "hashing.train.balance") -> None:
-    """Refuse ``logit_adjusted`` balance for methods without class logits: one error naming ``key``
-    and every such method (``methods``: the methods that would train with it)."""
+def check_balance(methods: Iterable[str], key: str = "hashing.train.balance", setting: str = "is 'logit_adjusted'") -> None:
+    """Refuse a setting that needs class logits (the logit-adjusted loss, label smoothing) for
+    methods without them: one error naming ``key`` and every such method (``methods``: the
+    methods that would train with it)."""
     without = [name for name in methods if not get_method(name).has_class_logits]
     if without:
         with_logits = sorted(name for name, cls in REGISTRY.items() if cls.has_class_logits)
-        raise LthashError(f"config key '{key}' is 'logit_adjusted', but {', '.join(without)} "
-                          f"{'has' if len(without) == 1 else 'have'} no class logits to adjust "
+        raise LthashError(f"config key '{key}' {setting}, but {', '.join(without)} "
+                          f"{'has' if len(without) == 1 else 'have'} no class logits "
                           f"(methods with class logits: {', '.join(with_logits)})")
 
 
@@ -96,7 +97,8 @@ class HashMethod(nn.Module):
         raise NotImplementedError
 
     def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Scalar training loss of a batch."""
+        """Scalar training loss of a batch. Methods with class logits also take
+        ``label_smoothing`` (epsilon of the cross-entropy's targets; default 0)."""
         raise NotImplementedError
 
     def adjust_logits_by_prior(self, tau: float) -> None:

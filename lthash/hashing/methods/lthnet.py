@@ -60,9 +60,9 @@ class LTHNet(HashMethod):
         h = torch.tanh(self.hash(v_meta))
         return {"code": h, "logits": self.classifier(h), "direct": v}
 
-    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         logits = adjust_logits(out["logits"].float(), self.logit_offset)
-        per_sample = F.cross_entropy(logits, labels, reduction="none")
+        per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
         return (self.class_weights[labels] * per_sample).mean()
 
     @torch.no_grad()

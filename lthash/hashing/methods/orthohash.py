@@ -40,10 +40,10 @@ class OrthoHash(HashMethod):
         cosine = F.normalize(code, dim=1) @ F.normalize(self.codebook, dim=1).t()
         return {"code": code, "cosine": cosine}
 
-    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         margin = F.one_hot(labels, self.num_classes).to(out["cosine"].dtype) * self.options["margin"]
         logits = adjust_logits(self.options["scale"] * (out["cosine"] - margin), self.logit_offset)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         if self.options["quant_weight"]:
             loss = loss + self.options["quant_weight"] * (out["code"].abs() - 1).pow(2).mean()
         return loss
