@@ -98,8 +98,9 @@ def test_same_seed_same_images_and_bad_strength_is_named(tiny, init_images):
         draw(tiny, init_images[:2], 6, 0.5)
 
 
-@pytest.mark.parametrize("bad,message", [({"strength": 0}, "exclusiveMinimum"), ({"strength": -0.5}, "exclusiveMinimum"),
-                                         ({"strength": 1.5}, "maximum"), ({"init": "photo"}, "is not one of")])
+@pytest.mark.parametrize("bad,message", [({"strength": 0}, r"number in \(0, 1\]"), ({"strength": -0.5}, "number in"),
+                                         ({"strength": 1.5}, "number in"), ({"strength": [0.5, 1.2]}, "list of"),
+                                         ({"strength": []}, "non-empty list"), ({"init": "photo"}, "is not one of")])
 def test_schema_refuses_bad_synthesis_settings(bad, message):
     with pytest.raises(LthashError, match=rf"generate\.synthesis\.{list(bad)[0]}'.*{message}"):
         validate_config({"dataset": {}, "generate": {"synthesis": bad}})
@@ -171,3 +172,37 @@ def test_editing_strength_or_init_redraws_the_shard(shard_setup, small_split, tm
     assert shard(shard_setup, small_split, out, init="noise")["skipped"] is False
     noise = read_image_set(out, "synthetic")
     assert noise.attrs["init"] == "noise" and "init_index" not in noise.extra
+
+
+def test_a_strength_set_gives_each_image_one_of_its_strengths_and_records_it(shard_setup, small_split, tmp_path):
+    strengths = [0.25, 0.5, 1.0]
+    shard(shard_setup, small_split, tmp_path / "set.h5", strength=strengths)
+    got = read_image_set(tmp_path / "set.h5", "synthetic")
+    drawn = got.extra["strength"]
+    assert sorted(set(drawn.tolist())) == strengths, "20 draws from 3 values use every value"
+    assert got.attrs["strength"] == strengths
+    shard(shard_setup, small_split, tmp_path / "again.h5", strength=[1.0, 0.5, 0.25])
+    again = read_image_set(tmp_path / "again.h5", "synthetic")
+    np.testing.assert_array_equal(again.images, got.images)
+    np.testing.assert_array_equal(again.extra["strength"], drawn)
+    train = read_image_set(small_split, "train")
+    source = {int(i): img for i, img in zip(train.index, train.images)}
+    inits = np.stack([source[int(i)] for i in got.extra["init_index"]])
+    low, high = drawn == 0.25, drawn == 1.0
+    assert mse(got.images[low], inits[low]) < mse(got.images[high], inits[high]), \
+        "images drawn at strength 0.25 stay nearer their init image than those at 1.0"
+    assert shard(shard_setup, small_split, tmp_path / "set.h5", strength=strengths)["skipped"] is True
+    assert shard(shard_setup, small_split, tmp_path / "set.h5", strength=[0.25, 0.5])["skipped"] is False
+
+
+def test_a_single_strength_and_a_set_of_one_draw_the_same_images(shard_setup, small_split, tmp_path):
+    shard(shard_setup, small_split, tmp_path / "one.h5", strength=0.5)
+    shard(shard_setup, small_split, tmp_path / "set.h5", strength=[0.5])
+    np.testing.assert_array_equal(read_image_set(tmp_path / "one.h5", "synthetic").images,
+                                  read_image_set(tmp_path / "set.h5", "synthetic").images)
+
+
+def test_every_value_of_a_strength_set_must_run_a_step_before_any_image_is_drawn(shard_setup, small_split, tmp_path):
+    with pytest.raises(LthashError, match="strength.*steps"):
+        shard(shard_setup, small_split, tmp_path / "bad.h5", strength=[0.5, 0.1])  # 4 x 0.1 runs no step
+    assert not (tmp_path / "bad.h5").exists()

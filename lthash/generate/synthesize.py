@@ -25,7 +25,7 @@ import torch
 from lthash.errors import LthashError
 from lthash.generate.judge import check_judge_for, judge_weights, load_judge
 from lthash.generate.models import DiffusionComponents, load_components
-from lthash.generate.sampler import SamplerConfig, generate
+from lthash.generate.sampler import SamplerConfig, generate, img2img_start
 from lthash.generate.plan import shard_entry
 from lthash.generate.shards import class_train_images, init_choice, shard_is_complete, shard_seed  # noqa: F401
 from lthash.generate.corpus import check_base_corpus, prompt_words
@@ -110,6 +110,40 @@ def _keep_most_confident(images: np.ndarray, init_index: np.ndarray | None, judg
     return images[keep], None if init_index is None else init_index[keep], extra
 
 
+def strength_record(strength: float | list[float]) -> float | str:
+    """How a shard records ``generate.synthesis.strength``: the number, or a set as canonical JSON."""
+    return canonical_json(sorted(float(s) for s in strength)) if isinstance(strength, list) else float(strength)
+
+
+def image_strengths(strength: float | list[float], count: int, seed: int) -> np.ndarray:
+    """The strength of each of ``count`` images: the one number, or a uniform draw from the set
+    (``numpy.random.default_rng([seed, 606])``)."""
+    if not isinstance(strength, list):
+        return np.full(count, float(strength))
+    choices = np.asarray(sorted(float(s) for s in strength))
+    return choices[np.random.default_rng([seed, 606]).integers(len(choices), size=count)]
+
+
+def _draw(components: DiffusionComponents, prompt: str, count: int, seed: int, sampler: SamplerConfig,
+          size: tuple[int, int, int], on_batch, init_images: np.ndarray | None,
+          strengths: np.ndarray | None) -> np.ndarray:
+    """``count`` images of ``prompt``: from noise, or from ``init_images`` at ``strengths``, one
+    group per strength in ascending order, every group drawing from one generator seeded ``seed``
+    (a single strength is one group: the plain image-to-image run)."""
+    generator = torch.Generator().manual_seed(seed)
+    if init_images is None:
+        return generate(components, [prompt] * count, generator, sampler, size=size, on_batch=on_batch)
+    images = None
+    for value in np.unique(strengths):
+        members = np.flatnonzero(strengths == value)
+        drawn = generate(components, [prompt] * len(members), generator, sampler, size=size, on_batch=on_batch,
+                         init_images=init_images[members], strength=float(value))
+        if images is None:
+            images = np.empty((count, *drawn.shape[1:]), dtype=drawn.dtype)
+        images[members] = drawn
+    return images
+
+
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -135,7 +169,7 @@ def synthesize_shard(
     out = Path(out)
     entry = shard_entry(plan, class_index, purpose, shard)
     synthesis = params["synthesis"]
-    init, strength = str(synthesis["init"]), float(synthesis["strength"])
+    init, strength = str(synthesis["init"]), synthesis["strength"]
     factor = float(synthesis["filter_factor"])
     class_names = list(plan["class_names"])
     judge_digest = _judge_digest(judge_dir, factor, split_path, class_names)
@@ -143,31 +177,38 @@ def synthesize_shard(
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
     sampler = SamplerConfig.for_model(components, synthesis)
+    if init == "real":
+        for value in image_strengths(strength, 0, 0) if not isinstance(strength, list) else strength:
+            img2img_start(sampler.steps, float(value))
     seed = shard_seed(params["seed"], generator_name, class_index, purpose, shard)
     expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
                 "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__),
-                "init": init, "strength": strength if init == "real" else "none", "filter_factor": factor,
+                "init": init, "strength": strength_record(strength) if init == "real" else "none", "filter_factor": factor,
                 "filter_judge": judge_digest}
     if shard_is_complete(out, expected):
         log.info("%s is complete already: not redrawn", out)
         return {"images": entry["count"], "seconds": 0.0, "skipped": True}
     size = split_image_shape(split_path)
     candidates = candidate_count(entry["count"], factor)
-    init_images = init_index = None
+    init_images = init_index = strengths = None
     if init == "real":
         train = class_train_images(split_path, class_index, "config key 'generate.synthesis.init': real needs them")
         picks = init_choice(train.index, candidates, seed)
         init_images, init_index = train.images[picks], train.index[picks]
+        strengths = image_strengths(strength, candidates, seed)
     started = time.perf_counter()
     with tqdm(total=candidates, desc=f"class {class_index} {purpose} shard {shard}",
               disable=not progress, mininterval=5) as bar:
-        images = generate(components, [prompt] * candidates, torch.Generator().manual_seed(seed),
-                          sampler, size=size, on_batch=bar.update, init_images=init_images, strength=strength)
+        images = _draw(components, prompt, candidates, seed, sampler, size, bar.update, init_images, strengths)
     extra: dict[str, np.ndarray] = {}
     if factor > 1:
+        keep_strengths = strengths
         images, init_index, extra = _keep_most_confident(images, init_index, judge_dir, class_index, entry["count"])
+        strengths = None if keep_strengths is None else keep_strengths[extra["candidate"]]
     if init_index is not None:
         extra["init_index"] = np.asarray(init_index, dtype=np.int64)
+    if isinstance(strength, list):
+        extra["strength"] = np.asarray(strengths, dtype=np.float32)
     seconds = time.perf_counter() - started
     attrs = dict(expected, class_name=class_names[class_index], prompt=prompt, start=entry["start"],
                  candidates=candidates)
