@@ -40,7 +40,7 @@ ENV = "LTHASH_FORKSERVER"
 #: modules import diffusers' and transformers' model classes inside functions, so those modules
 #: are named here (importing them is most of a synthesis job's start-up); torch.optim's constructors
 #: import ``torch._dynamo`` on first use (2-3 s of every training job).
-PRELOAD = ("numpy", "h5py", "torch", "torch._dynamo", "numba", "matplotlib.pyplot",
+PRELOAD = ("numpy", "h5py", "torch", "torch._dynamo", "matplotlib.pyplot",
            "diffusers.models.unets.unet_2d_condition", "diffusers.schedulers.scheduling_ddim", "diffusers.schedulers.scheduling_ddpm",
            "transformers.models.clip.modeling_clip", "transformers.models.clip.tokenization_clip",
            "lthash.hashing.train", "lthash.hashing.encode", "lthash.evaluate.score", "lthash.generate.synthesize",
@@ -51,14 +51,6 @@ PRELOAD = ("numpy", "h5py", "torch", "torch._dynamo", "numba", "matplotlib.pyplo
 SERVER_THREADS = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
-
-
-def warm_numba() -> None:
-    """Load numba's CPU target registries: about 0.6 s that the first cached kernel of every scoring
-    job would pay otherwise. Starts no thread."""
-    from numba.core.registry import cpu_target
-
-    cpu_target.target_context.refresh()
 
 
 def _send_request(sock: socket.socket, payload: dict, fds: Sequence[int]) -> None:
@@ -183,8 +175,6 @@ def serve(path: str, parent: int | None = None, idle: float = 600.0, preload: Se
 
     for name in preload:
         importlib.import_module(name)
-    if "numba" in preload:
-        warm_numba()
     threads = _threads()
     if threads != 1:
         print(f"lthash forkserver: {threads} threads after importing {', '.join(preload)}: "
