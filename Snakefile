@@ -119,7 +119,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# The base a run trains, and the filter judge, are targets of their own: everything that needs
+# them lies behind the plan checkpoint, so they would join the DAG only after the plan, when
+# 1-core jobs hold a core, and a job of all cores would not fit again until every real-data arm
+# was done.
 rule all:
     default_target: True
     input:
         f"{R}/report.md",
+        BASE_DIR if GENERATORS and BASE_IS_TINY else [],
+        FILTER_JUDGE if GENERATORS and FILTERING else [],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def finished_run(tmp_path_factory):
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in (workdir / "results/logs").rglob("*.log"))
         pytest.fail(f"workflow failed:\n{result.stderr[-4000:]}\n{logs[-6000:]}")
+    (workdir / "snakemake.log").write_text(result.stderr)
     return workdir, config
 
 
@@ -57,6 +59,16 @@ def edited(config: dict, dotted: str, value) -> dict:
         node = node.setdefault(part, {})
     node[last] = value
     return out
+
+
+def test_the_base_trained_in_the_run_starts_before_any_real_data_arm(finished_run):
+    """The critical path first: the base (all cores, priority 40) is in the DAG from the start and
+    starts when the split is done, not after the real-data arms have freed both cores at once."""
+    workdir, _ = finished_run
+    started = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", (workdir / "snakemake.log").read_text(), re.M)
+    arms = [started.index(arm) for arm in ("balanced", "longtail", "class_balanced") if arm in started]
+    assert "base" in started and arms
+    assert started.index("base") < min(arms), started[:12]
 
 
 def test_chain_scores_every_run_with_its_identity(finished_run):

@@ -1,7 +1,10 @@
 # Generation stage: tiny base model (CPU default), balancing plan, per-class
 # personalisation, sharded synthesis, and the quality of what was drawn. Priorities put the
-# critical path (base > personalize > synthesize > pretrain > the arms that start from it)
-# ahead of the jobs that can fill idle cores (the real-data arms, encode, score).
+# critical path (base and filter judge > plan > personalize > synthesize > pretrain > the arms
+# that start from it) ahead of the jobs that can fill idle cores (the real-data arms, encode,
+# score). A job of all cores must outrank the plan plus any 1-core job (40 > 35 + 0): the
+# scheduler maximises the summed priority of what it starts, and once a 1-core job holds a core
+# a job of all cores waits until every core is free.
 
 GEN = config["generate"]
 # The filter judge feeds synthesis only when it over-generates (filter_factor > 1); the
@@ -46,6 +49,7 @@ checkpoint plan:
         plan=lw.plan_path(R),
     log:
         f"{R}/logs/plan.log",
+    priority: 35
     conda:
         ENV
     threads: 1
@@ -96,7 +100,7 @@ rule filter_judge:
         f"{R}/logs/filter_judge.log",
     benchmark:
         f"{R}/benchmarks/filter_judge.tsv"
-    priority: 30
+    priority: 40
     conda:
         ENV
     threads: ALL_CORES
