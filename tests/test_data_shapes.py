@@ -38,24 +38,25 @@ def test_classes_differ_more_between_than_within():
     assert (predicted == labels[test]).mean() > 0.15
 
 
-def test_the_dataset_section_reads_shapes_and_refuses_an_unknown_key():
-    dataset = load_dataset({"name": "shapes", "shapes": {"per_class": 4, "seed": 3}})
+def test_the_dataset_named_shapes_is_260_per_class_from_seed_0():
+    dataset = load_dataset({"name": "shapes"})
     assert dataset.class_names == list(SHAPE_CLASSES)
-    assert dataset.images.shape == (40, 28, 28, 1)
-    assert np.array_equal(dataset.images, draw_shapes(4, 3)[0])
-    with pytest.raises(LthashError, match="shapes"):
-        load_dataset({"name": "shapes", "shapes": {"per_clas": 4}})
+    assert dataset.images.shape == (2600, 28, 28, 1)
+    first, _ = draw_shapes(2, 0)
+    assert np.array_equal(dataset.images[:2], first[:2]), "class by class from one generator of seed 0"
+    with pytest.raises(LthashError, match="dataset"):
+        load_dataset({"name": "shape"})
 
 
 def test_exported_shapes_read_back_as_an_imagefolder(tmp_path):
     from lthash.data.export import export_imagefolder
 
-    counts = export_imagefolder({"name": "shapes", "shapes": {"per_class": 5, "seed": 2}}, tmp_path / "shapes")
-    assert counts == {name: 5 for name in sorted(SHAPE_CLASSES)}
+    counts = export_imagefolder({"name": "shapes"}, tmp_path / "shapes")
+    assert counts == {name: 260 for name in sorted(SHAPE_CLASSES)}
     folder = load_dataset({"name": "imagefolder", "root": str(tmp_path / "shapes")})
     assert sorted(folder.class_names) == sorted(SHAPE_CLASSES)
-    drawn = load_dataset({"name": "shapes", "shapes": {"per_class": 5, "seed": 2}})
-    by_name = {name: np.sort(drawn.images[drawn.labels == i].reshape(5, -1), axis=0)
+    drawn = load_dataset({"name": "shapes"})
+    by_name = {name: np.sort(drawn.images[drawn.labels == i].reshape(260, -1), axis=0)
                for i, name in enumerate(drawn.class_names)}
     for i, name in enumerate(folder.class_names):
-        assert np.array_equal(np.sort(folder.images[folder.labels == i].reshape(5, -1), axis=0), by_name[name])
+        assert np.array_equal(np.sort(folder.images[folder.labels == i].reshape(260, -1), axis=0), by_name[name])

@@ -102,3 +102,17 @@ def test_every_shipped_base_verifies_and_the_default_config_may_use_it():
     default = yaml.safe_load((ROOT / "config.yaml").read_text())
     config = validate_config(default)
     shipped.check_base_choice(config)
+
+
+def test_a_key_the_schema_gained_after_the_base_was_trained_reads_as_its_default():
+    """The manifest's split sections are completed with today's defaults before they are compared,
+    so a new schema key at its default does not refuse a shipped base."""
+    from lthash.config import validate_config
+    from lthash.generate.shipped import _differences, recorded_split_params
+
+    config = validate_config({"dataset": {}})
+    older = {"dataset": {k: v for k, v in config["dataset"].items() if k != "on_corrupt"}, "split": config["split"]}
+    assert _differences(recorded_split_params(older), {"dataset": config["dataset"], "split": config["split"]}) == []
+    older["dataset"]["name"] = "digits"
+    assert _differences(recorded_split_params(older), {"dataset": config["dataset"], "split": config["split"]}) == [
+        "dataset.name ('digits' for the shipped base, 'fashion-mnist' here)"]

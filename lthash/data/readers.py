@@ -80,7 +80,7 @@ def load_dataset(cfg: Mapping[str, Any], threads: int = 1) -> Dataset:
     elif name == "digits":
         dataset = read_digits()
     elif name == "shapes":
-        dataset = read_shapes(cfg["shapes"]["per_class"], cfg["shapes"]["seed"])
+        dataset = read_shapes()
     elif name in ("cifar10", "cifar100"):
         from lthash.data.cifar import read_cifar
 
@@ -177,11 +177,11 @@ def read_digits() -> Dataset:
                    class_names=[str(name) for name in bunch.target_names], images=images)
 
 
-def read_shapes(per_class: int, seed: int) -> Dataset:
-    """The procedural shapes of :mod:`lthash.data.shapes`, ``per_class`` images per class."""
-    from lthash.data.shapes import SHAPE_CLASSES, draw_shapes
+def read_shapes() -> Dataset:
+    """The procedural shapes of :mod:`lthash.data.shapes`: 260 images per class from seed 0."""
+    from lthash.data.shapes import PER_CLASS, SEED, SHAPE_CLASSES, draw_shapes
 
-    images, labels = draw_shapes(per_class, seed)
+    images, labels = draw_shapes(PER_CLASS, SEED)
     return Dataset(name="shapes", labels=labels, class_names=list(SHAPE_CLASSES), images=images)
 
 

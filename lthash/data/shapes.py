@@ -15,6 +15,9 @@ import numpy as np
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "pentagon", "hexagon", "star", "cross", "ring",
                  "diamond", "crescent")
+#: The dataset ``shapes`` (``dataset.name: shapes``): images per class and the seed they are drawn from.
+PER_CLASS = 260
+SEED = 0
 _SIDE = 28
 _SCALE = 4
 

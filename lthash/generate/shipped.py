@@ -132,6 +132,15 @@ def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix
     return out
 
 
+def recorded_split_params(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``dataset`` and ``split`` sections a base's manifest records, completed with today's schema
+    defaults: a key added to the schema after the base was trained reads as its default."""
+    from lthash.config import validate_config
+
+    config = validate_config({"dataset": recorded["dataset"], "split": recorded["split"]})
+    return {"dataset": config["dataset"], "split": config["split"]}
+
+
 def check_base_choice(config: Mapping[str, Any]) -> None:
     """Refuse, before any job, a shipped base that is damaged or whose corpus may meet this config's split."""
     model = config["generate"]["base"]["model"]
@@ -140,7 +149,7 @@ def check_base_choice(config: Mapping[str, Any]) -> None:
     name = model[len(PREFIX):]
     manifest = read_manifest(name)
     verify_files(name, manifest)
-    recorded = manifest["corpus"]["split_params"]
+    recorded = recorded_split_params(manifest["corpus"]["split_params"])
     differences = _differences(recorded, {"dataset": config["dataset"], "split": config["split"]})
     if differences:
         raise LthashError(
