@@ -37,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_map_common import load_average, make_codes, random_centres  # noqa: E402
 
-from lthash.evaluate import _kernels  # noqa: E402
-from lthash.evaluate import mean_average_precision  # noqa: E402
+from lthash.evaluate import _code_kernels, mean_average_precision  # noqa: E402
 from lthash.evaluate.codes import as_words, unpack_codes  # noqa: E402
 from lthash.evaluate.metrics import score_codes, set_threads  # noqa: E402
 
@@ -109,12 +108,12 @@ def run(bits: int, args: argparse.Namespace) -> dict[str, float]:
     q_onehot, db_onehot = eye[q_labels], eye[db_labels]
     calls = {
         "score": lambda: score_codes(q_codes, db_codes, q_labels, db_labels, [None], bits=bits),
-        "floor": lambda: _kernels.popcount_floor_kernel(q_words, db_words),
+        "floor": lambda: _code_kernels.popcount_floor_kernel(q_words, db_words),
         "api_index": lambda: mean_average_precision(q_signs, db_signs, q_labels, db_labels),
         "api_onehot": lambda: mean_average_precision(q_signs, db_signs, q_onehot, db_onehot),
     }
     score_codes(q_codes[:4], db_codes, q_labels[:4], db_labels, [None], bits=bits)
-    _kernels.popcount_floor_kernel(q_words[:4], db_words)
+    _code_kernels.popcount_floor_kernel(q_words[:4], db_words)
     mean_average_precision(q_signs[:4], db_signs, q_onehot[:4], db_onehot)
     timed = interleaved(calls, args.repeats)
     t_score, cpu_score, scores = timed["score"]

@@ -363,8 +363,7 @@ def open_complete_h5(path: str | os.PathLike):
 def read_attrs(path: str | os.PathLike, group: str | None = None) -> dict[str, Any]:
     """File-level (or one group's) attributes with JSON strings decoded."""
     with open_complete_h5(path) as h5:
-        node = h5 if group is None else _group(h5, group, path)
-        return {key: _decode_attr(value) for key, value in node.attrs.items()}
+        return decoded_attrs(h5 if group is None else _group(h5, group, path))
 
 
 def read_image_set(path: str | os.PathLike, group: str, load_images: bool = True) -> ImageSet:
@@ -372,15 +371,24 @@ def read_image_set(path: str | os.PathLike, group: str, load_images: bool = True
     with open_complete_h5(path) as h5:
         grp = _group(h5, group, path)
         images = grp["images"][()] if load_images and "images" in grp else None
-        paths = [p.decode() if isinstance(p, bytes) else p for p in grp["paths"][()]] if "paths" in grp else None
-        return ImageSet(
-            images=images,
-            labels=grp["labels"][()],
-            index=grp["index"][()],
-            paths=paths,
-            attrs={key: _decode_attr(value) for key, value in grp.attrs.items()},
-            extra={key: grp[key][()] for key in grp if key not in _IMAGE_SET_DATASETS},
-        )
+        extra = {key: grp[key][()] for key in grp if key not in _IMAGE_SET_DATASETS}
+        return ImageSet(images=images, extra=extra, **read_item_columns(grp, "paths"))
+
+
+def read_item_columns(grp: Any, strings: str) -> dict[str, Any]:
+    """What an image set's and a code set's HDF5 groups share: ``labels`` and ``index`` (one
+    row per item), the group's attributes decoded (:func:`decoded_attrs`) and the optional
+    per-item string dataset named ``strings`` (``paths`` / ``sources``) as a list of str, None
+    where the group has none; keyed by the dataclass fields they fill."""
+    texts = None
+    if strings in grp:
+        texts = [text.decode() if isinstance(text, bytes) else str(text) for text in grp[strings][()]]
+    return {"labels": grp["labels"][()], "index": grp["index"][()], "attrs": decoded_attrs(grp), strings: texts}
+
+
+def decoded_attrs(node: Any) -> dict[str, Any]:
+    """An HDF5 file's or group's attributes with JSON strings decoded (inverse of how the writers store them)."""
+    return {key: _decode_attr(value) for key, value in node.attrs.items()}
 
 
 def _group(h5, group: str, path) -> Any:

@@ -16,7 +16,7 @@ from lthash.generate.models import (build_tiny_components, encode_prompts, image
                                     save_components, save_tiny_stable_diffusion)
 from lthash.generate.personalize.data import Augmentation, load_class_images, sample_batch
 from lthash.generate.personalize.runner import make_accelerator, personalize
-from lthash.generate.personalize.schedule import method_stages
+from lthash.generate.personalize.schedule import PRESETS, Stage, load_presets, method_stages
 from lthash.generate.personalize.trainer import ConceptToken, StageTrainer, TrainingData, TrainingOptions
 from lthash.io import ImageSet, read_attrs, read_image_set, write_image_sets
 
@@ -73,6 +73,49 @@ def personalize_section(**spec) -> dict:
     from lthash.config import validate_config
 
     return validate_config({"dataset": {}, "generate": {"personalize": spec}})["generate"]["personalize"]
+
+
+# The preset table as it stood in schedule.py before it moved to presets.yaml:
+# preset -> method -> (trains, steps, lr, batch_size, lambda_mean, lambda_var) per stage.
+PRESET_TABLE = {
+    "reference": {
+        "attndreambooth": [("embedding", 60, 1e-3, 8, 0.1, 0.0), ("cross_attention", 100, 2e-5, 8, 2.0, 5.0),
+                           ("unet", 500, 2e-6, 8, 2.0, 5.0)],
+        "dreambooth": [("unet", 400, 5e-6, 4, 0.0, 0.0)],
+        "textual_inversion": [("embedding", 500, 5e-3, 8, 0.0, 0.0)],
+    },
+    "tiny": {
+        "attndreambooth": [("embedding", 15, 1e-2, 16, 0.1, 0.0), ("cross_attention", 15, 2e-3, 16, 2.0, 5.0),
+                           ("unet", 40, 5e-4, 16, 2.0, 5.0)],
+        "dreambooth": [("unet", 50, 5e-4, 16, 0.0, 0.0)],
+        "textual_inversion": [("embedding", 60, 1e-2, 16, 0.0, 0.0)],
+    },
+    "tiny_known_class": {
+        "attndreambooth": [("embedding", 15, 1e-3, 16, 0.1, 0.0), ("cross_attention", 15, 2e-4, 16, 2.0, 5.0)],
+    },
+}
+
+
+def test_presets_file_loads_the_stage_table_with_typed_fields(tmp_path):
+    loaded = {preset: {method: [(s.trains, s.steps, s.lr, s.batch_size, s.lambda_mean, s.lambda_var) for s in stages]
+                       for method, stages in methods.items()} for preset, methods in PRESETS.items()}
+    assert loaded == PRESET_TABLE
+    types = {"name": str, "trains": str, "steps": int, "lr": float, "batch_size": int, "lambda_mean": float,
+             "lambda_var": float, "prior_weight": float}
+    for stages in (stages for methods in PRESETS.values() for stages in methods.values()):
+        assert isinstance(stages, tuple) and all(isinstance(stage, Stage) for stage in stages)
+        for stage in stages:
+            assert stage.name == stage.trains and stage.prior_weight == 0.0
+            assert {key: type(value) for key, value in stage.as_dict().items()} == types, stage
+    assert load_presets() is PRESETS, "read once"
+    bad = tmp_path / "presets.yaml"
+    bad.write_text("tiny:\n  dreambooth:\n    - {name: unet, trains: unet, steps: 50, lr: 5e-4, batch_size: 16, "
+                   "lambda_mean: 0.0, lambda_var: 0.0}\n")
+    with pytest.raises(LthashError, match="lr='5e-4' not of type float"):
+        load_presets(bad)
+    bad.write_text("tiny:\n  dreambooth:\n    - {name: unet, trains: unet, steps: 50}\n")
+    with pytest.raises(LthashError, match="a stage has keys"):
+        load_presets(bad)
 
 
 def test_schedule_presets_and_overrides():

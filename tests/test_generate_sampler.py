@@ -6,10 +6,13 @@ it, or be reported as a change of the images.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+from lthash.errors import LthashError
 from lthash.generate.models import encode_prompts, load_components
 from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.reference import reference_draw
@@ -56,3 +59,15 @@ def test_drawing_leaves_the_model_trainable_afterwards(tiny):
         tiny.unet.zero_grad(set_to_none=True)
         tiny.unet.requires_grad_(False)
         tiny.unet.eval()
+
+
+def test_sampler_defaults_by_model_kind_then_params(tiny):
+    """The defaults each kind had before they moved to SAMPLER_DEFAULTS; non-null params naming
+    a field override them, other keys are ignored, an unknown kind is refused."""
+    assert SamplerConfig.for_model(tiny) == SamplerConfig("ddim", 6, 3.0, 256, "trailing", "auto")
+    stable_diffusion = SimpleNamespace(kind="stable-diffusion")
+    assert SamplerConfig.for_model(stable_diffusion) == SamplerConfig("dpm", 50, 7.5, 8, "leading", "auto")
+    assert SamplerConfig.for_model(stable_diffusion, {"steps": 20, "guidance": None, "strength": [0.5]}) == \
+        SamplerConfig("dpm", 20, 7.5, 8, "leading", "auto")
+    with pytest.raises(LthashError, match="no sampler defaults for model kind 'other'"):
+        SamplerConfig.for_model(SimpleNamespace(kind="other"))

@@ -1,4 +1,5 @@
-"""A non-editable install runs a stage from any folder: the schemas are package data."""
+"""A non-editable install runs a stage from any folder: the schemas (and other YAML, such as the
+personalisation presets) are package data."""
 
 from __future__ import annotations
 
@@ -34,3 +35,4 @@ def test_installed_package_runs_split_outside_the_checkout(tmp_path):
                          cwd=work, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'query_per_class'" in bad.stderr
     assert (build / "lthash" / "models" / "fashion-mnist-class-names" / "SHIPPED.json").exists()
+    assert (build / "lthash" / "generate" / "personalize" / "presets.yaml").exists(), "the personalisation presets"

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lthash.errors import LthashError
-from lthash.io import _attr_value, _decode_attr, atomic_path, open_complete_h5
+from lthash.io import _attr_value, atomic_path, open_complete_h5, read_item_columns
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
@@ -106,17 +106,7 @@ def read_codes(path: str | os.PathLike, group: str) -> CodeSet:
         codes = grp["codes"][()]
         if codes.shape[1] != -(-bits // 8):
             raise LthashError(f"{path}/{group}: {codes.shape[1]} bytes per code do not hold {bits} bits")
-        sources = None
-        if "sources" in grp:
-            sources = [p.decode() if isinstance(p, bytes) else str(p) for p in grp["sources"][()]]
-        return CodeSet(
-            codes=codes,
-            labels=grp["labels"][()],
-            index=grp["index"][()],
-            bits=bits,
-            attrs={key: _decode_attr(value) for key, value in grp.attrs.items()},
-            sources=sources,
-        )
+        return CodeSet(codes=codes, bits=bits, **read_item_columns(grp, "sources"))
 
 
 def code_set_names(path: str | os.PathLike) -> list[str]:

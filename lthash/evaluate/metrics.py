@@ -10,6 +10,12 @@ Ranking: the database sorted by Hamming distance to the query. Two tie policies:
 retrieved within the first ``R``; a query with ``Q_R = 0`` has AP 0. With ``ties="average"``
 and a cut-off inside a tie, the result is ``E[AP@R]`` (the expectation of the ratio, exact).
 Relevance: same class (class indices) or at least one shared label (one-hot rows).
+
+The numba kernels, imported on first use: :mod:`lthash.evaluate._ap_kernels` (exact AP of one
+query from its distance histogram, in index order and tie-averaged; the notation and formulas
+are there), :mod:`lthash.evaluate._scan_kernels` (the one-pass Hamming scan that scores every
+query, class labels and label sets) and :mod:`lthash.evaluate._code_kernels` (popcount,
+packing codes and labels into words, the popcount floor and top-k search).
 """
 
 from __future__ import annotations
@@ -145,13 +151,13 @@ def _kernel_input(values: np.ndarray, name: str) -> np.ndarray:
 def pack_words(codes: np.ndarray, name: str = "codes") -> np.ndarray:
     """(N, bits) {-1,+1} or {0,1} values (any real dtype) as (N, ceil(bits/64)) uint64 words in
     the layout of ``as_words(pack_codes(codes))``, packed and checked in one parallel pass."""
-    from lthash.evaluate import _kernels
+    from lthash.evaluate import _code_kernels
 
     values = _kernel_input(codes, name)
     n, bits = values.shape
     words = np.empty((n, -(-bits // 64)), np.uint64)
     seen = np.empty(n, np.uint8)
-    _kernels.pack_rows_kernel(values, words.view(np.uint8), seen)
+    _code_kernels.pack_rows_kernel(values, words.view(np.uint8), seen)
     flags = int(np.bitwise_or.reduce(seen))
     if flags & 8 or (flags & 1 and flags & 2):
         shown = np.unique(values)[:6].tolist()
@@ -162,12 +168,12 @@ def pack_words(codes: np.ndarray, name: str = "codes") -> np.ndarray:
 
 def _onehot_classes(labels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     """Class index of each one-hot row and whether every row has exactly one label."""
-    from lthash.evaluate import _kernels
+    from lthash.evaluate import _code_kernels
 
     values = _kernel_input(labels, name)
     classes = np.empty(values.shape[0], np.int32)
     kind = np.empty(values.shape[0], np.uint8)
-    _kernels.onehot_rows_kernel(values, classes, kind)
+    _code_kernels.onehot_rows_kernel(values, classes, kind)
     if (kind == 2).any():
         raise LthashError(f"{name}: one-hot rows must hold 0/1 values")
     return classes, not kind.any()
@@ -223,10 +229,10 @@ def _mask_labels(onehot: np.ndarray, n_classes: int) -> Labels:
 
 def _multilabel_relevant_counts(q: Labels, db: Labels) -> np.ndarray:
     """Database items sharing at least one label with each query."""
-    from lthash.evaluate import _kernels
+    from lthash.evaluate import _scan_kernels
 
     unique, counts = np.unique(db.masks, axis=0, return_counts=True)
-    return _kernels.count_relevant_multilabel(q.masks, unique, counts.astype(np.int64))
+    return _scan_kernels.count_relevant_multilabel(q.masks, unique, counts.astype(np.int64))
 
 
 def class_item_lists(db_classes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,9 +249,9 @@ def query_groups(q_classes: np.ndarray, size: int | None = None) -> np.ndarray:
     Queries of one class fill rows together (they share their relevant items); the few
     left over from each class share rows with other classes' leftovers.
     """
-    from lthash.evaluate import _kernels
+    from lthash.evaluate import _scan_kernels
 
-    size = size or _kernels.GROUP
+    size = size or _scan_kernels.GROUP
     order = np.argsort(q_classes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(q_classes[order]) != 0])
     ends = np.r_[starts[1:], order.size]
@@ -291,7 +297,7 @@ def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.
     Inputs as for :func:`mean_average_precision`; ``topk`` is one cut-off or a list
     (``None`` / ``"all"`` = the whole database).
     """
-    from lthash.evaluate import _kernels
+    from lthash.evaluate._scan_kernels import GROUP, score_classes_kernel, score_multilabel_kernel
 
     q_words, q_bits = code_words(query_codes, bits, "query codes")
     db_words, db_bits = code_words(db_codes, bits, "database codes")
@@ -314,19 +320,19 @@ def score_codes(query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.
     outputs = (ap_index, ap_average, hits, hist_all, hist_rel)
     if q_lab.multilabel:
         n_relevant = _multilabel_relevant_counts(q_lab, db_lab)
-        groups = np.arange(-(-n_query // _kernels.GROUP) * _kernels.GROUP, dtype=np.int64).reshape(-1, _kernels.GROUP)
+        groups = np.arange(-(-n_query // GROUP) * GROUP, dtype=np.int64).reshape(-1, GROUP)
         groups[groups >= n_query] = -1
         largest = int(n_relevant.max(initial=0)) + 1
-        per_task = int(max(1, min(_GROUPS_PER_TASK, _BUFFER_ENTRIES // (_kernels.GROUP * largest))))
-        _dynamic(_kernels.score_multilabel_kernel)(q_words, db_words, q_lab.masks, db_lab.masks, groups, n_relevant,
-                                                   cutoffs, per_task, int(chunk), *outputs)
+        per_task = int(max(1, min(_GROUPS_PER_TASK, _BUFFER_ENTRIES // (GROUP * largest))))
+        _dynamic(score_multilabel_kernel)(q_words, db_words, q_lab.masks, db_lab.masks, groups, n_relevant,
+                                          cutoffs, per_task, int(chunk), *outputs)
     else:
         class_offsets, class_items = class_item_lists(db_lab.classes, q_lab.n_classes)
         groups = query_groups(q_lab.classes)
         largest = int(np.diff(class_offsets).max(initial=0))
-        per_task = int(max(1, min(_GROUPS_PER_TASK, _BUFFER_ENTRIES // max(1, _kernels.GROUP * largest))))
-        _dynamic(_kernels.score_classes_kernel)(q_words, db_words, q_lab.classes, db_lab.classes, groups,
-                                                class_offsets, class_items, cutoffs, per_task, int(chunk), *outputs)
+        per_task = int(max(1, min(_GROUPS_PER_TASK, _BUFFER_ENTRIES // max(1, GROUP * largest))))
+        _dynamic(score_classes_kernel)(q_words, db_words, q_lab.classes, db_lab.classes, groups,
+                                       class_offsets, class_items, cutoffs, per_task, int(chunk), *outputs)
     return RetrievalScores(bits=q_bits, n_database=n_db, cutoffs=cutoffs,
                            topk=tuple(None if k == "all" else k for k in requested),
                            ap_index=ap_index, ap_average=ap_average, hits=hits,

@@ -50,17 +50,17 @@ def search_codes(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, k: in
         return _faiss_search(q_words, db_words, k)
     if q_words.shape[0] * db_words.shape[0] <= NUMPY_PAIRS:
         return _numpy_topk(q_words, db_words, k)
-    from lthash.evaluate import _kernels
+    from lthash.evaluate import _code_kernels
 
     if threads is not None:
         set_threads(threads)
     from lthash.evaluate.metrics import _dynamic
 
-    return _dynamic(_kernels.topk_kernel)(q_words, db_words, k, bits)
+    return _dynamic(_code_kernels.topk_kernel)(q_words, db_words, k, bits)
 
 
 def _numpy_topk(q_words: np.ndarray, db_words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_kernels.topk_kernel`'s answer (by distance, ties by row) with numpy, one query at
+    """:func:`_code_kernels.topk_kernel`'s answer (by distance, ties by row) with numpy, one query at
     a time (see :data:`NUMPY_PAIRS`)."""
     rows = np.empty((q_words.shape[0], k), np.int64)
     dist = np.empty((q_words.shape[0], k), np.int64)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,32 +30,40 @@ SCHEDULERS = {
 }
 
 
+# Sampler settings by model kind (``DiffusionComponents.kind``). Tiny: DDIM 6 steps, guidance 3
+# (measured on the default base: as faithful as DDIM 10 at 1.7x the speed; more steps score worse
+# on an under-trained model). Stable Diffusion: the reference's DPM-Solver multistep, 50 steps,
+# guidance 7.5.
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"scheduler": "ddim", "steps": 6, "guidance": 3.0, "batch_size": 256,
+             "timestep_spacing": "trailing", "mixed_precision": "auto"},
+    "stable-diffusion": {"scheduler": "dpm", "steps": 50, "guidance": 7.5, "batch_size": 8,
+                         "timestep_spacing": "leading", "mixed_precision": "auto"},
+}
+
+
 @dataclass
 class SamplerConfig:
-    """How images are drawn: scheduler name, denoising steps, guidance scale, batch size."""
+    """How images are drawn: scheduler name, denoising steps, guidance scale, batch size,
+    timestep spacing and mixed precision (defaults by model kind: :data:`SAMPLER_DEFAULTS`)."""
 
-    scheduler: str = "ddim"
-    steps: int = 6
-    guidance: float = 3.0
-    batch_size: int = 256
-    timestep_spacing: str = "trailing"
-    mixed_precision: str = "auto"
+    scheduler: str
+    steps: int
+    guidance: float
+    batch_size: int
+    timestep_spacing: str
+    mixed_precision: str
 
     @classmethod
-    def for_model(cls, components: DiffusionComponents, params: dict | None = None) -> "SamplerConfig":
-        """Defaults by model kind, then ``params``.
-
-        Tiny: DDIM 6 steps, guidance 3 (measured on the default base: as faithful as DDIM 10 at
-        1.7x the speed; more steps score worse on an under-trained model). Stable Diffusion: the
-        reference's DPM-Solver multistep, 50 steps, guidance 7.5.
-        """
-        params = {key: value for key, value in (params or {}).items() if value is not None}
-        if components.kind == "tiny":
-            base = cls(scheduler="ddim", steps=6, guidance=3.0)
-        else:
-            base = cls(scheduler="dpm", steps=50, guidance=7.5, batch_size=8, timestep_spacing="leading")
+    def for_model(cls, components: DiffusionComponents, params: Mapping[str, Any] | None = None) -> "SamplerConfig":
+        """:data:`SAMPLER_DEFAULTS` of the model's kind, overridden by the non-null entries of
+        ``params`` that name a field (other keys are ignored)."""
+        if components.kind not in SAMPLER_DEFAULTS:
+            raise LthashError(f"no sampler defaults for model kind {components.kind!r} "
+                              f"(kinds: {', '.join(SAMPLER_DEFAULTS)})")
         fields = set(cls.__dataclass_fields__)
-        return cls(**{**base.__dict__, **{k: v for k, v in params.items() if k in fields}})
+        overrides = {key: value for key, value in (params or {}).items() if value is not None and key in fields}
+        return cls(**{**SAMPLER_DEFAULTS[components.kind], **overrides})
 
 
 def make_scheduler(name: str, components: DiffusionComponents, timestep_spacing: str = "trailing"):

@@ -8,10 +8,11 @@ trainable_parameters`): ``embedding`` (the [V] row only), ``cross_attention`` (e
     L = || eps - eps_theta(x_t, t, c) ||^2  [+ prior_weight * prior MSE]
         + L_reg(lambda_mean, lambda_var)        (seed paper eq. 1, when a lambda is non-zero)
 
-Presets: ``reference`` (AttnDreamBooth's published schedule, for real checkpoints) and
-``tiny`` (scaled for the tiny pixel-space model on one CPU thread: ~15 s of training per class,
-the three stages in the reference's order with fewer steps and larger learning rates, chosen
-by class fidelity on Fashion-MNIST tail classes; see benchmarks/bench_personalize_quality.py). ``auto`` picks ``tiny``
+Presets, whose numbers live in the package data file ``presets.yaml``: ``reference``
+(AttnDreamBooth's published schedule, for real checkpoints) and ``tiny`` (scaled for the tiny
+pixel-space model on one CPU thread: ~15 s of training per class, the three stages in the
+reference's order with fewer steps and larger learning rates, chosen by class fidelity on
+Fashion-MNIST tail classes; see benchmarks/bench_personalize_quality.py). ``auto`` picks ``tiny``
 for a base without a VAE and ``reference`` otherwise. ``tiny_known_class`` (AttnDreamBooth only) is
 for a tiny base that knows the class names: ``tiny``'s lr / 10 for the embedding and
 cross-attention stages and no whole-UNet stage, measured with prior preservation (corpus, 64
@@ -20,9 +21,13 @@ images) to keep the quality judge's class fidelity near the un-personalised base
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping
 
+from lthash.config import load_yaml
 from lthash.errors import LthashError
 
 TRAINS = ("embedding", "cross_attention", "unet")
@@ -50,32 +55,38 @@ class Stage:
         return asdict(self)
 
 
-PRESETS: dict[str, dict[str, tuple[Stage, ...]]] = {
-    "reference": {
-        "attndreambooth": (
-            Stage("embedding", "embedding", 60, 1e-3, 8, 0.1, 0.0),
-            Stage("cross_attention", "cross_attention", 100, 2e-5, 8, 2.0, 5.0),
-            Stage("unet", "unet", 500, 2e-6, 8, 2.0, 5.0),
-        ),
-        "dreambooth": (Stage("unet", "unet", 400, 5e-6, 4),),
-        "textual_inversion": (Stage("embedding", "embedding", 500, 5e-3, 8),),
-    },
-    "tiny": {
-        "attndreambooth": (
-            Stage("embedding", "embedding", 15, 1e-2, 16, 0.1, 0.0),
-            Stage("cross_attention", "cross_attention", 15, 2e-3, 16, 2.0, 5.0),
-            Stage("unet", "unet", 40, 5e-4, 16, 2.0, 5.0),
-        ),
-        "dreambooth": (Stage("unet", "unet", 50, 5e-4, 16),),
-        "textual_inversion": (Stage("embedding", "embedding", 60, 1e-2, 16),),
-    },
-    "tiny_known_class": {
-        "attndreambooth": (
-            Stage("embedding", "embedding", 15, 1e-3, 16, 0.1, 0.0),
-            Stage("cross_attention", "cross_attention", 15, 2e-4, 16, 2.0, 5.0),
-        ),
-    },
-}
+PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
+PRESET_STAGE_TYPES: dict[str, type] = {"name": str, "trains": str, "steps": int, "lr": float, "batch_size": int,
+                                       "lambda_mean": float, "lambda_var": float}
+
+
+@functools.lru_cache(maxsize=None)
+def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, dict[str, tuple[Stage, ...]]]:
+    """preset -> method -> stages read from ``path`` (package data ``presets.yaml``), each stage
+    stating exactly the keys of :data:`PRESET_STAGE_TYPES` with values of those types; any other
+    shape is an :class:`LthashError` naming the stage."""
+    presets: dict[str, dict[str, tuple[Stage, ...]]] = {}
+    for preset, methods in load_yaml(Path(path).read_text()).items():
+        presets[preset] = {}
+        for method, rows in methods.items():
+            presets[preset][method] = tuple(_preset_stage(row, f"{path}: {preset}.{method}") for row in rows)
+    return presets
+
+
+def _preset_stage(row: Mapping[str, Any], where: str) -> Stage:
+    if set(row) != set(PRESET_STAGE_TYPES):
+        raise LthashError(f"{where}: a stage has keys {sorted(row)}, expected {sorted(PRESET_STAGE_TYPES)}")
+    wrong = [key for key, kind in PRESET_STAGE_TYPES.items() if type(row[key]) is not kind]
+    if wrong:
+        raise LthashError(f"{where}.{row['name']}: {', '.join(f'{key}={row[key]!r}' for key in wrong)} "
+                          f"not of type {', '.join(PRESET_STAGE_TYPES[key].__name__ for key in wrong)} "
+                          "(write floats with a decimal point: 1.0e-3)")
+    if row["trains"] not in TRAINS:
+        raise LthashError(f"{where}.{row['name']}: trains {row['trains']!r} is not one of {TRAINS}")
+    return Stage(**row)
+
+
+PRESETS: dict[str, dict[str, tuple[Stage, ...]]] = load_presets()
 
 
 def resolve_preset(schedule: str, has_vae: bool) -> str:

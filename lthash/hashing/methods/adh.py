@@ -17,9 +17,8 @@ the pairwise term alone needs on small long-tail batches (few positive pairs per
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,15 +48,13 @@ class ChannelSpatialAttention(nn.Module):
 class ADH(HashMethod):
     has_class_logits = True
 
-    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
-                 class_counts: np.ndarray, seed: int) -> None:
-        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
-        if not backbone.has_map:
+    def build(self) -> None:
+        if not self.backbone.has_map:
             raise LthashError(f"config key 'hashing.backbone': adh needs a convolutional backbone, "
-                              f"'{backbone.name}' has no feature map")
-        self.attention = ChannelSpatialAttention(backbone.map_channels, int(self.options["reduction"]))
-        self.hash = hash_head(backbone.out_dim, bits)
-        self.classifier = nn.Linear(bits, num_classes)
+                              f"'{self.backbone.name}' has no feature map")
+        self.attention = ChannelSpatialAttention(self.backbone.map_channels, int(self.options["reduction"]))
+        self.hash = hash_head(self.backbone.out_dim, self.bits)
+        self.classifier = nn.Linear(self.bits, self.num_classes)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.attention(self.backbone.feature_map(x))

@@ -91,6 +91,12 @@ class HashMethod(nn.Module):
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
         self.rng = np.random.default_rng([int(seed), 7919])
         self.register_buffer("logit_offset", None, persistent=False)
+        self.build()
+
+    def build(self) -> None:
+        """Create the method's layers and buffers (called once at the end of ``__init__``), from
+        ``backbone``, ``bits``, ``num_classes``, ``options``, ``class_counts`` and the seeded ``rng``.
+        The order of registration and of ``rng`` draws fixes the state_dict and the initial weights."""
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return at least ``{"code": N x bits}``; other entries feed :meth:`loss`."""

@@ -9,12 +9,10 @@ distance beyond ``2 bits`` (see :func:`lthash.hashing.centers.hadamard_codes`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lthash.hashing.centers import hadamard_codes
 from lthash.hashing.methods.base import HashMethod, hash_head, register
@@ -22,11 +20,9 @@ from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 @register("csq")
 class CSQ(HashMethod):
-    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
-                 class_counts: np.ndarray, seed: int) -> None:
-        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
-        self.hash = hash_head(backbone.out_dim, bits)
-        centres = hadamard_codes(num_classes, bits, self.rng, self.options["min_distance"])
+    def build(self) -> None:
+        self.hash = hash_head(self.backbone.out_dim, self.bits)
+        centres = hadamard_codes(self.num_classes, self.bits, self.rng, self.options["min_distance"])
         self.register_buffer("centres", torch.from_numpy(centres))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -9,11 +9,9 @@ distance, or rejection-sampled to a given ``min_distance``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
-import numpy as np
 import torch
-from torch import nn
 
 from lthash.hashing.centers import class_codes
 from lthash.hashing.methods.base import HashMethod, hash_head, register
@@ -21,11 +19,10 @@ from lthash.hashing.methods.base import HashMethod, hash_head, register
 
 @register("dpn")
 class DPN(HashMethod):
-    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
-                 class_counts: np.ndarray, seed: int) -> None:
-        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
-        self.hash = hash_head(backbone.out_dim, bits)
-        targets = class_codes(self.options["targets"], num_classes, bits, self.rng, self.options["min_distance"])
+    def build(self) -> None:
+        self.hash = hash_head(self.backbone.out_dim, self.bits)
+        targets = class_codes(self.options["targets"], self.num_classes, self.bits, self.rng,
+                              self.options["min_distance"])
         self.register_buffer("targets", torch.from_numpy(targets))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

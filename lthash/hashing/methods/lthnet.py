@@ -16,7 +16,7 @@ Class weights are normalised to mean 1 over classes (Cui et al. 2019), so beta o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -39,15 +39,13 @@ def class_balanced_weights(counts: np.ndarray, beta: float) -> np.ndarray:
 class LTHNet(HashMethod):
     has_class_logits = True
 
-    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
-                 class_counts: np.ndarray, seed: int) -> None:
-        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
-        dim, slots = int(self.options["feature_dim"]), (int(self.options["prototypes"]) + 1) * num_classes
-        self.direct = nn.Sequential(nn.Linear(backbone.out_dim, dim), nn.ReLU(inplace=True))
+    def build(self) -> None:
+        dim, slots = int(self.options["feature_dim"]), (int(self.options["prototypes"]) + 1) * self.num_classes
+        self.direct = nn.Sequential(nn.Linear(self.backbone.out_dim, dim), nn.ReLU(inplace=True))
         self.attention = nn.Linear(dim, slots)
         self.selector = nn.Linear(dim, dim)
-        self.hash = hash_head(dim, bits)
-        self.classifier = nn.Linear(bits, num_classes)
+        self.hash = hash_head(dim, self.bits)
+        self.classifier = nn.Linear(self.bits, self.num_classes)
         self.register_buffer("memory", torch.zeros(slots, dim))
         self.register_buffer("class_weights",
                              torch.from_numpy(class_balanced_weights(self.class_counts, float(self.options["beta"]))))

@@ -11,9 +11,8 @@ minimum Hamming distance, or rejection-sampled to a given ``min_distance``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,12 +26,11 @@ from lthash.hashing.methods.base import HashMethod, hash_head, register
 class OrthoHash(HashMethod):
     has_class_logits = True
 
-    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
-                 class_counts: np.ndarray, seed: int) -> None:
-        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
-        self.hash = hash_head(backbone.out_dim, bits)
-        self.bn = nn.BatchNorm1d(bits)
-        codes = class_codes(self.options["codebook"], num_classes, bits, self.rng, self.options["min_distance"])
+    def build(self) -> None:
+        self.hash = hash_head(self.backbone.out_dim, self.bits)
+        self.bn = nn.BatchNorm1d(self.bits)
+        codes = class_codes(self.options["codebook"], self.num_classes, self.bits, self.rng,
+                            self.options["min_distance"])
         self.register_buffer("codebook", torch.from_numpy(codes))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ from lthash.hashing.methods.shallow import ShallowHash
 
 @register("sdh")
 class SDH(ShallowHash):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def build(self) -> None:
+        super().build()
         self.register_buffer("anchors", torch.zeros(0, 0))
         self.register_buffer("sigma", torch.ones(()))
 

@@ -11,8 +11,6 @@ file or from another run) followed by a fitted linear map:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import numpy as np
 import torch
 from torch import nn
@@ -41,11 +39,9 @@ class ShallowHash(HashMethod):
 
     trainable = False
 
-    def __init__(self, backbone: nn.Module, bits: int, num_classes: int, options: Mapping[str, Any],
-                 class_counts: np.ndarray, seed: int) -> None:
-        super().__init__(backbone, bits, num_classes, options, class_counts, seed)
+    def build(self) -> None:
         self.register_buffer("mean", torch.zeros(0))
-        self.register_buffer("projection", torch.zeros(0, bits))
+        self.register_buffer("projection", torch.zeros(0, self.bits))
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
         """phi: identity here; SDH maps to RBF anchor features."""
