@@ -520,18 +520,21 @@ def test_the_readme_results_table_is_the_render_of_the_committed_default_tables(
     assert {row["seeds"] for row in rows} == {" ".join(str(seed) for seed in experiment["seeds"])}
 
 
-def test_the_readme_known_class_table_is_the_render_of_its_committed_tables():
-    """The known-class section of README.md shows what ``lthash readme-table`` renders from the
-    arms table of workflow/configs/fashion_mnist_known_class.yaml's run (docs/results/known_class),
-    and its config asks for the arms, generators and seeds that table holds."""
+@pytest.mark.parametrize("results, configfile", [("known_class", "fashion_mnist_known_class.yaml"),
+                                                  ("digits", "digits_imagefolder.yaml"),
+                                                  ("shapes", "shapes_imagefolder.yaml")])
+def test_the_readme_tables_of_shipped_configs_are_the_render_of_their_committed_tables(results, configfile):
+    """Each README section on a shipped config's run shows what ``lthash readme-table`` renders
+    from that run's arms table (docs/results/<run>), and the config asks for the arms,
+    generators and seeds that table holds."""
     import yaml
 
     from lthash.report.readme import read_arms, render
 
     root = Path(__file__).resolve().parents[1]
-    rows = read_arms(root / "docs" / "results" / "known_class" / "arms.csv")
+    rows = read_arms(root / "docs" / "results" / results / "arms.csv")
     assert render(rows).strip() in (root / "README.md").read_text()
-    experiment = yaml.safe_load((root / "workflow" / "configs" / "fashion_mnist_known_class.yaml").read_text())["experiment"]
+    experiment = yaml.safe_load((root / "workflow" / "configs" / configfile).read_text())["experiment"]
     assert {row["arm"] for row in rows} == set(experiment["arms"])
     assert {row["generator"] for row in rows if row["generator"]} == set(experiment["generators"])
     assert {row["seeds"] for row in rows} == {" ".join(str(seed) for seed in experiment["seeds"])}
