@@ -290,6 +290,17 @@ def _train_step(model: HashMethod, wrapped, optimizer, scaler, accelerator, x: t
     return float(loss.detach())
 
 
+def _checkpoints(out: Path, fingerprint: str, train: Mapping[str, Any], shard: tuple[int, int], is_main: bool,
+                 accelerator) -> CheckpointFolder:
+    """The run's resumable checkpoint folder (``<out>.partial``), prepared: this process's shard
+    ``shard[0]`` writes, the main process keeps ``train.keep_checkpoints``."""
+    checkpoints = CheckpointFolder(partial_folder(out), fingerprint, keep=int(train["keep_checkpoints"]),
+                                   process_index=shard[0], is_main_process=is_main,
+                                   barrier=accelerator.wait_for_everyone if accelerator is not None else None)
+    checkpoints.prepare()
+    return checkpoints
+
+
 def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet | None, train: Mapping[str, Any],
                 params: Mapping[str, Any], device: str, out: Path, seed: int, fingerprint: str, rule: SyntheticLoss):
     from tqdm import tqdm
@@ -297,7 +308,6 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
     precision = params["mixed_precision"]
     model.to(device)
     optimizer = make_optimizer(model, train)
-    partial = partial_folder(out)
     epochs, batch_size = int(train["epochs"]), int(train["batch_size"])
     history: list[dict[str, Any]] = []
     best_state, best_score, best_epoch, start_epoch, resumed = None, -1.0, None, 0, []
@@ -305,10 +315,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
                                   enabled=precision == "fp16" and torch.device(device).type == "cuda")
     accelerator, shard = _accelerator(params, device)
     is_main = accelerator is None or accelerator.is_main_process
-    checkpoints = CheckpointFolder(partial, fingerprint, keep=int(train["keep_checkpoints"]),
-                                   process_index=shard[0], is_main_process=is_main,
-                                   barrier=accelerator.wait_for_everyone if accelerator is not None else None)
-    checkpoints.prepare()
+    checkpoints = _checkpoints(out, fingerprint, train, shard, is_main, accelerator)
     restored = checkpoints.latest()
     if restored is not None:
         start_epoch, history, best_score, best_epoch, best_state, resumed = _restore(restored, model, optimizer, scaler)
