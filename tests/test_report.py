@@ -540,25 +540,13 @@ def test_the_readme_tables_of_shipped_configs_are_the_render_of_their_committed_
     assert {row["seeds"] for row in rows} == {" ".join(str(seed) for seed in experiment["seeds"])}
 
 
-def knob_rows(path: Path) -> list[str]:
-    """One README table row per (setting, arm) of docs/results/default/knobs.csv: the paired
-    validation difference setting - default, mean and 95 % interval over seeds, 32 and 64 bits."""
-    from lthash.report.uncertainty import interval_cell
-
-    maps: dict = {}
-    for row in csv.DictReader(path.open()):
-        cell = maps.setdefault((row["setting"], row["arm_label"]), {}).setdefault(row["bits"], ({}, {}))
-        cell[0][row["seed"]] = float(row["map_setting"])
-        cell[1][row["seed"]] = float(row["map_default"])
-    return [f"| `{setting}` | {arm} | " + " | ".join(interval_cell(paired(*maps[(setting, arm)][bits])) for bits in ("32", "64")) + " |"
-            for setting, arm in maps]
-
-
 def test_the_readme_knob_table_is_computed_from_the_committed_validation_runs():
     """Every setting tried against the default (docs/results/default/knobs.csv: validation mAP per
     seed, default and setting) has its paired difference in README.md's table of the tried settings."""
+    from lthash.report.readme import tried_settings_rows
+
     root = Path(__file__).resolve().parents[1]
-    rows = knob_rows(root / "docs" / "results" / "default" / "knobs.csv")
+    rows = tried_settings_rows(root / "docs" / "results" / "default" / "knobs.csv")
     readme = (root / "README.md").read_text()
     assert len(rows) == 19
     for row in rows:

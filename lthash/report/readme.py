@@ -115,6 +115,22 @@ def reading(rows: Sequence[Mapping[str, str]], bits: int) -> str:
     return text + "."
 
 
+def tried_settings_rows(path: str | os.PathLike) -> list[str]:
+    """Markdown rows ``| `setting` | arm | Δ 32 | Δ 64 |`` from a table of settings tried against
+    the default (columns setting, arm_label, bits, seed, map_default, map_setting): the paired
+    difference setting − default, mean and 95 % interval over seeds, in points."""
+    from lthash.report.uncertainty import interval_cell, paired
+
+    maps: dict[tuple[str, str], dict[str, tuple[dict, dict]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            setting, default = maps.setdefault((row["setting"], row["arm_label"]), {}).setdefault(row["bits"], ({}, {}))
+            setting[row["seed"]] = float(row["map_setting"])
+            default[row["seed"]] = float(row["map_default"])
+    return [f"| `{setting}` | {arm} | " + " | ".join(interval_cell(paired(*by_bits[bits])) for bits in sorted(by_bits, key=int)) + " |"
+            for (setting, arm), by_bits in maps.items()]
+
+
 def rewrite_block(markdown: str, table: str, name: str = "the file") -> str:
     """``markdown`` with the text between :data:`START` and :data:`END` replaced by ``table``."""
     if markdown.count(START) != 1 or markdown.count(END) != 1 or markdown.index(START) > markdown.index(END):
