@@ -12,6 +12,7 @@ from lthash.cli import main
 from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash.config import stage_config
+from lthash.generate.filtering import REFERENCE_FILE, keep_in_distribution, keep_most_confident, read_reference
 from lthash.generate.judge import class_weights, load_judge, train_judge, judge_weights
 from lthash.generate.models import build_tiny_components, load_components, save_components
 from lthash.generate.sampler import SamplerConfig, generate
@@ -154,6 +155,55 @@ def test_bad_filter_settings_are_named(synth, tmp_path):
     with pytest.raises(LthashError, match="trained on another split"):
         synthesize_shard(base, None, 5, "pretrain", 0, plan, other, tmp_path / "x.h5",
                          stage_config("synthesize", with_factor)["generate"], progress=False, judge_dir=folder)
+
+
+def test_in_distribution_keeps_the_first_inside_in_drawing_order_then_the_nearest():
+    distances = np.array([3.0, 0.5, 2.5, 0.9, 1.0, 0.1, 4.0])
+    # inside radius 1: positions 1, 3, 4, 5; the first two in drawing order are kept, not the nearest two
+    np.testing.assert_array_equal(keep_in_distribution(distances, 1.0, 2), [1, 3])
+    # only four inside: the nearest outside one (2.5 at position 2) tops the shard up to five
+    np.testing.assert_array_equal(keep_in_distribution(distances, 1.0, 5), [1, 2, 3, 4, 5])
+
+
+def test_in_distribution_filter_keeps_candidates_within_the_class_radius(synth, tmp_path):
+    _, split, _, base, plan = synth
+    params = json.dumps({"generate": {"seed": 0, "filter_judge": {"epochs": EPOCHS, "keep": "in_distribution"}}})
+    folder = tmp_path / "judge"
+    assert main(["filter-judge", "--split", str(split), "--out", str(folder), "--params", params,
+                 "--threads", "1"]) == 0
+    judge, _ = load_judge(judge_weights(folder))
+    train = read_image_set(split, "train")
+    centres, radii = read_reference(folder)
+    features = judge.features(train.images[train.labels == 5]).astype(np.float64)
+    np.testing.assert_allclose(centres[5], features.mean(0), rtol=1e-5, atol=1e-6)
+    assert radii[5] == pytest.approx(np.linalg.norm(features - features.mean(0), axis=1).max(), rel=1e-5)
+
+    synthesis = stage_config("synthesize", json.dumps({"seed": 3, "synthesis": SYNTHESIS}))["generate"]
+    out = tmp_path / "in_distribution.h5"
+    synthesize_shard(base, None, 5, "pretrain", 0, plan, split, out, synthesis, progress=False, judge_dir=folder)
+    got = read_image_set(out, "synthetic")
+    assert got.attrs["filter_keep"] == "in_distribution" and len(got.images) == 16
+    components = load_components(base)
+    candidates = generate(components, [got.attrs["prompt"]] * 32,
+                          torch.Generator().manual_seed(shard_seed(3, BASE_GENERATOR, 5, "pretrain", 0)),
+                          SamplerConfig.for_model(components, synthesis["synthesis"]), size=(28, 28, 1))
+    distance = np.linalg.norm(judge.features(candidates).astype(np.float64) - centres[5], axis=1)
+    expected = keep_in_distribution(distance, float(radii[5]), 16)
+    np.testing.assert_array_equal(got.extra["candidate"], expected)
+    np.testing.assert_array_equal(got.images, candidates[expected])
+    np.testing.assert_allclose(got.extra["judge_distance"], distance[expected] / radii[5], rtol=1e-4)
+    # the two rules keep different images from the same candidates (not the most confident ones)
+    confident = keep_most_confident(judge.predict_proba(candidates), 5, 16)
+    assert not np.array_equal(confident, got.extra["candidate"])
+
+    # a judge folder from before the rule existed is refused with the command that mends it
+    (folder / REFERENCE_FILE).unlink()
+    with pytest.raises(LthashError, match="no class_features.safetensors.*rerun lthash filter-judge"):
+        synthesize_shard(base, None, 4, "pretrain", 0, plan, split, tmp_path / "y.h5", synthesis,
+                         progress=False, judge_dir=folder)
+    assert not (tmp_path / "y.h5").exists()
+    with pytest.raises(LthashError, match=r"generate\.filter_judge\.keep'"):
+        validate_config({"dataset": {}, "generate": {"filter_judge": {"keep": "typical"}}})
 
 
 def test_candidate_count_rounds_before_the_ceiling():

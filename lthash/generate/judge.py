@@ -47,13 +47,20 @@ class Judge(nn.Module):
         return self.head(self.body(x))
 
     @torch.no_grad()
-    def logits(self, images: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """N x num_classes logits of uint8 N x H x W x C images."""
+    def _apply(self, module: nn.Module, images: np.ndarray, width: int, chunk: int = 512) -> np.ndarray:
         if images.ndim != 4 or images.shape[-1] != self.channels:
             raise LthashError(f"the judge takes N x H x W x {self.channels} images, got shape {images.shape}")
         self.eval()
-        parts = [self(self._tensor(images[i:i + chunk])).numpy() for i in range(0, len(images), chunk)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), dtype=np.float32)
+        parts = [module(self._tensor(images[i:i + chunk])).numpy() for i in range(0, len(images), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """N x num_classes logits of uint8 N x H x W x C images."""
+        return self._apply(self, images, self.num_classes)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """N x 128 penultimate features (the input of the linear head)."""
+        return self._apply(self.body, images, self.head.in_features)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Softmax class probabilities, N x num_classes."""
@@ -126,12 +133,14 @@ def train_filter_judge(split_path: str | os.PathLike, out: str | os.PathLike,
                        params: Mapping[str, Any]) -> dict[str, Any]:
     """Train the filter judge on the split's ``train`` group (class-balanced) and write ``out/``.
 
-    ``out/judge.safetensors`` holds the weights; ``out/judge.json`` the record: class names,
+    ``out/judge.safetensors`` holds the weights; ``out/class_features.safetensors`` each class's
+    feature mean and radius (:mod:`lthash.generate.filtering`); ``out/judge.json`` the record: class names,
     training counts, the digest of the training indices, and the accuracy on the split's
     ``validation`` group (null when the split has none; the query group is never read).
     ``params`` is the ``generate`` section (``seed``, ``filter_judge``).
     """
     from lthash.generate.corpus import index_digest
+    from lthash.generate.filtering import class_feature_reference, write_reference
     from lthash.io import atomic_dir, open_complete_h5, read_attrs, write_json
 
     settings = params["filter_judge"]
@@ -156,8 +165,11 @@ def train_filter_judge(split_path: str | os.PathLike, out: str | os.PathLike,
         record["validation_accuracy_per_class"] = {
             class_names[c]: float((pred[validation.labels == c] == c).mean())
             for c in range(len(class_names)) if (validation.labels == c).any()}
+    centres, radii = class_feature_reference(judge.features(train.images), train.labels, len(class_names))
+    record["feature_radius_per_class"] = {name: float(r) for name, r in zip(class_names, radii)}
     with atomic_dir(out) as tmp:
         save_judge(judge, judge_weights(tmp), {"trained_on": "train", "class_balanced": True, "seed": seed})
+        write_reference(tmp, centres, radii)
         write_json(tmp / RECORD_FILE, record)
     return record
 

@@ -4,8 +4,8 @@ Every shard has its own seed, derived from (generate.seed, generator, class, pur
 so shards are distinct and each is reproducible on its own. With ``synthesis.init: real`` each
 image starts from one of the class's long-tail training images (a permutation seeded by the
 shard's seed, cycled); with ``synthesis.filter_factor`` f > 1 a shard draws ceil(f x count)
-candidates and keeps the count the filter judge (``lthash filter-judge``) gives the highest
-probability of the shard's class, in drawing order. A shard file appears atomically;
+candidates and keeps the count that the filter judge (``lthash filter-judge``) picks by its
+keep rule (:mod:`lthash.generate.filtering`), in drawing order. A shard file appears atomically;
 a complete shard already in place is never redrawn, and a killed job leaves nothing but a
 temporary file, which the next writer of the same shard removes (``lthash.io.atomic_path``).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lthash.errors import LthashError
-from lthash.generate.judge import check_judge_for, judge_weights, load_judge
+from lthash.generate.judge import check_judge_for
 from lthash.generate.models import DiffusionComponents, load_components
 from lthash.generate.sampler import SamplerConfig, generate, img2img_start
 from lthash.generate.plan import shard_entry
@@ -81,33 +81,31 @@ def candidate_count(count: int, factor: float) -> int:
     return int(math.ceil(round(float(factor) * count, 9)))
 
 
-def most_confident(probabilities: np.ndarray, class_index: int, count: int) -> np.ndarray:
-    """Positions of the ``count`` rows with the highest probability of ``class_index``, ascending."""
-    order = np.argsort(-probabilities[:, class_index], kind="stable")
-    return np.sort(order[:count])
-
-
-def _judge_digest(judge_dir: str | os.PathLike | None, factor: float, split_path: str | os.PathLike,
-                  class_names: list[str]) -> str:
-    """The filter judge's digest (checked to be the split's), or "none" when nothing is filtered."""
+def _judge_for(judge_dir: str | os.PathLike | None, factor: float, split_path: str | os.PathLike,
+               class_names: list[str]) -> dict[str, str]:
+    """What a shard records of its filter: the judge's digest (checked to be the split's) and,
+    when filtering, its keep rule (``generate.filter_judge.keep``); "none" when nothing is filtered."""
     if factor <= 1:
-        return "none"
+        return {"filter_judge": "none"}
     if judge_dir is None:
         raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
                           "--judge (the folder written by lthash filter-judge)")
-    return check_judge_for(judge_dir, split_path, class_names)
+    from lthash.generate.filtering import keep_rule
+    from lthash.generate.judge import RECORD_FILE
+    from lthash.io import read_json
+
+    digest = check_judge_for(judge_dir, split_path, class_names)
+    return {"filter_judge": digest, "filter_keep": keep_rule(read_json(Path(judge_dir) / RECORD_FILE))}
 
 
-def _keep_most_confident(images: np.ndarray, init_index: np.ndarray | None, judge_dir: str | os.PathLike,
-                         class_index: int, count: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-    """The ``count`` candidates the judge is surest are of the class, their init indices and
-    what the shard records of the filter (candidate numbers, judge probabilities)."""
-    judge, _ = load_judge(judge_weights(judge_dir))
-    probabilities = judge.predict_proba(images)
-    keep = most_confident(probabilities, class_index, count)
-    extra = {"candidate": keep.astype(np.int64),
-             "judge_probability": probabilities[keep, class_index].astype(np.float32)}
-    return images[keep], None if init_index is None else init_index[keep], extra
+def _filtered(images: np.ndarray, init_index: np.ndarray | None, strengths: np.ndarray | None,
+              judge_dir: str | os.PathLike, rule: str, class_index: int, count: int):
+    """(images, init indices, strengths, what the shard records of the filter) of the kept candidates."""
+    from lthash.generate.filtering import keep_candidates
+
+    keep, extra = keep_candidates(images, judge_dir, rule, class_index, count)
+    return (images[keep], None if init_index is None else init_index[keep],
+            None if strengths is None else strengths[keep], extra)
 
 
 def strength_record(strength: float | list[float]) -> float | str:
@@ -172,7 +170,7 @@ def synthesize_shard(
     init, strength = str(synthesis["init"]), synthesis["strength"]
     factor = float(synthesis["filter_factor"])
     class_names = list(plan["class_names"])
-    judge_digest = _judge_digest(judge_dir, factor, split_path, class_names)
+    judge = _judge_for(judge_dir, factor, split_path, class_names)
     check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
@@ -184,7 +182,7 @@ def synthesize_shard(
     expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
                 "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__),
                 "init": init, "strength": strength_record(strength) if init == "real" else "none", "filter_factor": factor,
-                "filter_judge": judge_digest}
+                **judge}
     if shard_is_complete(out, expected):
         log.info("%s is complete already: not redrawn", out)
         return {"images": entry["count"], "seconds": 0.0, "skipped": True}
@@ -202,9 +200,8 @@ def synthesize_shard(
         images = _draw(components, prompt, candidates, seed, sampler, size, bar.update, init_images, strengths)
     extra: dict[str, np.ndarray] = {}
     if factor > 1:
-        keep_strengths = strengths
-        images, init_index, extra = _keep_most_confident(images, init_index, judge_dir, class_index, entry["count"])
-        strengths = None if keep_strengths is None else keep_strengths[extra["candidate"]]
+        images, init_index, strengths, extra = _filtered(images, init_index, strengths, judge_dir,
+                                                         judge["filter_keep"], class_index, entry["count"])
     if init_index is not None:
         extra["init_index"] = np.asarray(init_index, dtype=np.int64)
     if isinstance(strength, list):
