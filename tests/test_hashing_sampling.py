@@ -10,7 +10,7 @@ import torch
 
 from lthash.errors import LthashError
 from lthash.config import stage_config
-from lthash.hashing.data import class_balanced_draw, epoch_batches
+from lthash.hashing.data import class_balanced_draw, epoch_batches, replace_real
 from lthash.hashing.train import run_training
 from lthash.io import load_safetensors
 
@@ -43,6 +43,27 @@ def test_class_balanced_batches_are_a_function_of_seed_and_epoch():
     assert not all(np.array_equal(a, b) for a, b in zip(later, other))
     draw = class_balanced_draw(LABELS, np.random.default_rng(0))
     assert len(draw) == len(LABELS) and draw.max() < len(LABELS)
+
+
+def test_replacement_swaps_real_images_for_synthetic_ones_of_their_class_only():
+    # class 0: 200 real, no synthetic; class 1: 20 real + 100 synthetic; class 2: 2 real + 50 synthetic
+    labels = np.repeat([0, 1, 1, 2, 2], [200, 20, 100, 2, 50])
+    synthetic = np.repeat([False, False, True, False, True], [200, 20, 100, 2, 50])
+    order = np.concatenate([np.random.default_rng(e).permutation(len(labels)) for e in range(200)])
+    swapped = replace_real(order, labels, synthetic, 0.1, np.random.default_rng(0))
+    changed = swapped != order
+    assert np.array_equal(labels[swapped], labels[order]), "a swap keeps the class"
+    assert synthetic[swapped[changed]].all() and not synthetic[order[changed]].any()
+    assert not changed[labels[order] == 0].any(), "a class without synthetic images keeps its real ones"
+    share = changed[(labels[order] == 1) & ~synthetic[order]].mean()
+    assert 0.08 < share < 0.12, share
+    assert np.array_equal(replace_real(order, labels, synthetic, 0.0, np.random.default_rng(0)), order)
+    batches = epoch_batches(len(labels), 32, 3, 4, replacement=(labels, synthetic, 0.1))
+    again = epoch_batches(len(labels), 32, 3, 4, replacement=(labels, synthetic, 0.1))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again)), "a function of (seed, epoch)"
+    plain = epoch_batches(len(labels), 32, 3, 4)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, epoch_batches(len(labels), 32, 3, 4,
+                                                                           replacement=(labels, synthetic, 0.0))))
 
 
 def params(**train):

@@ -1,4 +1,4 @@
-"""hashing.mix.synthetic_weight and synthetic_label_smoothing: the loss of a mixed batch on a real
+"""hashing.mix.synthetic_weight, synthetic_label_smoothing and replacement_probability: the loss of a mixed batch on a real
 OrthoHash model and real Fashion-MNIST images, the errors naming the keys, and real mixed runs."""
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def test_smoothing_needs_class_logits_naming_the_key(small_split, tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("synthetic_weight", 0), ("synthetic_weight", 1.5),
-                                        ("synthetic_label_smoothing", 1.0), ("synthetic_label_smoothing", -0.1)])
+                                        ("synthetic_label_smoothing", 1.0), ("synthetic_label_smoothing", -0.1),
+                                        ("replacement_probability", 1.5), ("replacement_probability", -0.1)])
 def test_out_of_range_values_are_schema_errors_naming_the_key(key, value):
     with pytest.raises(LthashError, match=rf"hashing\.mix\.{key}"):
         params(**{key: value})
@@ -107,11 +108,12 @@ def test_a_mixed_run_records_the_rule_and_trains_another_model_deterministically
         run_training(small_split, "train", copies, "mix", None, tmp_path / name, params(**mix), "cpu")
         return load_safetensors(tmp_path / name / "model.safetensors")[0]
 
-    plain, weighted, again, smoothed = (train("plain"), train("weighted", synthetic_weight=0.5),
-                                        train("again", synthetic_weight=0.5), train("smoothed", synthetic_label_smoothing=0.1))
+    plain, weighted, again, smoothed, replaced = (
+        train("plain"), train("weighted", synthetic_weight=0.5), train("again", synthetic_weight=0.5),
+        train("smoothed", synthetic_label_smoothing=0.1), train("replaced", replacement_probability=0.5))
     assert all(torch.equal(weighted[key], again[key]) for key in plain)
-    assert any(not torch.equal(weighted[key], plain[key]) for key in plain)
-    assert any(not torch.equal(smoothed[key], plain[key]) for key in plain)
+    for other in (weighted, smoothed, replaced):
+        assert any(not torch.equal(other[key], plain[key]) for key in plain)
     record = json.loads((tmp_path / "weighted" / "run.json").read_text())
     assert record["params"]["mix"]["synthetic_weight"] == 0.5
 
@@ -119,6 +121,7 @@ def test_a_mixed_run_records_the_rule_and_trains_another_model_deterministically
 def test_the_rule_applies_to_mixed_runs_only(small_split, tmp_path):
     """Real-data runs have no synthetic images; the same keys leave them bit-identical."""
     run_training(small_split, "train", [], "real", None, tmp_path / "plain", params(), "cpu")
-    run_training(small_split, "train", [], "real", None, tmp_path / "keyed", params(synthetic_weight=0.2), "cpu")
+    run_training(small_split, "train", [], "real", None, tmp_path / "keyed",
+                 params(synthetic_weight=0.2, replacement_probability=0.5), "cpu")
     plain, keyed = (load_safetensors(tmp_path / name / "model.safetensors")[0] for name in ("plain", "keyed"))
     assert all(torch.equal(plain[key], keyed[key]) for key in plain)

@@ -190,19 +190,40 @@ def class_balanced_draw(labels: np.ndarray, rng: np.random.Generator) -> np.ndar
     return order[starts[pick] + rng.integers(0, counts[pick])]
 
 
+def replace_real(order: np.ndarray, labels: np.ndarray, synthetic: np.ndarray, probability: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``order`` with each real image whose class has synthetic images in the set replaced, with
+    probability ``probability``, by one of them drawn uniformly (Diff-Mix's replacement of a
+    real sample by a synthetic one; classes without synthetic images keep their real ones)."""
+    order = np.array(order, copy=True)
+    labels, synthetic = np.asarray(labels), np.asarray(synthetic, dtype=bool)
+    swap = (rng.random(len(order)) < probability) & ~synthetic[order]
+    for cls in np.unique(labels[order[swap]]):
+        pool = np.flatnonzero(synthetic & (labels == cls))
+        where = np.flatnonzero(swap & (labels[order] == cls))
+        if len(pool):
+            order[where] = pool[rng.integers(len(pool), size=len(where))]
+    return order
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shard: tuple[int, int] = (0, 1),
-                  balanced_labels: np.ndarray | None = None) -> list[np.ndarray]:
+                  balanced_labels: np.ndarray | None = None,
+                  replacement: tuple[np.ndarray, np.ndarray, float] | None = None) -> list[np.ndarray]:
     """Index batches of one epoch, a function of (seed, epoch) only: a shuffle of the n images
     (instance sampling) or, given ``balanced_labels``, n class-balanced draws
-    (:func:`class_balanced_draw`), cut into the same batches. The last partial batch is dropped
-    when it would hold a single image (BatchNorm needs two). ``shard`` = (process index,
-    process count) gives each accelerate process its slice of every batch."""
+    (:func:`class_balanced_draw`), cut into the same batches. ``replacement`` = (labels,
+    synthetic, p) with p > 0 then swaps real images for synthetic ones (:func:`replace_real`).
+    The last partial batch is dropped when it would hold a single image (BatchNorm needs two).
+    ``shard`` = (process index, process count) gives each accelerate process its slice of every
+    batch."""
     if balanced_labels is None:
         order = np.random.default_rng([seed, epoch, 303]).permutation(n)
     else:
         if len(balanced_labels) != n:
             raise ValueError(f"{len(balanced_labels)} labels for {n} images")
         order = class_balanced_draw(balanced_labels, np.random.default_rng([seed, epoch, 313]))
+    if replacement is not None and replacement[2] > 0:
+        order = replace_real(order, *replacement, rng=np.random.default_rng([seed, epoch, 323]))
     batches = [order[i: i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()

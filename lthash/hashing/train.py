@@ -326,6 +326,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         device = str(accelerator.device)
 
     balanced = train_set.labels if train["sampling"] == "class_balanced" else None
+    replacement = (train_set.labels, train_set.synthetic, float(params["mix"]["replacement_probability"]))
     steps_per_epoch, epochs, total_steps, warmup = _schedule(train, len(train_set), batch_size, seed, shard, epochs)
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     images_all = torch.from_numpy(train_set.images)
@@ -336,7 +337,7 @@ def _train_deep(model: HashMethod, train_set: TrainingSet, val_set: TrainingSet 
         model.on_epoch_start(lambda: ordered_batches(train_set.images, train_set.labels, EVAL_BATCH, device))
         wrapped.train()
         generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 505]).integers(2**62)))
-        batches = epoch_batches(len(train_set), batch_size, seed, epoch, shard, balanced)
+        batches = epoch_batches(len(train_set), batch_size, seed, epoch, shard, balanced, replacement)
         losses, seen = [], 0
         bar = tqdm(batches, desc=f"{model.name} epoch {epoch + 1}/{epochs}", file=sys.stderr, leave=False,
                    mininterval=2.0, disable=not is_main)
