@@ -26,12 +26,20 @@ def configure_threads(threads: int | None) -> int:
     Oversubscription is costly here: two jobs each using every core ran 4-5x slower. The
     count goes into OMP_NUM_THREADS / MKL_NUM_THREADS, which torch and numpy read when they
     load, so stages that never import torch do not pay for importing it; if torch is loaded
-    already its thread pool is resized directly.
+    already its thread pool is resized directly. Numba's pool size is fixed once it starts, and
+    a later change to NUMBA_NUM_THREADS makes its next compilation fail, so once numba is loaded
+    only the number of threads it uses is set.
     """
     n = threads or int(os.environ.get("LTHASH_THREADS", 0)) or os.cpu_count() or 1
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    numba = sys.modules.get("numba")
+    variables = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"]
+    if numba is None:
+        variables.append("NUMBA_NUM_THREADS")
+    for variable in variables:
         if threads or variable not in os.environ:
             os.environ[variable] = str(n)
+    if numba is not None:
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)

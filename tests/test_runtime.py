@@ -36,3 +36,35 @@ def test_concurrent_jobs_claim_different_gpus(tmp_path, monkeypatch):
     env = {"PATH": "/usr/bin:/bin"}
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert other.stdout.strip() == "1"
+
+
+def test_thread_count_changes_after_numba_started_do_not_break_its_next_compilation():
+    """Two in-process CLI calls with different --threads (as the warm job server and the tests
+    make): the second must not change NUMBA_NUM_THREADS under a running pool, which made the
+    next kernel compilation fail ("Cannot set NUMBA_NUM_THREADS ... once the threads have been
+    launched")."""
+    code = """
+import numba, numpy as np
+from lthash.runtime import configure_threads
+from lthash.evaluate import search
+from lthash.evaluate.codes import pack_codes
+
+@numba.njit(parallel=True)
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.size):
+        s += x[i]
+    return s
+
+configure_threads(2)
+total(np.ones(10))
+configure_threads(1)
+search.NUMPY_PAIRS = 0
+codes = pack_codes(np.random.default_rng(0).choice([-1, 1], (50, 64)))
+search.search_codes(codes[:5], codes, 64, 10)
+print(total(np.ones(10, np.int64)), numba.get_num_threads())
+"""
+    env = {"PATH": "/usr/bin:/bin", "NUMBA_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["10.0", "1"]
