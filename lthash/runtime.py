@@ -46,6 +46,32 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
+#: What ``cpu_isa`` exports: the instruction set torch's own kernels (ATen), oneDNN's
+#: convolutions and MKL's BLAS may dispatch to. Each reads its variable when it loads.
+CPU_ISA_VARIABLES: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "native": {},
+}
+
+
+def cpu_isa_env(isa: str, machine: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """(variables to set, variables to remove) for ``cpu_isa``: ``avx2`` pins the kernels of an
+    x86-64 CPU to AVX2, so floats match across CPUs; ``native`` (or a non-x86 CPU) removes the pins."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    pinned = CPU_ISA_VARIABLES[isa] if machine in ("x86_64", "amd64") else {}
+    every = {variable for variables in CPU_ISA_VARIABLES.values() for variable in variables}
+    return dict(pinned), sorted(every - set(pinned))
+
+
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels use in this process (AVX2, AVX512, DEFAULT, ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)

@@ -68,3 +68,27 @@ print(total(np.ones(10, np.int64)), numba.get_num_threads())
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["10.0", "1"]
+
+
+def test_cpu_isa_pins_x86_kernels_to_avx2_and_native_unpins_them():
+    """cpu_isa: avx2 sets the variables torch, oneDNN and MKL read when they load; a process
+    started with them runs torch's AVX2 kernels even on an AVX-512 CPU; native and non-x86
+    machines set none and remove any left in the environment."""
+    from lthash.runtime import cpu_isa_env
+
+    pinned, removed = cpu_isa_env("avx2", machine="x86_64")
+    assert pinned == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert removed == []
+    for isa, machine in (("native", "x86_64"), ("avx2", "aarch64")):
+        assert cpu_isa_env(isa, machine=machine) == ({}, sorted(pinned))
+    import platform
+
+    import torch
+
+    native = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in ("x86_64", "amd64") or native not in ("AVX2", "AVX512"):
+        pytest.skip(f"an x86-64 CPU with AVX2 is needed (this one: {platform.machine()}, {native})")
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {"PATH": "/usr/bin:/bin", **cpu_isa_env("avx2")[0]}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "AVX2"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -75,8 +76,12 @@ def test_chain_scores_every_run_with_its_identity(finished_run):
     workdir, config = finished_run
     from lthash.config import validate_config
 
+    from lthash.runtime import cpu_isa_env
+
     results = workdir / "results"
     runs = lw.runs(validate_config(config))
+    pinned = cpu_isa_env(validate_config(config)["cpu_isa"])[0]
+    expected_capability = capability_under(pinned)
     assert {run.label for run in runs} == {"balanced", "longtail", "class_balanced", "resampled",
                                            "augmented-attndreambooth-noise"}
     assert {run.seed for run in runs} == {0, 1}
@@ -87,6 +92,7 @@ def test_chain_scores_every_run_with_its_identity(finished_run):
         assert metrics["tags"] == identity and metrics["bits"] == run.bits
         record = json.loads((folder / "model" / "run.json").read_text())
         assert record["identity"] == run.identity() and record["seed"] == run.seed
+        assert record["cpu_capability"] == expected_capability
         assert 0.0 < metrics["results"][0]["map"] <= 1.0
     resampled = json.loads((results / "runs/resampled/orthohash-cnn-16/seed1/model/run.json").read_text())
     assert resampled["mode"] == "mix" and resampled["init"].endswith("pretrain/resampled/orthohash-cnn-16/seed1/model")
@@ -186,9 +192,19 @@ def test_nothing_reruns_when_the_project_or_the_package_moves(finished_run, tmp_
     assert times(moved / base) == copied
 
 
+def capability_under(variables: dict[str, str]) -> str:
+    """torch's CPU capability in a fresh process with ``variables`` set (the jobs' environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                         "MKL_ENABLE_INSTRUCTIONS")}
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    return subprocess.run([sys.executable, "-c", code], env={**env, **variables}, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 #: One key of every config section, and the rules its edit must rerun (downstream included).
 EDITS = [
     ("device", "auto", set()),
+    ("cpu_isa", "native", set()),
     ("dataset.on_corrupt", "skip", "everything"),
     ("split.seed", 1, "everything"),
     ("generate.personalize.weight_decay", 0.02,

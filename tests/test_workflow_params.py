@@ -152,7 +152,7 @@ LEAVES = list(leaves(DOCS["urn:lthash:config"], DOCS["urn:lthash:config"]))
 
 def test_the_schema_walk_sees_every_section():
     sections = {path[0] for path, _, _ in LEAVES}
-    assert sections == {"results", "device", "warm_start", "dataset", "split", "generate", "hashing", "evaluate",
+    assert sections == {"results", "device", "cpu_isa", "warm_start", "dataset", "split", "generate", "hashing", "evaluate",
                         "experiment", "report"}
     assert len(LEAVES) > 150
 
@@ -197,6 +197,7 @@ def test_default_run_reruns_nothing_for_csq_settings_or_the_encoding_batch_size(
     assert readers_of(default, "hashing.encode.batch_size", 64) == set()
     assert readers_of(default, "device", "cpu") == set()
     assert readers_of(default, "warm_start", False) == set()
+    assert readers_of(default, "cpu_isa", "native") == set()
     assert readers_of(default, "evaluate.search.k", 3) == set()
 
 

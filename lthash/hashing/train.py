@@ -31,7 +31,7 @@ from lthash.hashing.methods import HashMethod, check_balance, get_method
 from lthash.hashing.metrics import hamming_map
 from lthash.hashing.model import MODEL_FILE, build_model, init_from_run, job_choice, model_metadata
 from lthash.io import atomic_dir, canonical_json, save_safetensors, write_json
-from lthash.runtime import seed_everything
+from lthash.runtime import cpu_capability, seed_everything
 from lthash.schedules import warmup_decay
 
 log = logging.getLogger("lthash.hashing")
@@ -181,7 +181,7 @@ def run_training(split: str | Path, group: str, shards: Sequence[str | Path], mo
         "split": str(split), "synthetic": [str(s) for s in shards], "init": str(init) if init else None,
         "init_info": init_info, "params": dict(params), "train": train, "device": device,
         "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
-        "code_version": code_version(),
+        "cpu_capability": cpu_capability(), "code_version": code_version(),
         "num_classes": data.num_classes, "input_shape": list(data.input_shape),
         "train_counts": counts.tolist(), "validation_counts": val_set.counts().tolist() if val_set else None,
         "data": data.info,

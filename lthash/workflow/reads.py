@@ -98,7 +98,7 @@ RUNTIME: dict[str, tuple[str, str]] = {
 STAGE_OF_RULE: dict[str, str] = {**{name: name for name in READS}, **{name: "train" for name in TRAINING},
                                  "filter_judge": "filter-judge"}
 STAGE_ONLY_READS: dict[str, tuple[str, ...]] = {"search": ("evaluate",), "export-imagefolder": ("dataset",)}
-TOP_LEVEL = ("results", "device", "warm_start", "dataset", "split", "generate", "hashing", "evaluate", "experiment", "report")
+TOP_LEVEL = ("results", "device", "cpu_isa", "warm_start", "dataset", "split", "generate", "hashing", "evaluate", "experiment", "report")
 
 
 def _parts(path: str) -> tuple[str, ...]:
