@@ -116,3 +116,19 @@ def test_a_key_the_schema_gained_after_the_base_was_trained_reads_as_its_default
     older["dataset"]["name"] = "digits"
     assert _differences(recorded_split_params(older), {"dataset": config["dataset"], "split": config["split"]}) == [
         "dataset.name ('digits' for the shipped base, 'fashion-mnist' here)"]
+
+
+@pytest.mark.skipif("fashion-mnist-categories" not in shipped.shipped_names(), reason="not shipped here")
+def test_the_novel_concept_base_never_saw_a_class_name_and_its_config_may_use_it():
+    """The novel-concept regime's base was prompted with super-categories only: no Fashion-MNIST
+    class name is in any prompt it trained on, and its config's split is the one it left out."""
+    base = json.loads((shipped.MODELS_DIR / "fashion-mnist-categories" / "base.json").read_text())
+    assert base["params"]["base"]["captions"] == "category"
+    words = {word for prompt in base["prompts"] for word in prompt.split()}
+    assert words & {"accessory", "clothing", "footwear"} == {"accessory", "clothing", "footwear"}
+    tokens = {name.lower().replace("-", "").replace("/", "").replace(" ", "") for name in base["categories"]}
+    assert not words & tokens
+    assert sorted(set(base["categories"].values())) == ["accessory", "clothing", "footwear"]
+    config = validate_config(yaml.safe_load((ROOT / "workflow/configs/fashion_mnist_novel_concept.yaml").read_text()))
+    assert config["generate"]["base"]["model"] == "package:fashion-mnist-categories"
+    shipped.check_base_choice(config)

@@ -34,5 +34,6 @@ def test_installed_package_runs_split_outside_the_checkout(tmp_path):
                           "--params", json.dumps({"split": {"query_per_clas": 5}})],
                          cwd=work, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'query_per_class'" in bad.stderr
-    assert (build / "lthash" / "models" / "fashion-mnist-class-names" / "SHIPPED.json").exists()
+    for base in ("fashion-mnist-class-names", "fashion-mnist-categories"):
+        assert (build / "lthash" / "models" / base / "SHIPPED.json").exists()
     assert (build / "lthash" / "generate" / "personalize" / "presets.yaml").exists(), "the personalisation presets"
