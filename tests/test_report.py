@@ -548,6 +548,6 @@ def test_the_readme_knob_table_is_computed_from_the_committed_validation_runs():
     root = Path(__file__).resolve().parents[1]
     rows = tried_settings_rows(root / "docs" / "results" / "default" / "knobs.csv")
     readme = (root / "README.md").read_text()
-    assert len(rows) == 22
+    assert len(rows) == 25
     for row in rows:
         assert row in readme
