@@ -521,6 +521,7 @@ def test_the_readme_results_table_is_the_render_of_the_committed_default_tables(
 
 
 @pytest.mark.parametrize("results, configfile", [("known_class", "fashion_mnist_known_class.yaml"),
+                                                  ("novel_concept", "fashion_mnist_novel_concept.yaml"),
                                                   ("digits", "digits_imagefolder.yaml"),
                                                   ("shapes", "shapes_imagefolder.yaml")])
 def test_the_readme_tables_of_shipped_configs_are_the_render_of_their_committed_tables(results, configfile):
