@@ -209,3 +209,15 @@ def test_in_distribution_filter_keeps_candidates_within_the_class_radius(synth, 
 def test_candidate_count_rounds_before_the_ceiling():
     assert candidate_count(10, 1.1) == 11 and candidate_count(16, 1.5) == 24
     assert candidate_count(7, 1.2) == 9 and candidate_count(5, 1) == 5
+
+
+def test_a_loaded_judge_still_moves_like_any_torch_module(judged):
+    """The judge's batched scoring helper must not shadow nn.Module._apply, which .to(), .float()
+    and .cuda() call: a trained judge moves and scores the same afterwards."""
+    root, split, folder = judged
+    judge, _ = load_judge(judge_weights(folder))
+    images = read_image_set(split, "train").images[:20]
+    before = judge.logits(images)
+    judge.to("cpu").float()
+    np.testing.assert_array_equal(judge.logits(images), before)
+    assert judge.features(images).shape == (20, judge.head.in_features)

@@ -47,7 +47,8 @@ class Judge(nn.Module):
         return self.head(self.body(x))
 
     @torch.no_grad()
-    def _apply(self, module: nn.Module, images: np.ndarray, width: int, chunk: int = 512) -> np.ndarray:
+    def _batched(self, module: nn.Module, images: np.ndarray, width: int, chunk: int = 512) -> np.ndarray:
+        """``module`` (the whole judge or its body) over uint8 images in chunks, as an N x ``width`` array."""
         if images.ndim != 4 or images.shape[-1] != self.channels:
             raise LthashError(f"the judge takes N x H x W x {self.channels} images, got shape {images.shape}")
         self.eval()
@@ -56,11 +57,11 @@ class Judge(nn.Module):
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """N x num_classes logits of uint8 N x H x W x C images."""
-        return self._apply(self, images, self.num_classes)
+        return self._batched(self, images, self.num_classes)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """N x 128 penultimate features (the input of the linear head)."""
-        return self._apply(self.body, images, self.head.in_features)
+        return self._batched(self.body, images, self.head.in_features)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Softmax class probabilities, N x num_classes."""
