@@ -175,8 +175,10 @@ def train_filter_judge(split_path: str | os.PathLike, out: str | os.PathLike,
     return record
 
 
-def check_judge_for(folder: str | os.PathLike, split_path: str | os.PathLike, class_names: list[str]) -> str:
-    """Refuse a judge made for other classes or another split's training set; returns its weights' SHA-256."""
+def check_judge_for(folder: str | os.PathLike, split_path: str | os.PathLike,
+                    class_names: list[str]) -> tuple[str, dict[str, Any]]:
+    """Refuse a judge made for other classes or another split's training set; returns its
+    weights' SHA-256 and its record (``judge.json``)."""
     from lthash.generate.corpus import index_digest
     from lthash.generate.shipped import file_digest
     from lthash.io import read_json
@@ -193,4 +195,4 @@ def check_judge_for(folder: str | os.PathLike, split_path: str | os.PathLike, cl
     weights = judge_weights(folder)
     if not weights.exists():
         raise LthashError(f"filter judge {folder} has no {WEIGHTS_FILE}: rerun lthash filter-judge")
-    return file_digest(weights)
+    return file_digest(weights), record

@@ -91,11 +91,9 @@ def _judge_for(judge_dir: str | os.PathLike | None, factor: float, split_path: s
         raise LthashError(f"config key 'generate.synthesis.filter_factor' is {factor:g}: filtering needs "
                           "--judge (the folder written by lthash filter-judge)")
     from lthash.generate.filtering import keep_rule
-    from lthash.generate.judge import RECORD_FILE
-    from lthash.io import read_json
 
-    digest = check_judge_for(judge_dir, split_path, class_names)
-    return {"filter_judge": digest, "filter_keep": keep_rule(read_json(Path(judge_dir) / RECORD_FILE))}
+    digest, record = check_judge_for(judge_dir, split_path, class_names)
+    return {"filter_judge": digest, "filter_keep": keep_rule(record)}
 
 
 def _filtered(images: np.ndarray, init_index: np.ndarray | None, strengths: np.ndarray | None,
