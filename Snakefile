@@ -13,7 +13,6 @@ min_version("8.0")
 from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash import forkserver
-from lthash.runtime import cpu_isa_env
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 import lthash.workflow as lw
 
@@ -49,12 +48,8 @@ DEVICE = config["device"]
 # environment, not params, so moving a run from CPU to GPU or changing an inference batch
 # size does not invalidate finished results.
 os.environ["LTHASH_DEVICE"] = DEVICE
-os.environ.update(lw.runtime_env(config))
-# cpu_isa: the same floats on every x86-64 CPU (lthash.runtime.cpu_isa_env), also outside params.
-CPU_ISA_SET, CPU_ISA_UNSET = cpu_isa_env(config["cpu_isa"])
-os.environ.update(CPU_ISA_SET)
-for variable in CPU_ISA_UNSET:
-    os.environ.pop(variable, None)
+# cpu_isa's kernel pins (the same floats on every x86-64 CPU) travel the same way.
+lw.export_runtime_env(config)
 
 
 # Local jobs hand their command to one warm server with torch, diffusers and numba imported
@@ -89,7 +84,6 @@ onerror:
 envvars:
     "LTHASH_DEVICE",
     *lw.runtime_env(config),
-    *CPU_ISA_SET,
 
 
 report: "workflow/report/workflow.rst"

@@ -92,3 +92,21 @@ def test_cpu_isa_pins_x86_kernels_to_avx2_and_native_unpins_them():
     env = {"PATH": "/usr/bin:/bin", **cpu_isa_env("avx2")[0]}
     shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "AVX2"
+
+
+def test_the_workflow_exports_cpu_isa_pins_with_the_runtime_keys_and_native_removes_inherited_ones():
+    """What the Snakefile hands its jobs: the RUNTIME keys and, on x86-64, the AVX2 pins;
+    cpu_isa: native removes pins inherited from the shell."""
+    import platform
+
+    from lthash.config import validate_config
+    from lthash.runtime import cpu_isa_env
+    from lthash.workflow import export_runtime_env
+
+    environ = {"ATEN_CPU_CAPABILITY": "avx512", "PATH": "/usr/bin"}
+    export_runtime_env(validate_config({"dataset": {}, "cpu_isa": "native"}), environ)
+    assert "ATEN_CPU_CAPABILITY" not in environ and environ["LTHASH_ENCODE_BATCH_SIZE"]
+    export_runtime_env(validate_config({"dataset": {}}), environ)
+    assert {k: environ[k] for k in cpu_isa_env("avx2")[0]} == cpu_isa_env("avx2")[0]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert environ["ATEN_CPU_CAPABILITY"] == "avx2"

@@ -62,6 +62,7 @@ from lthash.workflow.reads import (  # noqa: F401
     rule_params,
     params,
     runtime_env,
+    export_runtime_env,
     runtime_setting,
     reads_key,
     param_jobs,

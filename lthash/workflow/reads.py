@@ -15,7 +15,7 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
 from lthash.errors import LthashError
 from lthash.generate.personalize.method import personalised_names
@@ -244,8 +244,22 @@ def _lookup(config: Mapping[str, Any], path: str) -> Any:
 
 
 def runtime_env(config: Mapping[str, Any]) -> dict[str, str]:
-    """Environment variables carrying the :data:`RUNTIME` keys to the jobs (the Snakefile exports them)."""
-    return {variable: str(_lookup(config, path)) for path, (_, variable) in RUNTIME.items()}
+    """Environment variables carrying the :data:`RUNTIME` keys and ``cpu_isa``'s kernel pins
+    (:func:`lthash.runtime.cpu_isa_env`) to the jobs (the Snakefile exports them)."""
+    from lthash.runtime import cpu_isa_env
+
+    keys = {variable: str(_lookup(config, path)) for path, (_, variable) in RUNTIME.items()}
+    return {**keys, **cpu_isa_env(config["cpu_isa"])[0]}
+
+
+def export_runtime_env(config: Mapping[str, Any], environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set :func:`runtime_env` in ``environ`` and remove the kernel pins ``cpu_isa`` does not set
+    (``native`` then overrides pins inherited from the shell)."""
+    from lthash.runtime import cpu_isa_env
+
+    environ.update(runtime_env(config))
+    for variable in cpu_isa_env(config["cpu_isa"])[1]:
+        environ.pop(variable, None)
 
 
 def runtime_setting(config: Mapping[str, Any], path: str) -> str:
