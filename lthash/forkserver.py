@@ -33,7 +33,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Iterable, Sequence
 
 ENV = "LTHASH_FORKSERVER"
 #: What the server imports before it forks: the heavy libraries of every model stage. The stage
@@ -124,8 +124,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_child(request: dict, fds: list[int], inherited: Sequence[socket.socket]) -> None:
-    """In the forked child: become the job (its files, folder, environment) and run the command."""
+def _run_child(request: dict, fds: list[int], inherited: Sequence[socket.socket], mask: Iterable[int]) -> None:
+    """In the forked child: become the job (its files, folder, environment) and run the command;
+    ``mask`` is the signal mask to restore once the job's own handlers are in place."""
     _die_with_parent()
     for sock in inherited:
         sock.close()
@@ -140,6 +141,7 @@ def _run_child(request: dict, fds: list[int], inherited: Sequence[socket.socket]
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     sys.argv = ["lthash", *request["argv"]]
     code = 1
     try:
@@ -258,9 +260,13 @@ def _accept(connection: socket.socket, children: dict, by_connection: dict, list
     except (OSError, ValueError, ConnectionError, struct.error):
         connection.close()
         return
+    # The forwarded signals wait, blocked, until the child has its own handlers: one that came
+    # between the fork and the reset would reach the server's on_term in the child and be lost.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     pid = os.fork()
     if pid == 0:
-        _run_child(request, fds, [connection, listener, *by_connection])
+        _run_child(request, fds, [connection, listener, *by_connection], mask)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in fds:
         os.close(fd)
     connection.settimeout(None)
