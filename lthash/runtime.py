@@ -27,18 +27,21 @@ def configure_threads(threads: int | None) -> int:
     count goes into OMP_NUM_THREADS / MKL_NUM_THREADS, which torch and numpy read when they
     load, so stages that never import torch do not pay for importing it; if torch is loaded
     already its thread pool is resized directly. Numba's pool size is fixed once it starts, and
-    a later change to NUMBA_NUM_THREADS makes its next compilation fail, so once numba is loaded
-    only the number of threads it uses is set.
+    a later change to NUMBA_NUM_THREADS makes its next compilation fail, so once that pool runs
+    only the number of threads it uses is set (a job that has not started it, as every forked
+    job of the warm server, does not start it here).
     """
     n = threads or int(os.environ.get("LTHASH_THREADS", 0)) or os.cpu_count() or 1
-    numba = sys.modules.get("numba")
+    # numba.np.ufunc.parallel._is_initialized: whether numba's pool runs (no public query).
+    pool_running = bool(getattr(sys.modules.get("numba.np.ufunc.parallel"), "_is_initialized", False))
     variables = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"]
-    if numba is None:
+    if not pool_running:
         variables.append("NUMBA_NUM_THREADS")
     for variable in variables:
         if threads or variable not in os.environ:
             os.environ[variable] = str(n)
-    if numba is not None:
+    if pool_running:
+        numba = sys.modules["numba"]
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     torch = sys.modules.get("torch")
     if torch is not None:
