@@ -57,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = run_in_server(sys.argv[1:])
         if code is not None:
             return code
-    from lthash.runtime import configure_threads, setup_logging
+    from lthash.runtime import configure_allocator, configure_threads, setup_logging
 
+    if argv is None:
+        configure_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))

@@ -49,6 +49,38 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Allocations up to this size come from the heap and freed memory up to it stays there.
+HEAP_REUSE_BYTES = 1 << 30
+#: ``LTHASH_MALLOC=system`` leaves glibc's allocator settings alone.
+MALLOC_ENV = "LTHASH_MALLOC"
+
+
+def configure_allocator() -> bool:
+    """Keep freed tensor memory in the process for the next batch, instead of returning it to
+    the kernel and faulting it in again (glibc: ``mallopt`` mmap and trim thresholds 1 GiB).
+
+    torch's CPU allocator is plain ``malloc``; glibc serves blocks above its mmap threshold (at
+    most 32 MiB when it adapts it) with fresh ``mmap`` pages, so every activation of a batch of
+    256 paid page faults and zeroing: half the CPU of an encode job, a quarter of a synthesis job
+    (benchmarks/bench_allocator.py). Where memory comes from changes no arithmetic: results are
+    bit for bit the same. Returns whether the setting took (False off glibc, or with
+    ``LTHASH_MALLOC=system``).
+    """
+    if os.environ.get(MALLOC_ENV, "reuse") == "system" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_REUSE_BYTES))
+
+
 #: What ``cpu_isa`` exports: the instruction set torch's own kernels (ATen), oneDNN's
 #: convolutions and MKL's BLAS may dispatch to. Each reads its variable when it loads.
 CPU_ISA_VARIABLES: dict[str, dict[str, str]] = {

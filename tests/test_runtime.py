@@ -110,3 +110,41 @@ def test_the_workflow_exports_cpu_isa_pins_with_the_runtime_keys_and_native_remo
     assert {k: environ[k] for k in cpu_isa_env("avx2")[0]} == cpu_isa_env("avx2")[0]
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert environ["ATEN_CPU_CAPABILITY"] == "avx2"
+
+
+ALLOCATION_FAULTS = """
+import resource, sys, numpy as np, torch
+from lthash.config import validate_config
+from lthash.hashing.model import build_model
+from lthash.hashing.train import encode_images
+from lthash.runtime import configure_allocator
+torch.set_num_threads(1)
+took = configure_allocator() if sys.argv[1] == "configure" else None
+model = build_model(validate_config({"dataset": {}, "hashing": {}})["hashing"], "orthohash", "cnn", 64, 10,
+                    (28, 28, 1), np.full(10, 10), 0)
+images = np.random.default_rng(0).integers(0, 256, (256 * 12, 28, 28, 1), dtype=np.uint8)
+encode_images(model, images[:256], "cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+encode_images(model, images, "cpu")
+print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_configured_allocator_keeps_freed_memory_for_the_next_batch_and_can_be_turned_off():
+    """The default hash model encoding 12 batches of 256 (as an encode job does 84): under glibc's
+    defaults its activations (12.8 MB each) keep coming from fresh pages, faulted in anew; after
+    configure_allocator freed memory is reused and it faults a small fraction of those pages.
+    LTHASH_MALLOC=system leaves glibc's settings alone."""
+    def faults(mode: str, **env: str) -> tuple[str, int]:
+        done = subprocess.run([sys.executable, "-c", ALLOCATION_FAULTS, mode], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", **env}, check=True)
+        took, count = done.stdout.split()
+        return took, int(count)
+
+    default = faults("default")
+    configured = faults("configure")
+    opted_out = faults("configure", LTHASH_MALLOC="system")
+    assert configured[0] == "True" and opted_out[0] == "False"
+    assert configured[1] * 4 < default[1], (default, configured)
+    assert configured[1] * 4 < opted_out[1], (opted_out, configured)
