@@ -32,6 +32,7 @@ from lthash.generate.models import TinyModelConfig, build_tiny_components, encod
 from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import make_plan
 from lthash.generate.reference import reference_draw
+from lthash.runtime import configure_allocator
 
 WORDS = ["clothing", "footwear", "accessory"]
 # Long-tail train counts of the default split (train_per_class 500, Zipf, imbalance factor 50).
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128, help="images per draw (at most one sampler batch)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    configure_allocator()  # as every lthash command does: the figures are a job's
     torch.set_num_threads(args.threads)
     config = validate_config({"dataset": {}, "generate": {}})["generate"]
     arch = TinyModelConfig.from_dict(config["base"]["architecture"])

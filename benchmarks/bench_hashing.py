@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lthash.runtime import configure_allocator
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
+    configure_allocator()  # as every lthash command does: the figures are a job's
     torch.set_num_threads(args.threads)
 
     from lthash.config import stage_config

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lthash.runtime import configure_allocator
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FAST = {"epochs": 12, "batch_size": 32, "lr": 0.003, "augment": False}
 EXTRA = {"lthnet": {"lthnet": {"feature_dim": 256}}, "lthnet_sq": {"lthnet": {"feature_dim": 256}},
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--split", type=Path, default=None)
     parser.add_argument("--methods", nargs="*", default=None)
     args = parser.parse_args()
+    configure_allocator()  # as every lthash command does: the figures are a job's
     torch.set_num_threads(args.threads)
     methods = args.methods or ["orthohash"] + sorted(set(REGISTRY) - {"orthohash"})
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,6 +30,7 @@ from lthash.generate.personalize.data import Augmentation
 from lthash.generate.personalize.runner import make_accelerator, personalize
 from lthash.generate.personalize.schedule import method_stages
 from lthash.generate.personalize.trainer import ConceptToken, StageTrainer, TrainingData, TrainingOptions
+from lthash.runtime import configure_allocator
 
 WORDS = ["clothing", "footwear", "accessory"]
 
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--end-to-end", action="store_true")
     args = parser.parse_args()
+    configure_allocator()  # as every lthash command does: the figures are a job's
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     components = default_components()

@@ -31,6 +31,7 @@ from lthash.generate.personalize.runner import personalize
 from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.synthesize import load_generator
 from lthash.io import read_attrs, read_image_set
+from lthash.runtime import configure_allocator
 
 
 def judge(split: Path):
@@ -95,6 +96,7 @@ def main() -> None:
                         help="NAME=JSON generate.personalize overrides; repeatable (default: default={})")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    configure_allocator()  # as every lthash command does: the figures are a job's
     torch.set_num_threads(args.threads)
     names = read_attrs(args.split)["class_names"]
     counts = read_image_set(args.split, "train", load_images=False).attrs["counts"]
