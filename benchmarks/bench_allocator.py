@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
 from typing import Callable
 
 import numpy as np
 import torch
+from bench_timer import Timer
 
 from lthash.config import validate_config
 from lthash.generate.models import TinyModelConfig, build_tiny_components
@@ -31,18 +31,17 @@ from lthash.hashing.train import EVAL_BATCH, encode_images
 from lthash.runtime import configure_allocator
 
 
-def measure(work: Callable[[], np.ndarray], repeats: int) -> tuple[float, float, int, np.ndarray]:
-    """(least CPU seconds, its wall seconds, its minor page faults, the output) after one warm-up call."""
+def measure(work: Callable[[], np.ndarray], repeats: int) -> tuple[Timer, int, np.ndarray]:
+    """(timer of the run with the least CPU, its minor page faults, its output) after one warm-up call."""
     work()
     best = None
     for _ in range(repeats):
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        wall, cpu = time.perf_counter(), time.process_time()
-        output = work()
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        with Timer() as timer:
+            output = work()
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-        if best is None or cpu < best[0]:
-            best = (cpu, wall, faults, output)
+        if best is None or timer.cpu < best[0].cpu:
+            best = (timer, faults, output)
     return best
 
 
@@ -71,12 +70,12 @@ def main() -> None:
     took = configure_allocator()
     print(f"threads {args.threads}; best CPU of {args.repeats} after a warm-up; configure_allocator() took: {took}")
     for name, work in works.items():
-        cpu, wall, faults, output = measure(work, args.repeats)
-        ref_cpu, ref_wall, ref_faults, ref_output = reference[name]
+        timer, faults, output = measure(work, args.repeats)
+        ref, ref_faults, ref_output = reference[name]
         same = np.array_equal(output, ref_output)
-        print(f"{name}: glibc default {ref_cpu:.2f} s CPU ({ref_wall:.2f} wall, {ref_faults:,} page faults); "
-              f"configured {cpu:.2f} s CPU ({wall:.2f} wall, {faults:,} page faults); "
-              f"ratio {cpu / ref_cpu:.2f}; outputs identical: {same}")
+        print(f"{name}: glibc default {ref.cpu:.2f} s CPU ({ref.wall:.2f} wall, {ref_faults:,} page faults); "
+              f"configured {timer.cpu:.2f} s CPU ({timer.wall:.2f} wall, {faults:,} page faults); "
+              f"ratio {timer.cpu / ref.cpu:.2f}; outputs identical: {same}")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ side-by-side one-thread jobs need for the default plan on the default Fashion-MN
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable
 
 import numpy as np
 import torch
+from bench_timer import Timer
 
 from lthash.config import validate_config
 from lthash.generate.base import BaseTrainingConfig, train_base
@@ -37,18 +37,6 @@ from lthash.runtime import configure_allocator
 WORDS = ["clothing", "footwear", "accessory"]
 # Long-tail train counts of the default split (train_per_class 500, Zipf, imbalance factor 50).
 DEFAULT_COUNTS = [500, 153, 72, 47, 32, 23, 18, 14, 11, 10]
-
-
-class Timer:
-    """Wall and process-CPU seconds of a block."""
-
-    def __enter__(self) -> "Timer":
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
 
 
 def fastest(draws: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timer]:

@@ -71,11 +71,9 @@ def configure_allocator() -> bool:
     if os.environ.get(MALLOC_ENV, "reuse") == "system" or not sys.platform.startswith("linux"):
         return False
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: glibc is loaded already
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_REUSE_BYTES))
