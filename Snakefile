@@ -14,6 +14,7 @@ from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash import forkserver
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
+from lthash.generate.personalize.method import joint_names
 import lthash.workflow as lw
 
 

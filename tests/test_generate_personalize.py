@@ -93,6 +93,10 @@ PRESET_TABLE = {
     "tiny_known_class": {
         "attndreambooth": [("embedding", 15, 1e-3, 16, 0.1, 0.0), ("cross_attention", 15, 2e-4, 16, 2.0, 5.0)],
     },
+    "tiny_novel_class": {
+        "attndreambooth": [("embedding", 60, 5e-3, 16, 0.1, 0.0), ("cross_attention", 60, 5e-4, 16, 2.0, 5.0),
+                           ("unet", 200, 2e-4, 16, 2.0, 5.0)],
+    },
 }
 
 
@@ -304,5 +308,5 @@ def test_personalisation_registry_equals_the_schema_and_refuses_a_second_method_
     assert [name for name in method_names() if name not in personalised_names()] == ["base"]
     with pytest.raises(ValueError, match="registered twice"):
         register(Method(name="dreambooth", description="a second DreamBooth", seed_id=2))
-    with pytest.raises(LthashError, match="allowed: base, attndreambooth, dreambooth, textual_inversion"):
+    with pytest.raises(LthashError, match="allowed: base, attndreambooth, dreambooth, textual_inversion, joint"):
         get_method("lora")

@@ -220,10 +220,22 @@ def test_hand_written_expectations(base):
     assert rules_of(readers_of(config, "generate.synthesis.steps", 9)) == {"synthesize"}
     assert rules_of(readers_of(config, "generate.synthesis.shard_size", 9)) == {"plan"}
     assert rules_of(readers_of(config, "generate.seed", 5)) == {"base", "plan", "personalize", "synthesize",
-                                                                "resample", "quality", "filter_judge"}
+                                                                "resample", "quality", "filter_judge", "knowledge"}
+    assert readers_of(config, "generate.knowledge.timesteps", 3) == {"knowledge/attndreambooth", "knowledge/dreambooth"}
     assert rules_of(readers_of(config, "evaluate.topk", ["all", 5])) == {"score"}
     assert rules_of(readers_of(config, "experiment.quality", False)) == {"report"}
     assert rules_of(readers_of(config, "split.seed", 3)) == {"split"}
+
+
+def test_joint_settings_rerun_the_joint_generator_alone():
+    experiment = dict(EXPERIMENT, generators=["joint", "attndreambooth"])
+    config = validate_config({"dataset": {}, "experiment": experiment})
+    assert readers_of(config, "generate.personalize.joint.steps", 3) == {"personalize_joint/joint"}
+    assert readers_of(config, "generate.personalize.attndreambooth.prior_preservation.enabled", True) == \
+        {"personalize/attndreambooth"}
+    assert rules_of(readers_of(config, "generate.personalize.weight_decay", 0.1)) == {"personalize",
+                                                                                    "personalize_joint"}
+    assert rules_of(readers_of(config, "generate.synthesis.guidance_reference", "category")) == {"synthesize"}
 
 
 def test_reordered_keys_give_the_same_params(base):

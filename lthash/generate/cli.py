@@ -78,6 +78,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(quality)
     quality.set_defaults(func=quality_command)
 
+    knowledge = subparsers.add_parser(
+        "knowledge", help="what a generator knows of each class, before synthesis (held-out denoising accuracy)",
+        description="Classify held-out validation images by the class prompt under which the generator denoises "
+                    "them best (the Diffusion Classifier, lthash.generate.knowledge): accuracy over all classes "
+                    "and within each super-category group, beside its chance level.")
+    knowledge.add_argument("--models", nargs="+", required=True,
+                           help="what synthesis draws each class from, in class order: one folder for every class "
+                                "(the base, a joint concept) or one concept folder per class")
+    knowledge.add_argument("--base", default=None, help="the base model the concepts were personalised from")
+    knowledge.add_argument("--split", required=True, help="split file (HDF5); its 'validation' group is read")
+    knowledge.add_argument("--generator", required=True, help="the generator's name, recorded in the output")
+    knowledge.add_argument("--out", required=True, help="knowledge JSON to write")
+    knowledge.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_common_arguments(knowledge)
+    knowledge.set_defaults(func=knowledge_command)
+
     from lthash.generate.personalize.cli import register as register_personalize
 
     register_personalize(subparsers)
@@ -146,3 +162,27 @@ def quality_command(args: argparse.Namespace) -> None:
     write_json(args.out, metrics)
     if args.grid:
         save_real_vs_synthetic_grid(args.grid, grid, params["quality"]["grid_images"])
+
+
+def knowledge_command(args: argparse.Namespace) -> None:
+    import logging
+
+    from lthash.errors import LthashError
+    from lthash.generate.knowledge import measure_generator
+    from lthash.io import read_attrs, write_json
+    from lthash.runtime import select_device
+
+    classes = len(read_attrs(args.split)["class_names"])
+    models = list(args.models)
+    if len(models) == 1:
+        models = models * classes
+    if len(models) != classes:
+        raise LthashError(f"--models: {len(args.models)} folders for {classes} classes: give one for every class "
+                          f"or one per class")
+    metrics = measure_generator(models, args.base, args.split, args.config["generate"], args.generator,
+                                device=select_device(args.device))
+    write_json(args.out, metrics)
+    logging.getLogger("lthash.knowledge").info(
+        "%s: held-out denoising accuracy %.3f (chance %.3f), within super-category groups %.3f (chance %.3f)",
+        args.generator, metrics["accuracy"], metrics["chance"], metrics["within_group_accuracy"],
+        metrics["within_group_chance"])

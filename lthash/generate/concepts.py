@@ -10,6 +10,12 @@ A concept folder (``lthash personalize --out CONCEPT_DIR``) holds
 - ``samples/``: a PNG grid of samples at the end of each stage.
 
 :func:`load_concept` rebuilds the personalised model from the base folder and the concept.
+
+A joint concept folder (``lthash personalize-joint``: every class taught in one run) holds
+``joint.json`` (method, seed, settings, and per class its index, name, token, category and
+prompt), ``token_embeddings.safetensors`` (one row per class token), ``unet/`` (the UNet all
+classes share), ``loss.csv`` and ``samples/``. :func:`load_joint_concept` rebuilds the model
+with every class token in place and returns the prompt of the class asked for.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ EMBEDDING_FILE = "token_embedding.safetensors"
 UNET_FOLDER = "unet"
 SAMPLES_FOLDER = "samples"
 CONCEPT_FORMAT = 1
+JOINT_FILE = "joint.json"
+JOINT_EMBEDDINGS_FILE = "token_embeddings.safetensors"
 
 
 def write_concept(out_dir: str | os.PathLike, record: Mapping[str, Any], token_row: torch.Tensor,
@@ -55,6 +63,83 @@ def write_concept(out_dir: str | os.PathLike, record: Mapping[str, Any], token_r
     return out
 
 
+def write_joint_concepts(out_dir: str | os.PathLike, record: Mapping[str, Any], rows: Mapping[str, torch.Tensor],
+                         unet: torch.nn.Module, samples: Mapping[str, str | os.PathLike] | None = None,
+                         losses: list[list[float]] | None = None) -> Path:
+    """Write a joint concept folder atomically: joint.json (``record``), one embedding row per
+    token (``rows``), the shared ``unet``, the sample grids and the per-step losses (loss.csv)."""
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        save_safetensors(tmp / JOINT_EMBEDDINGS_FILE, {token: row.detach().float() for token, row in rows.items()},
+                         {"tokens": ",".join(rows)})
+        unet.save_pretrained(tmp / UNET_FOLDER, safe_serialization=True)
+        if samples:
+            (tmp / SAMPLES_FOLDER).mkdir()
+            for name, source in samples.items():
+                shutil.copyfile(source, tmp / SAMPLES_FOLDER / name)
+        if losses is not None:
+            lines = ["step,instance,replay"] + [f"{i + 1},{a},{b}" for i, (a, b) in enumerate(losses)]
+            (tmp / "loss.csv").write_text("\n".join(lines) + "\n")
+        full = dict(record, format=CONCEPT_FORMAT, has_unet=True)
+        (tmp / JOINT_FILE).write_text(canonical_json(full) + "\n")
+    return out
+
+
+def is_joint_concept(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a joint concept folder (holds joint.json)."""
+    return (Path(folder) / JOINT_FILE).exists()
+
+
+def read_joint_concept(folder: str | os.PathLike) -> dict[str, Any]:
+    """joint.json of a joint concept folder, checked for the keys synthesis relies on."""
+    path = Path(folder) / JOINT_FILE
+    record = read_json(path)
+    classes = record.get("classes")
+    if not isinstance(classes, list) or not all(
+            isinstance(c, dict) and {"class_index", "token", "prompt"} <= set(c) for c in classes):
+        raise LthashError(f"{path} is not a joint concept record: no 'classes' list with index, token and prompt")
+    return record
+
+
+def joint_class_prompt(record: Mapping[str, Any], class_index: int, folder: str | os.PathLike) -> str:
+    """The prompt of class ``class_index`` in a joint record; an absent class names the folder."""
+    for entry in record["classes"]:
+        if int(entry["class_index"]) == int(class_index):
+            return str(entry["prompt"])
+    raise LthashError(f"joint concept {folder} has no class {class_index} "
+                      f"(it holds {len(record['classes'])} classes)")
+
+
+def load_joint_concept(folder: str | os.PathLike, base_dir: str | os.PathLike, device: str = "cpu",
+                       dtype: torch.dtype | None = None) -> tuple[DiffusionComponents, dict[str, Any]]:
+    """Base model + joint concept -> (components with every class token and the shared UNet, record)."""
+    folder = Path(folder)
+    record = read_joint_concept(folder)
+    components = load_components(base_dir, device="cpu", unet=_load_concept_unet(folder))
+    tensors, _ = load_safetensors(folder / JOINT_EMBEDDINGS_FILE)
+    _write_rows(components, tensors, [entry["token"] for entry in record["classes"]],
+                folder / JOINT_EMBEDDINGS_FILE, base_dir)
+    return components.to(device, dtype), record
+
+
+def _write_rows(components: DiffusionComponents, tensors: Mapping[str, torch.Tensor], tokens: list[str],
+                source: Path, base_dir: str | os.PathLike) -> None:
+    """Add each token to the tokenizer (growing the embedding table if it has no spare row) and
+    write its learned row from ``tensors`` (read from ``source``) into the table."""
+    from lthash.generate.personalize.trainer import add_token
+
+    for token in tokens:
+        if token not in tensors:
+            raise LthashError(f"{source} has no row for token {token}")
+        token_id = add_token(components, token)
+        weight = components.text_encoder.get_input_embeddings().weight
+        if tensors[token].shape != weight[token_id].shape:
+            raise LthashError(f"{source.parent} was made from another base: its embedding has shape "
+                              f"{tuple(tensors[token].shape)}, {base_dir} expects {tuple(weight[token_id].shape)}")
+        with torch.no_grad():
+            weight[token_id] = tensors[token].to(weight.dtype)
+
+
 def read_concept(concept_dir: str | os.PathLike) -> dict[str, Any]:
     """concept.json of a concept folder, checked for the keys synthesis relies on."""
     path = Path(concept_dir) / CONCEPT_FILE
@@ -73,23 +158,12 @@ def load_concept(concept_dir: str | os.PathLike, base_dir: str | os.PathLike, de
     writes the learned row, and uses the concept's UNet when it has one (the base's UNet
     weights are then never read).
     """
-    from lthash.generate.personalize.trainer import add_token
-
     concept_dir = Path(concept_dir)
     record = read_concept(concept_dir)
     unet = _load_concept_unet(concept_dir) if record.get("has_unet") else None
     components = load_components(base_dir, device="cpu", unet=unet)
     tensors, _ = load_safetensors(concept_dir / EMBEDDING_FILE)
-    token = record["token"]
-    if token not in tensors:
-        raise LthashError(f"{concept_dir / EMBEDDING_FILE} has no row for token {token}")
-    token_id = add_token(components, token)
-    weight = components.text_encoder.get_input_embeddings().weight
-    if tensors[token].shape != weight[token_id].shape:
-        raise LthashError(f"{concept_dir} was made from another base: its embedding has shape "
-                          f"{tuple(tensors[token].shape)}, {base_dir} expects {tuple(weight[token_id].shape)}")
-    with torch.no_grad():
-        weight[token_id] = tensors[token].to(weight.dtype)
+    _write_rows(components, tensors, [record["token"]], concept_dir / EMBEDDING_FILE, base_dir)
     return components.to(device, dtype), record["prompt"]
 
 

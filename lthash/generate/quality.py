@@ -8,6 +8,9 @@ on the long-tail set (:mod:`lthash.generate.judge` holds the CNN both use). For 
 - ``class_fidelity``: fraction of synthetic images the judge assigns to their class;
 - ``category_fidelity``: fraction assigned to a class of the same super-category (what a
   class-agnostic generator such as ``base`` on a category-captioned base can at best achieve);
+- per super-category group (``groups``): the mean class fidelity of its classes beside the
+  group's chance level 1/|group|, and ``chance_class_fidelity`` = the mean of 1/|group| over
+  classes (the fidelity of samples that keep the category and nothing of the class);
 - ``diversity``: mean pairwise distance of the synthetic images in a PCA space of the real
   images' pixels (centred, not standardised: scaling up the near-constant background pixels
   would make pixel noise count as diversity),
@@ -120,6 +123,19 @@ def _subset(images: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndar
     return images[np.sort(rng.choice(len(images), limit, replace=False))]
 
 
+def fidelity_by_group(per_class: Mapping[str, Mapping[str, Any]], categories: Sequence[str]) -> dict[str, Any]:
+    """Class fidelity per super-category group beside its chance level 1/|group| (what samples
+    that keep the category but carry nothing of the class score): a one-class group scores 1
+    for free, so every group is reported on its own."""
+    groups: dict[str, Any] = {}
+    for group in sorted(set(categories), key=list(categories).index):
+        members = {name: v for name, v in per_class.items() if categories[v["class_index"]] == group}
+        if members:
+            groups[group] = {"classes": list(members), "chance": 1.0 / list(categories).count(group),
+                             "class_fidelity": float(np.mean([v["class_fidelity"] for v in members.values()]))}
+    return groups
+
+
 def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | os.PathLike],
                      params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics JSON, material for the grid) from the split and the shards.
@@ -174,7 +190,11 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
                 "nearest_train_ratio": near_synth / near_real if near_real > 0 else float("nan"),
             }
         values = list(per_class.values())
+        groups = fidelity_by_group(per_class, categories)
         generators[generator] = {
+            "groups": groups,
+            "chance_class_fidelity": float(np.mean([1.0 / categories.count(categories[v["class_index"]])
+                                                    for v in values])),
             "classes": per_class,
             "mean_class_fidelity": float(np.mean([v["class_fidelity"] for v in values])),
             "mean_category_fidelity": float(np.mean([v["category_fidelity"] for v in values])),

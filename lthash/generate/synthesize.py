@@ -55,12 +55,21 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
                    device: str = "cpu") -> tuple[DiffusionComponents, str, str]:
     """(components, prompt, generator name) for one class.
 
-    ``model_dir`` is a concept folder (``concept.json``, from ``lthash personalize``) or a
-    model folder itself; the latter is the non-personalised generator ``base``, prompted with
+    ``model_dir`` is a concept folder (``concept.json``, from ``lthash personalize``), a joint
+    concept folder (``joint.json``, every class: ``lthash personalize-joint``) or a model folder itself; the latter is the non-personalised generator ``base``, prompted with
     the base's own caption of the class ("a photo of a <word>": the class name for a
     class_name base, the super-category otherwise).
     """
     model_dir = Path(model_dir)
+    from lthash.generate.concepts import is_joint_concept
+
+    if is_joint_concept(model_dir):
+        from lthash.generate.concepts import joint_class_prompt, load_joint_concept
+
+        if base_dir is None:
+            raise LthashError(f"joint concept {model_dir} needs --base (the model it was personalised from)")
+        components, record = load_joint_concept(model_dir, base_dir, device=device)
+        return components, joint_class_prompt(record, class_index, model_dir), str(record["method"])
     if (model_dir / "concept.json").exists():
         from lthash.generate.concepts import load_concept, read_concept
 
@@ -74,6 +83,20 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
     components = load_components(model_dir, device=device)
     words = prompt_words(components.info, class_names, categories)
     return components, category_prompt(words[class_index]), BASE_GENERATOR
+
+
+def generator_prompt(model_dir: str | os.PathLike, class_index: int, class_names: list[str],
+                     categories: Mapping[str, str] | None, components: DiffusionComponents) -> str:
+    """The prompt :func:`load_generator` gives class ``class_index`` of ``model_dir``, read without
+    loading any weights (``components``: the model already loaded from ``model_dir``)."""
+    from lthash.generate.concepts import is_joint_concept, joint_class_prompt, read_concept, read_joint_concept
+
+    model_dir = Path(model_dir)
+    if is_joint_concept(model_dir):
+        return joint_class_prompt(read_joint_concept(model_dir), class_index, model_dir)
+    if (model_dir / "concept.json").exists():
+        return str(read_concept(model_dir)["prompt"])
+    return category_prompt(prompt_words(components.info, class_names, categories)[class_index])
 
 
 def candidate_count(count: int, factor: float) -> int:
@@ -122,22 +145,49 @@ def image_strengths(strength: float | list[float], count: int, seed: int) -> np.
 
 def _draw(components: DiffusionComponents, prompt: str, count: int, seed: int, sampler: SamplerConfig,
           size: tuple[int, int, int], on_batch, init_images: np.ndarray | None,
-          strengths: np.ndarray | None) -> np.ndarray:
+          strengths: np.ndarray | None, reference: str = "") -> np.ndarray:
     """``count`` images of ``prompt``: from noise, or from ``init_images`` at ``strengths``, one
     group per strength in ascending order, every group drawing from one generator seeded ``seed``
-    (a single strength is one group: the plain image-to-image run)."""
+    (a single strength is one group: the plain image-to-image run). Guidance is taken against
+    ``reference`` (the empty prompt, or the super-category's: :func:`guidance_reference`)."""
     generator = torch.Generator().manual_seed(seed)
     if init_images is None:
-        return generate(components, [prompt] * count, generator, sampler, size=size, on_batch=on_batch)
+        return generate(components, [prompt] * count, generator, sampler, size=size, on_batch=on_batch,
+                        negative_prompt=reference)
     images = None
     for value in np.unique(strengths):
         members = np.flatnonzero(strengths == value)
         drawn = generate(components, [prompt] * len(members), generator, sampler, size=size, on_batch=on_batch,
-                         init_images=init_images[members], strength=float(value))
+                         init_images=init_images[members], strength=float(value), negative_prompt=reference)
         if images is None:
             images = np.empty((count, *drawn.shape[1:]), dtype=drawn.dtype)
         images[members] = drawn
     return images
+
+
+def guidance_reference(components: DiffusionComponents, mode: str, class_names: list[str],
+                       categories: Mapping[str, str] | None, class_index: int) -> str:
+    """The prompt classifier-free guidance is taken against (``generate.synthesis.guidance_reference``):
+
+    - ``empty``: "" (classifier-free guidance as trained: eps = eps("") + w (eps(c) - eps("")));
+    - ``category``: the class's super-category prompt "a photo of a <category>"
+      (eps = eps_cat + w (eps_class - eps_cat): it amplifies what tells the classes of one
+      category apart). Every word of it must be known to the base's tokenizer.
+    """
+    if mode == "empty":
+        return ""
+    if mode != "category":
+        raise LthashError(f"config key 'generate.synthesis.guidance_reference': {mode!r} is not one of empty, category")
+    from lthash.generate.prompts import class_categories
+
+    word = class_categories(class_names, categories)[class_index]
+    tokenizer = components.tokenizer
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if not ids or tokenizer.unk_token_id in ids:
+        raise LthashError(f"config key 'generate.synthesis.guidance_reference' is category, but the base model's "
+                          f"tokenizer does not know the category word {word!r} of class {class_names[class_index]!r} "
+                          f"(set generate.categories, or use guidance_reference: empty)")
+    return category_prompt(word)
 
 
 def synthesize_shard(
@@ -173,6 +223,8 @@ def synthesize_shard(
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device)
     sampler = SamplerConfig.for_model(components, synthesis)
+    reference = guidance_reference(components, str(synthesis["guidance_reference"]), class_names,
+                                   params.get("categories"), class_index)
     if init == "real":
         for value in image_strengths(strength, 0, 0) if not isinstance(strength, list) else strength:
             img2img_start(sampler.steps, float(value))
@@ -180,7 +232,7 @@ def synthesize_shard(
     expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
                 "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__),
                 "init": init, "strength": strength_record(strength) if init == "real" else "none", "filter_factor": factor,
-                **judge}
+                "guidance_reference": reference, **judge}
     if shard_is_complete(out, expected):
         log.info("%s is complete already: not redrawn", out)
         return {"images": entry["count"], "seconds": 0.0, "skipped": True}
@@ -195,7 +247,8 @@ def synthesize_shard(
     started = time.perf_counter()
     with tqdm(total=candidates, desc=f"class {class_index} {purpose} shard {shard}",
               disable=not progress, mininterval=5) as bar:
-        images = _draw(components, prompt, candidates, seed, sampler, size, bar.update, init_images, strengths)
+        images = _draw(components, prompt, candidates, seed, sampler, size, bar.update, init_images, strengths,
+                       reference)
     extra: dict[str, np.ndarray] = {}
     if factor > 1:
         images, init_index, strengths, extra = _filtered(images, init_index, strengths, judge_dir,

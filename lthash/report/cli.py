@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="codes.h5 of the runs (each paired with the metrics.json in its folder)")
     parser.add_argument("--split", help="split.h5 (images of the retrieval pictures)")
     parser.add_argument("--quality", nargs="*", default=[], help="quality.json of every generator")
+    parser.add_argument("--knowledge", nargs="*", default=[], help="knowledge.json of every generator")
     parser.add_argument("--split-summary", required=True, help="split.json of the data stage")
     parser.add_argument("--benchmarks", help="Snakemake's benchmark folder (time per stage)")
     parser.add_argument("--server-log", help="the warm job server's log (CPU time of the jobs it ran)")
@@ -42,7 +43,7 @@ def report_command(args: argparse.Namespace) -> None:
 
     write_report(args.metrics, args.out, args.table, args.split_summary, args.quality, args.config,
                  codes=args.codes, split=args.split, tables=args.tables, figures=args.figures,
-                 benchmarks=args.benchmarks, server_log=args.server_log)
+                 benchmarks=args.benchmarks, server_log=args.server_log, knowledge=args.knowledge)
 
 
 def readme_table_command(args: argparse.Namespace) -> None:

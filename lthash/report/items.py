@@ -19,6 +19,7 @@ __all__ = ["FIGURE_KINDS", "TABLE_NAMES", "TABLE_TITLES", "VERDICT", "figure_pat
 TABLE_TITLES = {
     "arms": "mAP (mean ± sd over seeds), head / medium / tail, the gap each arm closes, Δ best control",
     "generator_adds": "what the generator adds (arm − resampled)",
+    "generator_knowledge": "what each generator knows of the classes (held-out denoising accuracy, fidelity by group)",
     "per_class": "per-class AP as a fraction of balanced",
     "validation": "validation mAP (model selection)",
     "timing": "time per stage",

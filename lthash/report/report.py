@@ -27,12 +27,13 @@ from lthash.io import atomic_path, read_json
 from lthash.provenance import code_version, config_digest
 from lthash.report.analysis import arms_table, generator_table, per_class_table, sentence, summary, validation_table
 from lthash.report.runs import ArmRuns, RunRecord, Setting, by_setting, load_runs, primary_cut
+from lthash.report.knowledge import knowledge_table
 from lthash.report.tables import Table, markdown_grid, pct, to_markdown, verdict_html, write_table
 from lthash.report.uncertainty import spread, spread_text
 from lthash.report.timing import timing_table
 
 #: every table the report writes as ``<name>.csv`` and ``<name>.html`` (the rule's outputs)
-TABLE_NAMES = ("arms", "generator_adds", "per_class", "validation", "timing")
+TABLE_NAMES = ("arms", "generator_adds", "generator_knowledge", "per_class", "validation", "timing")
 #: the verdict page the report writes into ``--tables`` (the HTML report's first item)
 VERDICT = "verdict.html"
 TABLE_COLUMNS = ("arm_label", "arm", "generator", "synthesis", "kind", "method", "backbone", "bits", "seed", "R",
@@ -237,7 +238,8 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
                  config: Mapping[str, Any] | None = None, codes: Sequence[str | os.PathLike] = (),
                  split: str | os.PathLike | None = None, tables: str | os.PathLike | None = None,
                  figures: str | os.PathLike | None = None, benchmarks: str | os.PathLike | None = None,
-                 server_log: str | os.PathLike | None = None) -> None:
+                 server_log: str | os.PathLike | None = None,
+                 knowledge: Sequence[str | os.PathLike] = ()) -> None:
     """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures.
 
     ``config`` is the report stage's validated config (``lthash.config.stage_config("report", ...)``,
@@ -256,7 +258,7 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
     arms, readings = arms_table(runs, R, ties)
     by_name: dict[str, Table] = {t.name: t for t in (
         arms, generator_table(runs, R, ties), per_class_table(runs, R, ties), validation_table(runs, R, ties),
-        timing_table(benchmarks, server_log))}
+        timing_table(benchmarks, server_log), knowledge_table(knowledge, quality))}
     points, bars, pictures = ("_no figures folder given_",) * 3
     if figures is not None:
         points, bars, pictures = _figures(runs, Path(figures), out, split, settings, R, ties)
@@ -286,6 +288,7 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
         "## Table 2: personalisation technique\n\n" + seed.table_generators(),
         "## Table 3: hash methods (LTHNet layout)\n\n" + seed.table_methods(),
         "## Head / medium / tail classes\n\n" + seed.table_groups(),
+        "## What each generator knows of the classes\n\n" + to_markdown(by_name["generator_knowledge"]),
         "## Synthetic data quality\n\n" + quality_section(quality, out),
         "## Time per stage\n\n" + to_markdown(by_name["timing"]),
         "## Figures\n\n" + seed.figures(),

@@ -35,12 +35,40 @@ def concept_folder(results: str, generator: str, class_index: int | str) -> str:
     return f"{results}/generate/{generator}/concepts/class{class_index}"
 
 
-def generator_model(results: str, generator: str, class_index: int | str, base_dir: str) -> str:
-    """What synthesis draws a class from: the concept folder of a personalising generator, the
-    base folder itself for ``base`` (no personalise job)."""
-    from lthash.generate.personalize.method import personalised_names
+def joint_folder(results: str, generator: str) -> str:
+    """The joint concept folder of a generator that teaches every class in one run (``joint``)."""
+    return f"{results}/generate/{generator}/joint"
 
+
+def generator_model(results: str, generator: str, class_index: int | str, base_dir: str) -> str:
+    """What synthesis draws a class from: the concept folder of a per-class personalising
+    generator, the joint concept folder of a joint one (every class), the base folder itself
+    for ``base`` (no personalise job)."""
+    from lthash.generate.personalize.method import joint_names, personalised_names
+
+    if generator in joint_names():
+        return joint_folder(results, generator)
     return concept_folder(results, generator, class_index) if generator in personalised_names() else base_dir
+
+
+def generator_models(results: str, generator: str, class_indices, base_dir: str) -> list[str]:
+    """The distinct folders a generator draws its classes from, in class order (one for
+    ``base`` and joint generators, one per class otherwise)."""
+    models = [generator_model(results, generator, c, base_dir) for c in class_indices]
+    return list(dict.fromkeys(models))
+
+
+def knowledge_path(results: str, generator: str) -> str:
+    """What a generator knows of the classes before synthesis (``lthash knowledge``)."""
+    return f"{results}/generate/{generator}/knowledge.json"
+
+
+def knowledge_files(config: Mapping[str, Any]) -> list[str]:
+    """The knowledge measure of every generator the experiment draws from."""
+    from lthash.workflow.arms import generated_sources
+
+    generators = list(dict.fromkeys(g for g, _ in generated_sources(config)))
+    return [knowledge_path(config["results"], g) for g in generators]
 
 
 def quality_path(results: str, generator: str, synthesis: str) -> str:

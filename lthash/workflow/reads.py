@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
 from lthash.errors import LthashError
-from lthash.generate.personalize.method import personalised_names
+from lthash.generate.personalize.method import joint_names, personalised_names
 from lthash.io import canonical_json
 from lthash.workflow.arms import ARMS, RESAMPLED, TRAINING, Arm, generated_sources, runs, shard_sources, uses_generators
 
@@ -67,6 +67,10 @@ READS: dict[str, tuple[str, ...]] = {
     "personalize": ("generate.seed", "generate.categories", "generate.personalize",
                     *(f"-generate.personalize.{name}" for name in personalised_names()),
                     "generate.personalize.{generator}"),
+    "personalize_joint": ("generate.seed", "generate.categories", "generate.personalize",
+                          *(f"-generate.personalize.{name}" for name in personalised_names()),
+                          "generate.personalize.{generator}"),
+    "knowledge": ("generate.seed", "generate.categories", "generate.knowledge"),
     "synthesize": ("generate.seed", "generate.categories", "generate.synthesis",
                    "-generate.synthesis.pretrain_per_class", "-generate.synthesis.mix_target",
                    "-generate.synthesis.shard_size", "-generate.synthesis.{other_modes_keys}"),
@@ -96,7 +100,7 @@ RUNTIME: dict[str, tuple[str, str]] = {
 
 #: The ``lthash`` stage (subcommand) each rule runs; stages with no rule read what is listed.
 STAGE_OF_RULE: dict[str, str] = {**{name: name for name in READS}, **{name: "train" for name in TRAINING},
-                                 "filter_judge": "filter-judge"}
+                                 "filter_judge": "filter-judge", "personalize_joint": "personalize-joint"}
 STAGE_ONLY_READS: dict[str, tuple[str, ...]] = {"search": ("evaluate",), "export-imagefolder": ("dataset",)}
 TOP_LEVEL = ("results", "device", "cpu_isa", "warm_start", "dataset", "split", "generate", "hashing", "evaluate", "experiment", "report")
 
@@ -288,7 +292,10 @@ def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             jobs.append(("base", {}))
         if generate["synthesis"]["filter_factor"] > 1:
             jobs.append(("filter_judge", {}))
-        jobs += [("personalize", {"generator": g}) for g in experiment["generators"] if g in personalised_names()]
+        jobs += [("personalize_joint" if g in joint_names() else "personalize", {"generator": g})
+                 for g in experiment["generators"] if g in personalised_names()]
+        if experiment["quality"]:
+            jobs += [("knowledge", {"generator": g}) for g in dict.fromkeys(g for g, _ in generated_sources(config))]
         for generator, synthesis in generated_sources(config):
             jobs.append(("synthesize", {"generator": generator, "synthesis": synthesis}))
             if experiment["quality"]:

@@ -5,6 +5,7 @@ from functools import partial
 
 RUNS = lw.runs(config)
 GENERATORS = config["experiment"]["generators"] if lw.uses_generators(config) else []
+JOINT_GENERATORS = [g for g in GENERATORS if g in joint_names()]
 BASE_DIR, BASE_IS_TINY = base_folder(config["generate"]["base"]["model"], R)
 HEAVY = {"gpu": 1} if DEVICE.startswith("cuda") else {}
 
@@ -33,6 +34,11 @@ if GENERATORS and not BASE_IS_TINY and not os.path.isdir(BASE_DIR):
 def plan_file():
     """The balancing plan; a checkpoint, so shard lists are known once it exists."""
     return checkpoints.plan.get().output.plan
+
+
+def plan_classes():
+    """Every class index of the balancing plan, in order."""
+    return [int(entry["index"]) for entry in lw.read_plan(plan_file())["classes"]]
 
 
 def shard_files(source, purpose, cls=None):

@@ -91,6 +91,62 @@ rule personalize:
         " --threads {threads} 2> {log}"
 
 
+rule personalize_joint:
+    input:
+        base=BASE_DIR,
+        split=rules.split.output.split,
+    output:
+        concepts=directory(lw.joint_folder(R, "{generator}")),
+    log:
+        f"{R}/logs/personalize/{{generator}}/joint.log",
+    benchmark:
+        f"{R}/benchmarks/personalize/{{generator}}/joint.tsv"
+    wildcard_constraints:
+        generator="|".join(JOINT_GENERATORS) or "no-joint-generator",
+    priority: 30
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **HEAVY,
+        mem_mb=8000,
+        runtime=480,
+    params:
+        config=lambda w: lw.shell_json(
+            **lw.generate_params(config, "personalize_joint", w.generator)
+        ),
+    shell:
+        "lthash personalize-joint --base {input.base} --split {input.split}"
+        " --generator {wildcards.generator} --out {output.concepts} --params {params.config}"
+        " --threads {threads} 2> {log}"
+
+
+rule knowledge:
+    input:
+        models=lambda w: lw.generator_models(R, w.generator, plan_classes(), BASE_DIR),
+        base=BASE_DIR,
+        split=rules.split.output.split,
+    output:
+        metrics=lw.knowledge_path(R, "{generator}"),
+    log:
+        f"{R}/logs/knowledge/{{generator}}.log",
+    benchmark:
+        f"{R}/benchmarks/knowledge/{{generator}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **HEAVY,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        config=lw.shell_json(**lw.generate_params(config, "knowledge")),
+    shell:
+        "lthash knowledge --models {input.models} --base {input.base} --split {input.split}"
+        " --generator {wildcards.generator} --out {output.metrics} --params {params.config}"
+        " --threads {threads} 2> {log}"
+
+
 rule filter_judge:
     input:
         split=rules.split.output.split,

@@ -12,6 +12,9 @@ rule report:
         codes=[f"{run.directory(R)}/codes.h5" for run in RUNS],
         split=rules.split.output.split,
         quality=(lw.quality_files(config) if config["experiment"]["quality"] else []),
+        knowledge=(
+            lw.knowledge_files(config) if config["experiment"]["quality"] else []
+        ),
         summary=rules.split.output.summary,
         figure=rules.split.output.figure,
         # every run's PR / P@k (score) and training curves (train) in the HTML report
@@ -111,7 +114,7 @@ rule report:
         server_log=f"{R}/logs/forkserver.log",
     shell:
         "lthash report --metrics {input.metrics} --codes {input.codes} --split {input.split}"
-        " --quality {input.quality} --split-summary {input.summary}"
+        " --quality {input.quality} --knowledge {input.knowledge} --split-summary {input.summary}"
         " --benchmarks {params.benchmarks} --server-log {params.server_log} --out {output.markdown} --table {output.table}"
         " --tables {params.tables} --figures {params.figures} --params {params.config}"
         " 2> {log}"

@@ -21,12 +21,14 @@ class Method:
     """``stages`` come from :mod:`~lthash.generate.personalize.schedule`; ``seed_id`` tells the
     method's runs apart in :func:`~lthash.generate.personalize.runner.run_seed`; a method that
     does not ``personalise`` (``base``) trains nothing: its generator draws from the base
-    model itself with the base's own prompt for the class."""
+    model itself with the base's own prompt for the class. A ``joint`` method teaches every
+    class in one run (one job, one joint concept folder) instead of one concept per class."""
 
     name: str
     description: str
     seed_id: int
     personalises: bool = True
+    joint: bool = False
 
     def stages(self, params: Mapping[str, Any], has_vae: bool) -> list[Stage]:
         return method_stages(self.name, params, has_vae)
@@ -55,6 +57,11 @@ def method_names() -> list[str]:
 def personalised_names() -> list[str]:
     """The registered methods that train a concept (every one but ``base``)."""
     return [name for name in method_names() if REGISTRY[name].personalises]
+
+
+def joint_names() -> list[str]:
+    """The registered methods that teach every class in one run."""
+    return [name for name in method_names() if REGISTRY[name].joint]
 
 
 def get_method(name: str) -> Method:

@@ -1,3 +1,3 @@
 """Every personalisation method module; importing this fills the registry of :mod:`.method`."""
 
-from lthash.generate.personalize import base, attndreambooth, dreambooth, textual_inversion  # noqa: F401
+from lthash.generate.personalize import base, attndreambooth, dreambooth, textual_inversion, joint  # noqa: F401

@@ -69,7 +69,28 @@ def category_token_id(components: DiffusionComponents, category: str) -> int:
     return int(ids[0])
 
 
-class ConceptToken(torch.nn.Module):
+class EmbeddingHook(torch.nn.Module):
+    """A module that rewrites the text encoder's token embedding output while installed
+    (:meth:`install` registers :meth:`_inject` as a forward hook on ``self.embedding``)."""
+
+    embedding: torch.nn.Module
+    _handle: Any = None
+
+    def _inject(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def install(self):
+        if self._handle is None:
+            self._handle = self.embedding.register_forward_hook(self._inject)
+        return self
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class ConceptToken(EmbeddingHook):
     """The [V] token: its id, its category token, and its embedding row as a parameter.
 
     While installed (:meth:`install`), every occurrence of the token id in the text encoder's
@@ -86,21 +107,10 @@ class ConceptToken(torch.nn.Module):
         self.embedding = components.text_encoder.get_input_embeddings()
         start = self.embedding.weight[self.category_id] if init is None else init
         self.row = torch.nn.Parameter(start.detach().clone().float().to(self.embedding.weight.device))
-        self._handle = None
 
     def _inject(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         mask = (inputs[0] == self.token_id).unsqueeze(-1)
         return torch.where(mask, self.row.to(output.dtype), output)
-
-    def install(self) -> "ConceptToken":
-        if self._handle is None:
-            self._handle = self.embedding.register_forward_hook(self._inject)
-        return self
-
-    def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
     def write_back(self) -> None:
         """Store the learned row in the embedding table (for saving or plain sampling)."""

@@ -1,0 +1,302 @@
+"""The joint personalisation trainer: every class taught in one run, the classes each other's negatives.
+
+Per-class personalisation (AttnDreamBooth, DreamBooth, Textual Inversion) shows one concept
+its own images and nothing else; a base that knows only the super-category then has nothing
+that tells a Shirt from a Pullover. The methods that teach a model many new classes (Diff-Mix,
+DataDream's dataset-wide LoRA, Azizi et al.) train them together, and so does this one:
+
+- one new token per class, ``<v_c>``, its embedding row initialised from the class's category
+  word; the prompt of class c is "a photo of a <v_c>" (``prompt: token``: the token takes the
+  category word's place in the base's own caption, so every later position of the text
+  encoder's output, which the base's cross-attention learned to read, carries it) or
+  "a photo of a <v_c> <category>" (``token_category``, Diff-Mix's and AttnDreamBooth's form);
+- the token rows and the UNet (``trains: unet``) or only its cross-attention q/k/v/out
+  (``trains: cross_attention``) trained together, with AdamW at ``token_lr`` and ``lr``
+  (warm-up, then cosine decay);
+- each step draws ``batch_size`` long-tail training images class-balanced (a class with
+  probability 1/C, then one of its images uniformly: Diff-Mix's 1/n sampler), augmented as
+  per-class personalisation is; each prompt is the empty one with probability
+  ``caption_dropout`` (classifier-free guidance keeps working);
+- plus ``replay_batch`` images of the base's recorded corpus captioned with the base's own
+  prompt for them ("a photo of a <category>"), the prior that keeps the category drawable:
+
+      L = mean_i ||eps_i - eps(x_i,t, t_i, c_i)||^2 + replay_weight * mean_j ||eps_j - eps(x_j,t, t_j, c_cat(j))||^2
+
+The output is a joint concept folder (:mod:`lthash.generate.concepts`): ``joint.json``, one
+embedding row per class, the trained UNet, a sample grid. Synthesis and the knowledge measure
+read it for any of its classes. Checkpoints (``<out>.partial/``, every ``checkpoint_every``
+steps) hold the trained tensors, the optimiser state and the random state: a resumed run
+draws the same batches and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from lthash.checkpointing import CheckpointFolder, partial_folder
+from lthash.errors import LthashError
+from lthash.generate.corpus import check_base_corpus, corpus_class_images, prompt_words
+from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components, tokenize
+from lthash.generate.personalize.data import Augmentation
+from lthash.generate.personalize.joint import METHOD
+from lthash.generate.personalize.trainer import (CROSS_ATTENTION_PARTS, EmbeddingHook, add_token, category_token_id,
+                                                 concept_prompt, concept_token_name, to_model_space)
+from lthash.generate.prompts import category_prompt
+from lthash.schedules import warmup_decay
+
+log = logging.getLogger("lthash.personalize")
+
+TOKENS_GROUP = "tokens"
+UNET_GROUP = "unet"
+
+
+class ConceptTokens(EmbeddingHook):
+    """One new token per class; while installed, token id ``ids[c]`` reads ``rows[c]``:
+    e(t) = rows[c] if t == ids[c] else E[t] (the embedding table itself never changes)."""
+
+    def __init__(self, components: DiffusionComponents, tokens: Sequence[str], categories: Sequence[str]) -> None:
+        super().__init__()
+        self.tokens = list(tokens)
+        self.ids = [add_token(components, token) for token in self.tokens]
+        self.embedding = components.text_encoder.get_input_embeddings()
+        start = torch.stack([self.embedding.weight[category_token_id(components, word)] for word in categories])
+        self.rows = torch.nn.Parameter(start.detach().clone().float().to(self.embedding.weight.device))
+        self._lookup = torch.full((self.embedding.weight.shape[0],), -1, dtype=torch.long)
+        self._lookup[torch.tensor(self.ids)] = torch.arange(len(self.ids))
+
+    def _inject(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        which = self._lookup.to(inputs[0].device)[inputs[0]]
+        mask = (which >= 0).unsqueeze(-1)
+        return torch.where(mask, self.rows[which.clamp(min=0)].to(output.dtype), output)
+
+
+@dataclass(frozen=True)
+class JointSettings:
+    """The keys of validated ``generate.personalize.joint`` (defaults in the schema)."""
+
+    trains: str
+    prompt: str
+    steps: int
+    lr: float
+    token_lr: float
+    warmup_steps: int
+    batch_size: int
+    caption_dropout: float
+    replay_batch: int
+    replay_images: int
+    replay_weight: float
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "JointSettings":
+        return cls(**{**{key: params[key] for key in cls.__dataclass_fields__}, **overrides})
+
+
+def joint_prompt(form: str, token: str, category: str) -> str:
+    """A class's prompt: ``token_category`` = "a photo of a <v_c> <category>" (AttnDreamBooth's and
+    Diff-Mix's form); ``token`` = "a photo of a <v_c>", the token in the place of the category
+    word of the base's own captions (and initialised from it, so the prompt starts as the
+    base's caption)."""
+    if form == "token_category":
+        return concept_prompt(token, category)
+    if form == "token":
+        return category_prompt(token)
+    raise LthashError(f"config key 'generate.personalize.joint.prompt': unknown form {form!r} (token, token_category)")
+
+
+def balanced_batch(labels: np.ndarray, num_classes: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one class-balanced batch: each entry a class drawn uniformly among the classes
+    that have images, then one of that class's images uniformly (with replacement)."""
+    present = [c for c in range(num_classes) if (labels == c).any()]
+    members = [np.flatnonzero(labels == c) for c in present]
+    classes = torch.randint(0, len(present), (batch_size,), generator=generator).tolist()
+    picks = torch.rand(batch_size, generator=generator, dtype=torch.float64).tolist()
+    return torch.tensor([int(members[c][min(int(p * len(members[c])), len(members[c]) - 1)])
+                         for c, p in zip(classes, picks)])
+
+
+def _trained_unet_parameters(unet: torch.nn.Module, trains: str) -> dict[str, torch.nn.Parameter]:
+    unet.requires_grad_(False)
+    if trains == "unet":
+        chosen = dict(unet.named_parameters())
+    elif trains == "cross_attention":
+        chosen = {n: p for n, p in unet.named_parameters() if any(part in n for part in CROSS_ATTENTION_PARTS)}
+    else:
+        raise LthashError(f"config key 'generate.personalize.joint.trains': unknown parameter set {trains!r} "
+                          f"(unet, cross_attention)")
+    for parameter in chosen.values():
+        parameter.requires_grad_(True)
+    return chosen
+
+
+def _replay_set(base_dir, class_names, words, replay_images: int, seed: int):
+    """Corpus images of every distinct caption word (``replay_images`` each) and their word index."""
+    from lthash.generate.corpus import read_corpus
+
+    record, index = read_corpus(base_dir)
+    if not record or index is None:
+        raise LthashError(f"config key 'generate.personalize.joint.replay_batch' is > 0, but the base {base_dir} "
+                          f"records no corpus outside the split to replay (a shipped base, or one trained with "
+                          f"generate.base.corpus: outside_split, has one): set replay_batch: 0")
+    distinct = sorted(set(words))
+    pixels, labels = [], []
+    for w, word in enumerate(distinct):
+        images, _ = corpus_class_images(base_dir, class_names, words, words.index(word), replay_images, seed + w,
+                                        "generate.personalize.joint.replay_images")
+        pixels.append(images)
+        labels.append(np.full(len(images), w))
+    return np.concatenate(pixels), np.concatenate(labels), distinct
+
+
+def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
+    """Teach ``base_dir`` every class of the split's long-tail ``train`` group at once; write
+    the joint concept folder ``out_dir`` (atomically) and return it."""
+    from lthash.generate.concepts import write_joint_concepts
+    from lthash.generate.personalize.runner import make_accelerator
+    from lthash.generate.personalize.sampling import sample_images, save_grid
+    from lthash.io import read_attrs, read_image_set
+
+    check_base_corpus(base_dir, split_path)
+    params = generate_params["personalize"]
+    settings = JointSettings.from_params(params["joint"])
+    class_names = [str(n) for n in read_attrs(split_path)["class_names"]]
+    train = read_image_set(split_path, "train")
+    if train.labels.ndim != 1:
+        raise LthashError("joint personalisation needs single-label classes (the split has one-hot labels)")
+    counts = np.bincount(train.labels, minlength=len(class_names))
+    if (counts == 0).any():
+        empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
+        raise LthashError(f"{split_path}: class(es) {empty} have no long-tail training image: nothing to personalise on")
+    accelerator = make_accelerator(device, params["mixed_precision"])
+    components = load_components(base_dir, device=str(accelerator.device))
+    words = prompt_words(components.info, class_names, generate_params["categories"])
+    tokens = [concept_token_name(c) for c in range(len(class_names))]
+    try:
+        concepts = ConceptTokens(components, tokens, words).install()
+    except LthashError as exc:
+        raise LthashError(f"joint personalisation initialises each class token from its category word "
+                          f"(config key 'generate.categories'): {exc}") from exc
+    prompts = [joint_prompt(settings.prompt, token, word) for token, word in zip(tokens, words)]
+    seed = int(np.random.SeedSequence([int(generate_params["seed"]), METHOD.seed_id]).generate_state(1)[0])
+    out = Path(out_dir)
+    partial = partial_folder(out)
+    fingerprint = {"method": METHOD.name, "seed": seed, "settings": settings.__dict__, "params": params,
+                   "counts": counts.tolist(), "words": words, "base": str(Path(base_dir).resolve())}
+    checkpoints = CheckpointFolder(partial, fingerprint)
+    checkpoints.prepare()
+    pixels = images_to_pixels(train.images, components.image_size, components.channels)
+    augmentation = Augmentation.from_params(params["augment"])
+    replay_pixels = replay_labels = None
+    replay_words: list[str] = []
+    if settings.replay_batch:
+        images, replay_labels, replay_words = _replay_set(base_dir, class_names, words, settings.replay_images, seed + 1)
+        replay_pixels = images_to_pixels(images, components.image_size, components.channels)
+    with torch.no_grad():
+        empty_context = components.text_encoder(tokenize(components, [""]))[0]
+        replay_context = (components.text_encoder(tokenize(components, [category_prompt(w) for w in replay_words]))[0]
+                          if replay_words else None)
+    components.text_encoder.requires_grad_(False)
+    unet = components.unet
+    unet_params = _trained_unet_parameters(unet, settings.trains)
+    concepts.rows.requires_grad_(True)
+    optimizer = torch.optim.AdamW([
+        {"params": list(unet_params.values()), "lr": settings.lr, "weight_decay": params["weight_decay"]},
+        {"params": [concepts.rows], "lr": settings.token_lr, "weight_decay": 0.0},
+    ])
+    generator = torch.Generator().manual_seed(seed)
+    prompt_ids = tokenize(components, prompts)
+    start, losses = 0, []
+    resume = checkpoints.latest()
+    if resume is not None:
+        with torch.no_grad():
+            concepts.rows.copy_(resume.tensors[TOKENS_GROUP]["rows"])
+            for name, value in resume.tensors[UNET_GROUP].items():
+                unet_params[name].copy_(value)
+        optimizer.load_state_dict(resume.optimizers["optimizer"])
+        resume.restore_rng(generator)
+        start, losses = int(resume.position[0]), list(resume.state["losses"])
+        log.info("resuming %s at step %d", partial, start)
+    scheduler = components.noise_scheduler
+    began = time.perf_counter()
+    unet.train()
+    for step in range(start, settings.steps):
+        factor = warmup_decay(step, settings.steps, settings.warmup_steps, "cosine")
+        optimizer.param_groups[0]["lr"] = settings.lr * factor
+        optimizer.param_groups[1]["lr"] = settings.token_lr * factor
+        index = balanced_batch(train.labels, len(class_names), settings.batch_size, generator)
+        x0 = to_model_space(components, augmentation(pixels[index], generator), generator)
+        labels = torch.as_tensor(train.labels[index.numpy()])
+        drop = torch.rand(len(index), generator=generator) < settings.caption_dropout
+        context = components.text_encoder(prompt_ids[labels])[0]
+        context = torch.where(drop[:, None, None].to(context.device), empty_context.expand_as(context), context)
+        n = len(index)
+        if replay_pixels is not None:
+            r = torch.randint(0, len(replay_pixels), (settings.replay_batch,), generator=generator)
+            x0 = torch.cat([x0, to_model_space(components, replay_pixels[r], generator)])
+            context = torch.cat([context, replay_context[torch.as_tensor(replay_labels[r.numpy()])]])
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+        timesteps = timesteps.to(x0.device)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = scheduler.get_velocity(x0, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" \
+            else noise
+        with accelerator.autocast():
+            pred = unet(noisy, timesteps, context.to(noisy.dtype)).sample.float()
+        instance = torch.nn.functional.mse_loss(pred[:n], target[:n].float())
+        loss = instance
+        replay = torch.zeros(())
+        if replay_pixels is not None:
+            replay = torch.nn.functional.mse_loss(pred[n:], target[n:].float())
+            loss = loss + settings.replay_weight * replay
+        accelerator.backward(loss)
+        if params["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(list(unet_params.values()) + [concepts.rows], params["max_grad_norm"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append([round(float(instance.detach()), 6), round(float(replay.detach()), 6)])
+        done = step + 1
+        if step % 100 == 0:
+            log.info("joint step %d/%d: instance %.4f replay %.4f", done, settings.steps, *losses[-1])
+        every = int(params["checkpoint_every"])
+        if every and done % every == 0 and done < settings.steps:
+            checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows},
+                                      UNET_GROUP: {k: v for k, v in unet_params.items()}},
+                             {"losses": losses}, {"optimizer": optimizer.state_dict()}, generator)
+    unet.eval()
+    unet.requires_grad_(False)
+    concepts.rows.requires_grad_(False)
+    grid = params["sample_grid"]
+    samples = {}
+    if int(grid["images"]) > 0:
+        per_class = max(1, int(grid["images"]) // 2)
+        images = sample_images(components, [p for p in prompts for _ in range(per_class)], grid,
+                               torch.Generator().manual_seed(seed + 17))
+        path = partial / "samples" / "joint.png"
+        save_grid(images, path, columns=per_class)
+        samples[path.name] = path
+    tail = losses[-50:]
+    record = {
+        "method": METHOD.name, "seed": seed, "settings": settings.__dict__, "params": params,
+        "base": str(base_dir), "base_kind": components.kind,
+        "classes": [{"class_index": c, "class_name": class_names[c], "token": tokens[c], "category": words[c],
+                     "prompt": prompts[c], "images": int(counts[c])} for c in range(len(class_names))],
+        "replay": {"words": replay_words, "images_per_word": settings.replay_images} if replay_words else None,
+        "steps": settings.steps, "resumed_from_step": start,
+        "seconds": round(time.perf_counter() - began, 2),
+        "final": {"instance": float(np.mean([t[0] for t in tail])) if tail else math.nan,
+                  "replay": float(np.mean([t[1] for t in tail])) if tail else math.nan},
+    }
+    write_joint_concepts(out, record, {tokens[c]: concepts.rows[c] for c in range(len(tokens))},
+                         unet, samples, losses)
+    checkpoints.remove()
+    concepts.remove()
+    return out
