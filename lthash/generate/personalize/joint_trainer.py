@@ -61,14 +61,25 @@ UNET_GROUP = "unet"
 
 class ConceptTokens(EmbeddingHook):
     """One new token per class; while installed, token id ``ids[c]`` reads ``rows[c]``:
-    e(t) = rows[c] if t == ids[c] else E[t] (the embedding table itself never changes)."""
+    e(t) = rows[c] if t == ids[c] else E[t] (the embedding table itself never changes).
 
-    def __init__(self, components: DiffusionComponents, tokens: Sequence[str], categories: Sequence[str]) -> None:
+    ``rows[c]`` starts at the row of its category word w_c, plus, with ``init_spread`` s > 0, a
+    random offset of s times that row's norm in a direction drawn from ``generator``:
+    rows[c] = E[w_c] + s ||E[w_c]|| u_c, u_c uniform on the sphere (classes of one category
+    then start apart instead of identical)."""
+
+    def __init__(self, components: DiffusionComponents, tokens: Sequence[str], categories: Sequence[str],
+                 init_spread: float = 0.0, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.tokens = list(tokens)
         self.ids = [add_token(components, token) for token in self.tokens]
         self.embedding = components.text_encoder.get_input_embeddings()
         start = torch.stack([self.embedding.weight[category_token_id(components, word)] for word in categories])
+        start = start.detach().float()
+        if init_spread > 0:
+            offsets = torch.randn(start.shape, generator=generator)
+            offsets = offsets / offsets.norm(dim=1, keepdim=True) * start.norm(dim=1, keepdim=True) * init_spread
+            start = start + offsets.to(start.device)
         self.rows = torch.nn.Parameter(start.detach().clone().float().to(self.embedding.weight.device))
         self._lookup = torch.full((self.embedding.weight.shape[0],), -1, dtype=torch.long)
         self._lookup[torch.tensor(self.ids)] = torch.arange(len(self.ids))
@@ -85,6 +96,7 @@ class JointSettings:
 
     trains: str
     prompt: str
+    init_spread: float
     steps: int
     lr: float
     token_lr: float
@@ -180,13 +192,14 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
     components = load_components(base_dir, device=str(accelerator.device))
     words = prompt_words(components.info, class_names, generate_params["categories"])
     tokens = [concept_token_name(c) for c in range(len(class_names))]
+    seed = int(np.random.SeedSequence([int(generate_params["seed"]), METHOD.seed_id]).generate_state(1)[0])
     try:
-        concepts = ConceptTokens(components, tokens, words).install()
+        concepts = ConceptTokens(components, tokens, words, settings.init_spread,
+                                 torch.Generator().manual_seed(seed + 3)).install()
     except LthashError as exc:
         raise LthashError(f"joint personalisation initialises each class token from its category word "
                           f"(config key 'generate.categories'): {exc}") from exc
     prompts = [joint_prompt(settings.prompt, token, word) for token, word in zip(tokens, words)]
-    seed = int(np.random.SeedSequence([int(generate_params["seed"]), METHOD.seed_id]).generate_state(1)[0])
     out = Path(out_dir)
     partial = partial_folder(out)
     fingerprint = {"method": METHOD.name, "seed": seed, "settings": settings.__dict__, "params": params,
