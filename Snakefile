@@ -13,6 +13,7 @@ min_version("8.0")
 from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash import forkserver
+from lthash.generate.corpus import check_prompt_words
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 import lthash.workflow as lw
 
@@ -23,6 +24,7 @@ configfile: "config.yaml"
 try:
     lw.check_experiment(config)
     config = validate_config(config)
+    config = check_prompt_words(config)
     lw.check_matrix(config)
     check_base_choice(config)
 except LthashError as error:

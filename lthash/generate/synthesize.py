@@ -52,7 +52,8 @@ def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
 
 def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | None, class_index: int,
                    class_names: list[str], categories: Mapping[str, str] | None,
-                   device: str = "cpu") -> tuple[DiffusionComponents, str, str]:
+                   device: str = "cpu", class_words: Mapping[str, str] | str | None = None
+                   ) -> tuple[DiffusionComponents, str, str]:
     """(components, prompt, generator name) for one class.
 
     ``model_dir`` is a concept folder (``concept.json``, from ``lthash personalize``) or a
@@ -72,7 +73,7 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
         components, prompt = load_concept(model_dir, base_dir, device=device)
         return components, prompt, str(record["method"])
     components = load_components(model_dir, device=device)
-    words = prompt_words(components.info, class_names, categories)
+    words = prompt_words(components.info, class_names, categories, class_words)
     return components, category_prompt(words[class_index]), BASE_GENERATOR
 
 
@@ -171,7 +172,8 @@ def synthesize_shard(
     judge = _judge_for(judge_dir, factor, split_path, class_names)
     check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
-                                                        params.get("categories"), device)
+                                                        params.get("categories"), device,
+                                                        params.get("class_words"))
     sampler = SamplerConfig.for_model(components, synthesis)
     if init == "real":
         for value in image_strengths(strength, 0, 0) if not isinstance(strength, list) else strength:

@@ -61,22 +61,23 @@ def _train_reads(arm: Arm) -> tuple[str, ...]:
 #: reads; ``other_modes_keys`` = synthesis keys read only by the other synthesis modes).
 READS: dict[str, tuple[str, ...]] = {
     "split": ("dataset", "split"),
-    "base": ("generate.seed", "generate.base", "generate.categories"),
+    "base": ("generate.seed", "generate.base", "generate.categories", "generate.class_words"),
     "plan": ("generate.seed", "generate.synthesis.pretrain_per_class", "generate.synthesis.mix_target",
              "generate.synthesis.shard_size"),
-    "personalize": ("generate.seed", "generate.categories", "generate.personalize",
+    "personalize": ("generate.seed", "generate.categories", "generate.class_words", "generate.personalize",
                     *(f"-generate.personalize.{name}" for name in personalised_names()),
                     "generate.personalize.{generator}"),
-    "synthesize": ("generate.seed", "generate.categories", "generate.synthesis",
+    "synthesize": ("generate.seed", "generate.categories", "generate.class_words", "generate.synthesis",
                    "-generate.synthesis.pretrain_per_class", "-generate.synthesis.mix_target",
                    "-generate.synthesis.shard_size", "-generate.synthesis.{other_modes_keys}"),
     "resample": ("generate.seed",),
-    "quality": ("generate.seed", "generate.categories", "generate.quality"),
+    "quality": ("generate.seed", "generate.categories", "generate.class_words", "generate.quality"),
     "filter_judge": ("generate.seed", "generate.filter_judge"),
     **{name: _train_reads(arm) for name, arm in TRAINING.items()},
     "encode": ("hashing.encode",),
     "score": ("evaluate", "-evaluate.search"),
-    "report": ("report", "experiment"),
+    "report": ("report", "experiment", "generate.categories", "generate.class_words", "generate.base.model",
+               "generate.base.captions"),
 }
 
 #: Values a rule sets from its job instead of reading them from the config.
