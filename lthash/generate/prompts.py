@@ -16,9 +16,9 @@ known-class regime (``generate.base.captions: class_name``) the base hears "a ph
 - any other name keeps its letters as one word ("T-shirt/top" -> "tshirttop"), a run of
   digits in it becoming number words ("digit_0" beside "cat" -> "digit zero").
 
-Classes whose words would coincide are refused naming them and the key to set
-(:func:`check_distinct_words`), at workflow load (:func:`check_prompt_words`) and again in
-the stage.
+In the known-class regime, classes whose words would coincide are refused naming them and the
+key to set (:func:`check_distinct_words`), at workflow load
+(:func:`lthash.generate.corpus.check_prompt_words`) and again in the base stage.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from lthash.errors import LthashError
 
