@@ -1,6 +1,6 @@
 """The cluster profile (workflow/profiles/slurm) through the real SLURM executor plugin.
 
-Two tests:
+Three tests:
 
 * ``test_slurm_profile_sbatch_lines`` (CI, seconds): a folder of stand-in SLURM commands
   goes first on PATH. The stand-in ``sbatch`` appends its full argv (and stdin) to a JSON
@@ -9,7 +9,8 @@ Two tests:
   ``--output`` and stores COMPLETED or FAILED for ``sacct``/``squeue``. So the whole plugin
   path runs for real: snakemake -> plugin -> sbatch -> the plugin's job step
   (``--executor slurm-jobstep``) -> ``srun`` (stand-in, recorded) -> the rule's shell
-  command -> status polling with ``sacct`` -> output checks. ``sacctmgr`` answers the
+  command -> status polling with ``squeue`` (the profile's status command) -> output
+  checks; the login node's snakemake starts no warm server. ``sacctmgr`` answers the
   account check, ``scontrol``/``sinfo`` what the plugin asks about the cluster.
   The rule's own command is the only thing replaced: a stand-in ``lthash`` on the same PATH
   creates the paths given to ``--out``/``--summary``/``--figure`` (a file when the name has a
@@ -17,6 +18,10 @@ Two tests:
   have their own tests), and a CPU and a GPU rule must both be submitted in seconds.
   The target is one real-data run's model, so ``split`` (CPU) is submitted, then
   ``balanced`` (GPU) once split's outputs exist; the test asserts on both sbatch lines.
+
+* ``test_a_cancelled_job_is_seen_and_retried_within_the_run`` (CI): the stand-in cancels the
+  first ``split`` job before it runs, recording the state each command would show (sacct
+  "CANCELLED by 0", squeue "CANCELLED"); the run resubmits it and finishes.
 
 * ``test_slurm_profile_real_cluster`` (opt-in: ``LTHASH_TEST_SLURM=1 pytest -m slow``,
   root only, about 2 minutes): starts a real single-node SLURM with
