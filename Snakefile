@@ -13,6 +13,7 @@ min_version("8.0")
 from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash import forkserver
+from lthash.generate.corpus import check_prompt_words
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 from lthash.generate.personalize.method import joint_names
 import lthash.workflow as lw
@@ -24,6 +25,7 @@ configfile: "config.yaml"
 try:
     lw.check_experiment(config)
     config = validate_config(config)
+    config = check_prompt_words(config)
     lw.check_matrix(config)
     check_base_choice(config)
 except LthashError as error:
@@ -54,8 +56,9 @@ lw.export_runtime_env(config)
 
 
 # Local jobs hand their command to one warm server with torch, diffusers and numba imported
-# (lthash.forkserver; started below when the first job is about to run); a job that finds
-# no server, on a cluster node say, runs in its own process.
+# (lthash.forkserver; started below when the first job is about to run, and only where this
+# process runs jobs itself: not on a cluster's login node); a job that finds no server runs in
+# its own process.
 FORKSERVER = os.path.join(tempfile.gettempdir(), f"lthash-{os.getpid()}.sock")
 WARM = []
 if config["warm_start"]:
@@ -65,11 +68,15 @@ else:
 
 
 onstart:
-    if config["warm_start"]:
-        os.makedirs(f"{R}/logs", exist_ok=True)
-        WARM.append(
-            forkserver.start(FORKSERVER, f"{R}/logs/forkserver.log", os.getpid())
-        )
+    server = forkserver.start_for_workflow(
+        config["warm_start"],
+        workflow.local_exec,
+        FORKSERVER,
+        f"{R}/logs/forkserver.log",
+        os.getpid(),
+    )
+    if server is not None:
+        WARM.append(server)
 
 
 onsuccess:

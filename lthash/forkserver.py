@@ -33,7 +33,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, MutableMapping, Sequence
 
 ENV = "LTHASH_FORKSERVER"
 #: What the server imports before it forks: the heavy libraries of every model stage. The stage
@@ -313,6 +313,19 @@ def start(path: str, log: str, parent: int) -> subprocess.Popen:
     handle = open(log, "a")
     return subprocess.Popen([sys.executable, "-m", "lthash.forkserver", path, "--parent", str(parent)],
                             stdin=subprocess.DEVNULL, stdout=handle, stderr=handle, env=env)
+
+
+def start_for_workflow(warm_start: bool, local_exec: bool, path: str, log: str, parent: int,
+                       environ: MutableMapping[str, str] = os.environ) -> subprocess.Popen | None:
+    """The Snakefile's ``onstart``: a server (:func:`start`, its log at ``log``) where the
+    Snakemake process runs jobs itself (``warm_start`` and a local executor); None where every
+    job is submitted elsewhere (a cluster executor: the login node would import torch for
+    nothing), with :data:`ENV` removed from ``environ`` so that no job looks for a server."""
+    if not (warm_start and local_exec):
+        environ.pop(ENV, None)
+        return None
+    os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+    return start(path, log, parent)
 
 
 if __name__ == "__main__":

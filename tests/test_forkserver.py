@@ -104,6 +104,27 @@ def test_no_server_means_a_plain_run(tmp_path):
     assert job.returncode == 2 and "nowhere is not a finished training run" in err
 
 
+def test_the_workflow_starts_a_server_only_where_it_runs_jobs_itself(tmp_path):
+    """A cluster executor (every job submitted) gets no server and its jobs no socket to look for;
+    a local one with warm_start gets a server that answers."""
+    socket_path, log = str(tmp_path / "w.sock"), str(tmp_path / "logs" / "forkserver.log")
+    for warm_start, local_exec in ((True, False), (False, True)):
+        environ = {forkserver.ENV: socket_path}
+        assert forkserver.start_for_workflow(warm_start, local_exec, socket_path, log, os.getpid(), environ) is None
+        assert environ == {} and not Path(log).exists()
+    environ = {forkserver.ENV: socket_path}
+    server = forkserver.start_for_workflow(True, True, socket_path, log, os.getpid(), environ)
+    try:
+        assert environ == {forkserver.ENV: socket_path} and Path(log).exists()
+        deadline = time.time() + 120
+        while not os.path.exists(socket_path) and time.time() < deadline and server.poll() is None:
+            time.sleep(0.1)
+        assert os.path.exists(socket_path), Path(log).read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -37,3 +37,4 @@ def test_installed_package_runs_split_outside_the_checkout(tmp_path):
     for base in ("fashion-mnist-class-names", "fashion-mnist-categories"):
         assert (build / "lthash" / "models" / base / "SHIPPED.json").exists()
     assert (build / "lthash" / "generate" / "personalize" / "presets.yaml").exists(), "the personalisation presets"
+    assert (build / "lthash" / "generate" / "class_words.yaml").exists(), "the words of known folder layouts"

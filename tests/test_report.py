@@ -158,6 +158,27 @@ def test_cli_writes_every_table_figure_and_reads_identity_from_tags(scored):
     assert float(timing["train"]["wall_s"]) == pytest.approx(14.0) and timing["train"]["jobs"] == "2"
     assert list(timing)[:2] == ["train", "split"] and list(timing)[2] == "all stages"
     assert float(timing["all stages"]["wall_s"]) == pytest.approx(15.5)
+    classes = _csv(out / "tables" / "classes.csv")  # the default config: super-category captions
+    assert [(r["class"], r["train_images"], r["words"], r["category"], r["prompt"]) for r in classes[:2]] == [
+        ("digit 0", "60", "zero", "digit", "a photo of a digit"),
+        ("digit 1", "40", "one", "digit", "a photo of a digit")]
+    assert "| digit 9 | 3 | nine | digit | a photo of a digit |" in text
+
+
+def test_the_report_names_each_class_its_words_and_its_prompt(scored, tmp_path):
+    """The classes table follows generate.class_words and the base's captions; classes whose
+    prompts would coincide are said in it instead of failing the report."""
+    root, metrics, codes, *_ = scored
+    params = {"generate": {"class_words": {"digit 9": "Nine", "digit 8": "octo"}, "base": {"captions": "class_name"}}}
+    write_report(metrics, tmp_path / "report.md", tmp_path / "map.csv", root / "data" / "split.json",
+                 config=stage_config("report", json.dumps(params)), tables=tmp_path / "tables")
+    rows = {r["class"]: r for r in _csv(tmp_path / "tables" / "classes.csv")}
+    assert rows["digit 8"]["words"] == "octo" and rows["digit 8"]["prompt"] == "a photo of a octo"
+    assert rows["digit 9"]["prompt"] == "a photo of a nine" and rows["digit 2"]["prompt"] == "a photo of a two"
+    params["generate"]["class_words"] = {"digit 9": "octo", "digit 8": "octo"}
+    write_report(metrics, tmp_path / "report.md", tmp_path / "map.csv", root / "data" / "split.json",
+                 config=stage_config("report", json.dumps(params)))
+    assert "'digit 8' and 'digit 9' would be 'octo'" in (tmp_path / "report.md").read_text()
 
 
 def test_retrieval_picture_marks_each_result_by_its_class(scored):

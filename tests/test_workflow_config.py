@@ -111,13 +111,14 @@ def test_shipped_configs_state_their_personalisation_instead_of_inheriting_the_d
 
 @pytest.mark.parametrize("path", sorted((ROOT / "workflow/configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_pass_the_snakefiles_checks_as_snakemake_merges_them(path):
-    """What the Snakefile checks before any job (seeds, schema, run matrix), on the config
-    ``snakemake --configfile <path>`` builds: the file merged over config.yaml."""
+    """What the Snakefile checks before any job (seeds, schema, prompt words, run matrix), on the
+    config ``snakemake --configfile <path>`` builds: the file merged over config.yaml."""
     from snakemake.utils import update_config
 
+    from lthash.generate.corpus import check_prompt_words
     from lthash.workflow import check_experiment, check_matrix
 
     merged = yaml.safe_load((ROOT / "config.yaml").read_text())
     update_config(merged, yaml.safe_load(path.read_text()))
     check_experiment(merged)
-    check_matrix(validate_config(merged))
+    check_matrix(check_prompt_words(validate_config(merged)))

@@ -1,6 +1,6 @@
 """The cluster profile (workflow/profiles/slurm) through the real SLURM executor plugin.
 
-Two tests:
+Three tests:
 
 * ``test_slurm_profile_sbatch_lines`` (CI, seconds): a folder of stand-in SLURM commands
   goes first on PATH. The stand-in ``sbatch`` appends its full argv (and stdin) to a JSON
@@ -9,7 +9,8 @@ Two tests:
   ``--output`` and stores COMPLETED or FAILED for ``sacct``/``squeue``. So the whole plugin
   path runs for real: snakemake -> plugin -> sbatch -> the plugin's job step
   (``--executor slurm-jobstep``) -> ``srun`` (stand-in, recorded) -> the rule's shell
-  command -> status polling with ``sacct`` -> output checks. ``sacctmgr`` answers the
+  command -> status polling with ``squeue`` (the profile's status command) -> output
+  checks; the login node's snakemake starts no warm server. ``sacctmgr`` answers the
   account check, ``scontrol``/``sinfo`` what the plugin asks about the cluster.
   The rule's own command is the only thing replaced: a stand-in ``lthash`` on the same PATH
   creates the paths given to ``--out``/``--summary``/``--figure`` (a file when the name has a
@@ -18,9 +19,14 @@ Two tests:
   The target is one real-data run's model, so ``split`` (CPU) is submitted, then
   ``balanced`` (GPU) once split's outputs exist; the test asserts on both sbatch lines.
 
+* ``test_a_cancelled_job_is_seen_and_retried_within_the_run`` (CI): the stand-in cancels the
+  first ``split`` job before it runs, recording the state each command would show (sacct
+  "CANCELLED by 0", squeue "CANCELLED"); the run resubmits it and finishes.
+
 * ``test_slurm_profile_real_cluster`` (opt-in: ``LTHASH_TEST_SLURM=1 pytest -m slow``,
   root only, about 2 minutes): starts a real single-node SLURM with
-  ``/work/shared/tools/slurm-up.sh`` (partitions cpu and gpu, account ``harness``; stopped
+  ``../shared/tools/slurm-up.sh`` beside the repository (or ``$LTHASH_SLURM_UP``; partitions
+  cpu and gpu, account ``harness``; stopped
   again afterwards unless it was already up), runs ``split`` through the profile with the
   real ``lthash split``, then ``balanced`` with the stand-in ``lthash`` (its memory capped
   at the node's), and checks the outputs and what ``sacct`` recorded: COMPLETED, the
@@ -73,7 +79,7 @@ EXPECTED = {
         "-A": ACCOUNT,
         "-p": "gpu",
         "-t": "480",
-        "--mem": "32000",
+        "--mem": "8000",  # mem_mb "8000 * attempt": the first attempt
         "--gpus": "1",
         "--cpus-per-task": "8",
     },
@@ -135,7 +141,7 @@ def options(argv):
     takes_value = {"-A", "-p", "-t", "-D", "-J", "-o", "-e", "-c", "-n", "-N", "-C", "-G",
                    "--job-name", "--output", "--error", "--comment", "--mem", "--account",
                    "--partition", "--time", "--chdir", "--wrap", "--gres", "--gpus",
-                   "--clusters", "-M"}
+                   "--clusters", "-M", "--name", "--starttime", "--endtime"}
     opts, positional, i = {}, [], 0
     while i < len(argv):
         arg = argv[i]
@@ -183,6 +189,13 @@ def sbatch(argv):
     else:
         cmd, script = ["/bin/sh", "-s"], stdin
     append("jobs.jsonl", {"jobid": job_id, "name": name, "state": "RUNNING"})
+    cancel = STATE / "cancel_first"  # a rule whose first job is cancelled before it runs
+    comment = str(opts.get("--comment", ""))
+    if cancel.exists() and comment.startswith(f"rule_{cancel.read_text().strip()}"):
+        cancel.unlink()
+        append("jobs.jsonl", {"jobid": job_id, "name": name, "state": "CANCELLED by 0", "t": time.time()})
+        print(job_id if "--parsable" in opts else f"Submitted batch job {job_id}")
+        return 0
     with open(log, "w") as out:
         rc = subprocess.run(cmd, input=script, text=True, cwd=workdir, env=env,
                             stdout=out, stderr=subprocess.STDOUT).returncode
@@ -227,15 +240,18 @@ def sacct(argv):
 
 
 def squeue(argv):
+    append("squeue.jsonl", {"argv": argv})
     opts, _ = options(argv)
-    return print_states(opts.get("--name"))
+    return print_states(opts.get("--name"), squeue=True)
 
 
-def print_states(name):
-    """``jobid|state`` of every job (of the one named ``name``, when given), as sacct and squeue print them."""
+def print_states(name, squeue=False):
+    """``jobid|state`` of every job (of the one named ``name``, when given), as sacct and squeue
+    print them: sacct says who cancelled a job ("CANCELLED by 0"), squeue's %T the state alone."""
     for job in states():
         if name is None or job["name"] == name:
-            print(f"{job['jobid']}|{job['state']}")
+            state = job["state"].split()[0] if squeue else job["state"]
+            print(f"{job['jobid']}|{state}")
     return 0
 
 
@@ -484,11 +500,33 @@ def test_slurm_profile_sbatch_lines(tmp_path):
     job_ids = {r["jobid"] for r in read_jsonl(state / "sbatch.jsonl")}
     seen = {str(r["slurm_job_id"]) for r in read_jsonl(state / "lthash.jsonl")}
     assert seen == {str(j) for j in job_ids}, (seen, job_ids)
-    assert any("--name" in c["argv"] for c in read_jsonl(state / "sacct.jsonl")), "sacct never polled"
+    # job states come from squeue (the profile's slurm-status-command)
+    assert any("--name" in c["argv"] for c in read_jsonl(state / "squeue.jsonl")), "squeue never polled"
+    # every job was submitted: the login node's snakemake started no warm server
+    assert not (workdir / "results" / "logs" / "forkserver.log").exists()
     assert any(ACCOUNT in " ".join(c["argv"]) or "list" in c["argv"]
                for c in read_jsonl(state / "sacctmgr.jsonl")), "account never validated"
     assert (workdir / target).is_dir()
     print(f"stand-in SLURM run took {time.monotonic() - started:.1f} s")
+
+
+def test_a_cancelled_job_is_seen_and_retried_within_the_run(tmp_path):
+    """A job cancelled before it ran (sacct: "CANCELLED by 0", which plugin 2.8.0 never takes
+    for an end) is seen through the profile's squeue status check and submitted again, with the
+    next attempt's memory, in the same invocation."""
+    set_resources = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())["set-resources"]
+    set_resources["split"] = {"mem_mb": "2000 * attempt"}  # as the profile sizes its GPU rules
+    workdir = copy_workflow(tmp_path / "wf", ACCOUNT, profile_overrides={"set-resources": set_resources})
+    bin_dir, state = make_fake_slurm(tmp_path / "slurm", [ACCOUNT])
+    (state / "cancel_first").write_text("split")
+    result = run_snakemake(workdir, ["results/data/split.h5"], clean_env(bin_dir), timeout=240,
+                           extra=["--latency-wait", "5"])
+    assert result.returncode == 0, show(result)
+    jobs = [sbatch_options(record["argv"])[0] for record in read_jsonl(state / "sbatch.jsonl")]
+    assert [str(opts["--comment"]).split("_wildcards_")[0] for opts in jobs] == ["rule_split", "rule_split"]
+    assert [opts["--mem"] for opts in jobs] == ["2000", "4000"]
+    assert [c["argv"][0] for c in read_jsonl(state / "lthash.jsonl")] == ["split"]
+    assert (workdir / "results" / "data" / "split.h5").exists()
 
 
 def test_slurm_profile_rejects_unknown_account(tmp_path):
@@ -506,7 +544,8 @@ def test_slurm_profile_rejects_unknown_account(tmp_path):
 # 2. a real single-node SLURM (opt-in)
 # ------------------------------------------------------------------------------------
 
-SLURM_UP = Path(os.environ.get("LTHASH_SLURM_UP", "/work/shared/tools/slurm-up.sh"))
+#: the harness, found beside the repository (``../shared/tools``), not at a machine's path
+SLURM_UP = Path(os.environ.get("LTHASH_SLURM_UP", REPO.parent / "shared" / "tools" / "slurm-up.sh"))
 
 
 def sacct_row(job_id: str, env: dict) -> list[str]:
@@ -578,7 +617,8 @@ def _run_on_real_cluster(tmp_path: Path) -> None:
                                   capture_output=True, text=True).stdout.split()[0].rstrip("+"))
     profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
     set_resources = profile["set-resources"]
-    gpu_mem = min(int(set_resources["balanced"]["mem_mb"]), node_mem)
+    first_attempt = int(str(set_resources["balanced"]["mem_mb"]).replace("* attempt", ""))
+    gpu_mem = min(first_attempt, node_mem)
     set_resources["balanced"]["mem_mb"] = gpu_mem
     workdir = copy_workflow(tmp_path / "wf", "harness", profile_overrides={
         "retries": 0, "latency-wait": 10, "set-resources": set_resources})

@@ -247,15 +247,45 @@ def _handle_corrupt(root: Path, rel_paths: list[str], bad: dict[int, str], on_co
     log.warning("skipping %d unreadable image(s): %s%s", len(bad), listed, more)
 
 
-def read_imagefolder(root: str, image_size: int | None, on_corrupt: str, store: str,
-                     threads: int = 1) -> Dataset:
-    """One sub-folder per class (sorted names = label order), image files found recursively."""
-    folder = Path(root)
+def imagefolder_classes(folder: Path) -> list[str]:
+    """The class names of an ImageFolder tree: its sub-folders' names, sorted (= label order)."""
     if not folder.is_dir():
         raise LthashError(f"imagefolder root is not a folder: {folder}")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise LthashError(f"imagefolder root {folder} has no class sub-folders")
+    return classes
+
+
+def known_class_names(cfg: Mapping[str, Any]) -> list[str] | None:
+    """The class names the ``dataset`` section gives without reading an image: fixed for the
+    built-in datasets, an ImageFolder's sub-folders, a list dataset's ``class_names``; None
+    where only reading the data tells (CIFAR's meta file, a list dataset's label width, a
+    root that does not exist yet: the data stage names it)."""
+    from lthash.config import validate_section
+
+    cfg = validate_section("dataset", cfg)
+    name = cfg["name"]
+    if name == "fashion-mnist":
+        return list(FASHION_CLASSES)
+    if name == "digits":
+        return read_digits().class_names
+    if name == "shapes":
+        from lthash.data.shapes import SHAPE_CLASSES
+
+        return list(SHAPE_CLASSES)
+    if name == "imagefolder" and cfg["root"] and Path(cfg["root"]).is_dir():
+        return imagefolder_classes(Path(cfg["root"]))
+    if name == "list":
+        return list(cfg["class_names"]) if cfg["class_names"] else None
+    return None
+
+
+def read_imagefolder(root: str, image_size: int | None, on_corrupt: str, store: str,
+                     threads: int = 1) -> Dataset:
+    """One sub-folder per class (sorted names = label order), image files found recursively."""
+    folder = Path(root)
+    classes = imagefolder_classes(folder)
     rel_paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):

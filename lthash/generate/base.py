@@ -307,9 +307,14 @@ def run_base(split_path: str | os.PathLike, out: str | os.PathLike, params: dict
     train = load_corpus(split_path, base["corpus"])
     if train.labels.ndim != 1:
         raise LthashError("the base stage needs single-label classes: its corpus has one-hot labels")
-    categories = caption_words(class_names, base["captions"], params["categories"])
+    categories = caption_words(class_names, base["captions"], params["categories"], params.get("class_words"))
     words = sorted(set(categories))
     arch = TinyModelConfig.from_dict(base["architecture"])
+    longest = max(words, key=lambda word: len(word.split()))
+    if len(category_prompt(f"<v0> {longest}").split()) + 2 > arch.max_length:  # + start and end tokens
+        raise LthashError(f"the prompt words {longest!r} make personalisation prompts longer than "
+                          f"config key 'generate.base.architecture.max_length' ({arch.max_length} tokens): "
+                          f"raise it, or give shorter words in 'generate.class_words'")
     height, width, channels = train.images.shape[1:]
     size = model_image_size(height, width, len(arch.block_out_channels), base["image_size"])
     seed = int(params["seed"])

@@ -13,8 +13,8 @@ Captions (``generate.base.captions``):
 
 - ``category``: "a photo of a <super-category>" (the novel-concept regime: the base never
   hears a class name; what it knows of a class comes from personalisation);
-- ``class_name``: "a photo of a <class word>" (the known-class regime: Stable Diffusion knows
-  "tench" and "church").
+- ``class_name``: "a photo of a <class words>" (the known-class regime: Stable Diffusion knows
+  "tench" and "church"; the words of a folder name: :func:`lthash.generate.prompts.class_words`).
 
 The base folder records the corpus (``corpus.json`` with the dataset, the split params it is
 the complement of and the SHA-256 of its sorted source indices; ``corpus.safetensors`` with
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lthash.errors import LthashError
-from lthash.generate.prompts import class_categories, class_word
+from lthash.generate.prompts import check_distinct_words, class_categories, class_words
 
 CORPORA = ("split_train", "outside_split")
 CAPTIONS = ("category", "class_name")
@@ -103,17 +103,22 @@ def load_corpus(split_path: str | os.PathLike, kind: str, threads: int = 1) -> C
     return Corpus(dataset.images[outside], np.asarray(dataset.labels[outside]), outside, record)
 
 
-def caption_words(class_names: Sequence[str], captions: str, categories: Mapping[str, str] | None) -> list[str]:
-    """The word each class's prompts use: its super-category, or its own name (``class_name``)."""
+def caption_words(class_names: Sequence[str], captions: str, categories: Mapping[str, str] | None,
+                  words: Mapping[str, str] | str | None = None) -> list[str]:
+    """The words each class's prompts use: its super-category, or its own words (``class_name``,
+    :func:`lthash.generate.prompts.class_words`; classes that would share them are refused).
+    ``words`` is ``generate.class_words``."""
     if captions == "class_name":
-        return [class_word(name) for name in class_names]
+        chosen = class_words(class_names, words)
+        check_distinct_words(class_names, chosen, "base prompt (generate.base.captions: class_name)")
+        return chosen
     if captions != "category":
         raise LthashError(f"config key 'generate.base.captions': {captions!r} is not one of {list(CAPTIONS)}")
-    return class_categories(class_names, categories)
+    return class_categories(class_names, categories, words)
 
 
 def prompt_words(base_info: Mapping[str, Any], class_names: Sequence[str],
-                 categories: Mapping[str, str] | None) -> list[str]:
+                 categories: Mapping[str, str] | None, words: Mapping[str, str] | str | None = None) -> list[str]:
     """The words of the base's own training prompts where it records them, else the configured categories."""
     recorded = base_info.get("categories") if base_info else None
     if isinstance(recorded, Mapping):
@@ -121,7 +126,65 @@ def prompt_words(base_info: Mapping[str, Any], class_names: Sequence[str],
         if missing:
             raise LthashError(f"the base model was trained for other classes: it has no prompt word for {missing}")
         return [str(recorded[str(name)]) for name in class_names]
-    return class_categories(class_names, categories)
+    return class_categories(class_names, categories, words)
+
+
+def check_prompt_words(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Before any job: the validated ``config`` with a ``generate.class_words`` file read into it
+    (its entries are then in every rule's params, so editing the file reruns what it changes),
+    after refusing classes whose base prompts would coincide (the known-class regime of a tiny
+    base) or whose words or categories cannot be made, as the stages would, but naming them now.
+    Datasets whose class names only the data stage can read are checked by the stages alone."""
+    import copy
+
+    from lthash.data.readers import known_class_names
+    from lthash.generate.prompts import load_class_words
+    from lthash.generate.shipped import PREFIX
+    from lthash.workflow.arms import uses_generators
+
+    generate = config["generate"]
+    if isinstance(generate.get("class_words"), str):
+        config = copy.deepcopy(dict(config))
+        config["generate"]["class_words"] = load_class_words(generate["class_words"])
+        generate = config["generate"]
+    if not uses_generators(config):
+        return config
+    names = known_class_names(config["dataset"])
+    if names is None:
+        return config
+    model, words = generate["base"]["model"], generate.get("class_words")
+    if model == "tiny":
+        caption_words(names, generate["base"]["captions"], generate["categories"], words)
+    elif not model.startswith(PREFIX):  # a Stable Diffusion folder: prompts name the super-category
+        class_categories(names, generate["categories"], words)
+    return config
+
+
+def class_prompts(class_names: Sequence[str], generate: Mapping[str, Any]) -> list[dict[str, str | None]]:
+    """What every class is called in the prompts of the ``generate`` section: its ``words``
+    (:func:`lthash.generate.prompts.class_words`; None where none can be made and none are
+    needed), its super-``category``, and the base ``prompt`` (personalisation puts [V] before
+    the prompt's word): the base's own caption for a tiny or shipped base, the super-category for
+    a Stable Diffusion folder."""
+    from lthash.generate.models import MODEL_INFO_FILE
+    from lthash.generate.prompts import category_prompt
+    from lthash.generate.shipped import MODELS_DIR, PREFIX
+
+    words_value, model = generate.get("class_words"), generate["base"]["model"]
+    try:
+        words: list[str | None] = list(class_words(class_names, words_value))
+    except LthashError:
+        words = [None] * len(class_names)
+    categories = class_categories(class_names, generate["categories"], words_value)
+    if model == "tiny":
+        prompted = caption_words(class_names, generate["base"]["captions"], generate["categories"], words_value)
+    elif model.startswith(PREFIX):
+        info = json.loads((MODELS_DIR / model[len(PREFIX):] / MODEL_INFO_FILE).read_text())
+        prompted = prompt_words(info, class_names, generate["categories"], words_value)
+    else:
+        prompted = categories
+    return [{"class": str(name), "words": word, "category": category, "prompt": category_prompt(prompt)}
+            for name, word, category, prompt in zip(class_names, words, categories, prompted)]
 
 
 def write_corpus(folder: Path, corpus: Corpus) -> None:

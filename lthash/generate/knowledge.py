@@ -149,7 +149,7 @@ def measure_generator(models: Sequence[str | os.PathLike], base_dir: str | os.Pa
                       device: str = "cpu") -> dict[str, Any]:
     """The knowledge JSON of one generator: ``models[c]`` is what synthesis draws class c from
     (a concept folder, the joint concept folder, or the base folder); ``params`` the validated
-    ``generate`` section (``seed``, ``categories``, ``knowledge``)."""
+    ``generate`` section (``seed``, ``categories``, ``class_words``, ``knowledge``)."""
     import time
 
     from lthash.generate.models import encode_images
@@ -163,7 +163,7 @@ def measure_generator(models: Sequence[str | os.PathLike], base_dir: str | os.Pa
         raise LthashError(f"{len(models)} generator models for {len(class_names)} classes: give one per class")
     seed = int(params["seed"])
     images, labels, group = held_out_images(split_path, int(settings["images_per_class"]), seed)
-    categories = class_categories(class_names, params.get("categories"))
+    categories = class_categories(class_names, params.get("categories"), params.get("class_words"))
     began = time.perf_counter()
     losses = np.empty((len(labels), len(class_names)))
     loaded_key, components = None, None
@@ -172,10 +172,11 @@ def measure_generator(models: Sequence[str | os.PathLike], base_dir: str | os.Pa
     for c in range(len(class_names)):
         key = str(Path(models[c]).resolve())
         if key == loaded_key:  # one model for every class (base, joint): only the prompt changes
-            prompt = generator_prompt(models[c], c, class_names, params.get("categories"), components)
+            prompt = generator_prompt(models[c], c, class_names, params.get("categories"), components,
+                                      params.get("class_words"))
         else:
             components, prompt, _ = load_generator(models[c], base_dir, c, class_names, params.get("categories"),
-                                                   device)
+                                                   device, params.get("class_words"))
             loaded_key = key
             components.unet.eval()
         if x0 is None:

@@ -148,7 +148,7 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     seed = int(params["seed"])
     rng = np.random.default_rng(seed)
     class_names = list(read_attrs(split_path)["class_names"])
-    categories = class_categories(class_names, params.get("categories"))
+    categories = class_categories(class_names, params.get("categories"), params.get("class_words"))
     balanced = read_image_set(split_path, "train_balanced")
     query = read_image_set(split_path, "query")
     train = read_image_set(split_path, "train")

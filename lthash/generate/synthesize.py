@@ -52,7 +52,8 @@ def split_image_shape(split_path: str | os.PathLike) -> tuple[int, int, int]:
 
 def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | None, class_index: int,
                    class_names: list[str], categories: Mapping[str, str] | None,
-                   device: str = "cpu") -> tuple[DiffusionComponents, str, str]:
+                   device: str = "cpu", class_words: Mapping[str, str] | str | None = None
+                   ) -> tuple[DiffusionComponents, str, str]:
     """(components, prompt, generator name) for one class.
 
     ``model_dir`` is a concept folder (``concept.json``, from ``lthash personalize``), a joint
@@ -81,12 +82,13 @@ def load_generator(model_dir: str | os.PathLike, base_dir: str | os.PathLike | N
         components, prompt = load_concept(model_dir, base_dir, device=device)
         return components, prompt, str(record["method"])
     components = load_components(model_dir, device=device)
-    words = prompt_words(components.info, class_names, categories)
+    words = prompt_words(components.info, class_names, categories, class_words)
     return components, category_prompt(words[class_index]), BASE_GENERATOR
 
 
 def generator_prompt(model_dir: str | os.PathLike, class_index: int, class_names: list[str],
-                     categories: Mapping[str, str] | None, components: DiffusionComponents) -> str:
+                     categories: Mapping[str, str] | None, components: DiffusionComponents,
+                     class_words: Mapping[str, str] | str | None = None) -> str:
     """The prompt :func:`load_generator` gives class ``class_index`` of ``model_dir``, read without
     loading any weights (``components``: the model already loaded from ``model_dir``)."""
     from lthash.generate.concepts import is_joint_concept, joint_class_prompt, read_concept, read_joint_concept
@@ -96,7 +98,7 @@ def generator_prompt(model_dir: str | os.PathLike, class_index: int, class_names
         return joint_class_prompt(read_joint_concept(model_dir), class_index, model_dir)
     if (model_dir / "concept.json").exists():
         return str(read_concept(model_dir)["prompt"])
-    return category_prompt(prompt_words(components.info, class_names, categories)[class_index])
+    return category_prompt(prompt_words(components.info, class_names, categories, class_words)[class_index])
 
 
 def candidate_count(count: int, factor: float) -> int:
@@ -166,7 +168,8 @@ def _draw(components: DiffusionComponents, prompt: str, count: int, seed: int, s
 
 
 def guidance_reference(components: DiffusionComponents, mode: str, class_names: list[str],
-                       categories: Mapping[str, str] | None, class_index: int) -> str:
+                       categories: Mapping[str, str] | None, class_index: int,
+                       class_words: Mapping[str, str] | str | None = None) -> str:
     """The prompt classifier-free guidance is taken against (``generate.synthesis.guidance_reference``):
 
     - ``empty``: "" (classifier-free guidance as trained: eps = eps("") + w (eps(c) - eps("")));
@@ -180,7 +183,7 @@ def guidance_reference(components: DiffusionComponents, mode: str, class_names: 
         raise LthashError(f"config key 'generate.synthesis.guidance_reference': {mode!r} is not one of empty, category")
     from lthash.generate.prompts import class_categories
 
-    word = class_categories(class_names, categories)[class_index]
+    word = class_categories(class_names, categories, class_words)[class_index]
     tokenizer = components.tokenizer
     ids = tokenizer(word, add_special_tokens=False).input_ids
     if not ids or tokenizer.unk_token_id in ids:
@@ -221,10 +224,11 @@ def synthesize_shard(
     judge = _judge_for(judge_dir, factor, split_path, class_names)
     check_base_corpus(base_dir if base_dir is not None else model_dir, split_path)
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
-                                                        params.get("categories"), device)
+                                                        params.get("categories"), device,
+                                                        params.get("class_words"))
     sampler = SamplerConfig.for_model(components, synthesis)
     reference = guidance_reference(components, str(synthesis["guidance_reference"]), class_names,
-                                   params.get("categories"), class_index)
+                                   params.get("categories"), class_index, params.get("class_words"))
     if init == "real":
         for value in image_strengths(strength, 0, 0) if not isinstance(strength, list) else strength:
             img2img_start(sampler.steps, float(value))

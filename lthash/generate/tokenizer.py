@@ -1,5 +1,6 @@
 """The tiny model's tokenizer: a word-level CLIP BPE tokenizer over a fixed vocabulary (the
-prompt words and the class words), each word one token. Its ``vocab.json`` and ``merges.txt``
+prompt words and the class words), each word one token (a class of several words, "digit
+zero", is several tokens). Its ``vocab.json`` and ``merges.txt``
 are written here and loaded with ``CLIPTokenizer.from_pretrained`` (in transformers 5.x the
 ``vocab_file=`` constructor ignores the files silently)."""
 
@@ -48,13 +49,14 @@ def train_word_bpe(words: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def normalise_words(words: Iterable[str]) -> list[str]:
-    """Lower-case vocabulary words; each must be letters only (one CLIP pre-token)."""
+    """Lower-case vocabulary words; an entry of several words ("english springer") adds each.
+    Every word must be letters only (one CLIP pre-token)."""
     result = set(PROMPT_WORDS)
-    for word in words:
-        word = word.strip().lower()
-        if not word.isalpha():
-            raise LthashError(f"vocabulary word {word!r} must be letters only (one word, no spaces or digits)")
-        result.add(word)
+    for entry in words:
+        for word in entry.lower().split():
+            if not word.isalpha():
+                raise LthashError(f"vocabulary word {word!r} must be letters only (no digits or punctuation)")
+            result.add(word)
     return sorted(result)
 
 

@@ -23,6 +23,7 @@ TABLE_TITLES = {
     "per_class": "per-class AP as a fraction of balanced",
     "validation": "validation mAP (model selection)",
     "timing": "time per stage",
+    "classes": "classes, their prompt words and super-categories",
 }
 RUN_FIGURES = {"pr_radius": "PR over Hamming radius", "precision_at_k": "precision@k", "curves": "training curves"}
 

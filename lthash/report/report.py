@@ -28,12 +28,12 @@ from lthash.provenance import code_version, config_digest
 from lthash.report.analysis import arms_table, generator_table, per_class_table, sentence, summary, validation_table
 from lthash.report.runs import ArmRuns, RunRecord, Setting, by_setting, load_runs, primary_cut
 from lthash.report.knowledge import knowledge_table
-from lthash.report.tables import Table, markdown_grid, pct, to_markdown, verdict_html, write_table
+from lthash.report.tables import Section, Table, markdown_grid, pct, to_markdown, verdict_html, write_table
 from lthash.report.uncertainty import spread, spread_text
 from lthash.report.timing import timing_table
 
 #: every table the report writes as ``<name>.csv`` and ``<name>.html`` (the rule's outputs)
-TABLE_NAMES = ("arms", "generator_adds", "generator_knowledge", "per_class", "validation", "timing")
+TABLE_NAMES = ("arms", "generator_adds", "generator_knowledge", "per_class", "validation", "timing", "classes")
 #: the verdict page the report writes into ``--tables`` (the HTML report's first item)
 VERDICT = "verdict.html"
 TABLE_COLUMNS = ("arm_label", "arm", "generator", "synthesis", "kind", "method", "backbone", "bits", "seed", "R",
@@ -187,6 +187,37 @@ def split_section(summary_path: str | os.PathLike, report_path: Path) -> str:
     return "\n\n".join(lines)
 
 
+def classes_table(summary_path: str | os.PathLike, generate: Mapping[str, Any]) -> Table:
+    """The split's classes with their long-tail training images and the words their prompts use
+    (:func:`lthash.generate.corpus.class_prompts` of the config's ``generate`` section)."""
+    from lthash.errors import LthashError
+    from lthash.generate.corpus import class_prompts
+
+    summary_data = read_json(summary_path)
+    names = list(summary_data.get("class_names", []))
+    train = summary_data.get("counts", {}).get("train") or [None] * len(names)
+    table = Table(
+        name="classes", title="Classes and their prompt words",
+        intro=("Each class of the split (its folder or dataset name), its long-tail training images, the words "
+               "lthash made of its name (config key generate.class_words names them; numbered folders keep "
+               "their number, ImageNette's WordNet ids their names), its super-category (generate.categories) "
+               "and the base prompt the generators use for it (personalisation puts [V] before its last "
+               "word(s): a photo of a [V] <word>)."),
+        csv_columns=["class", "train_images", "words", "category", "prompt"])
+    try:
+        prompts = class_prompts(names, generate)
+    except LthashError as error:
+        table.empty = f"_no prompt words: {error}_"
+        return table
+    for entry, count in zip(prompts, train):
+        table.records.append({**entry, "train_images": count})
+    table.sections.append(Section(heading="", header=["class", "long-tail train images", "words", "super-category",
+                                                      "base prompt"],
+                                  rows=[[r["class"], "–" if r["train_images"] is None else r["train_images"],
+                                         r["words"] or "–", r["category"], r["prompt"]] for r in table.records]))
+    return table
+
+
 def _all_runs_csv(runs: Sequence[RunRecord]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -258,7 +289,8 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
     arms, readings = arms_table(runs, R, ties)
     by_name: dict[str, Table] = {t.name: t for t in (
         arms, generator_table(runs, R, ties), per_class_table(runs, R, ties), validation_table(runs, R, ties),
-        timing_table(benchmarks, server_log), knowledge_table(knowledge, quality))}
+        timing_table(benchmarks, server_log), knowledge_table(knowledge, quality),
+        classes_table(split_summary, config["generate"]))}
     points, bars, pictures = ("_no figures folder given_",) * 3
     if figures is not None:
         points, bars, pictures = _figures(runs, Path(figures), out, split, settings, R, ties)
@@ -272,7 +304,7 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
         f"ranked by {'database index (as the references do)' if ties == 'index' else 'expectation'}; "
         "the tie-averaged mAP (expected AP over random orders inside ties) is in the "
         "head/medium/tail table.",
-        "## Data\n\n" + split_section(split_summary, out),
+        "## Data\n\n" + split_section(split_summary, out) + "\n\n" + to_markdown(by_name["classes"]),
         "## Does the synthetic data earn its cost?\n\n" + verdict + "\n\n" + to_markdown(arms)
         + "\n\n" + points,
         "## What the generator adds\n\n" + to_markdown(by_name["generator_adds"]),

@@ -190,7 +190,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
         raise LthashError(f"{split_path}: class(es) {empty} have no long-tail training image: nothing to personalise on")
     accelerator = make_accelerator(device, params["mixed_precision"])
     components = load_components(base_dir, device=str(accelerator.device))
-    words = prompt_words(components.info, class_names, generate_params["categories"])
+    words = prompt_words(components.info, class_names, generate_params["categories"],
+                         generate_params.get("class_words"))
     tokens = [concept_token_name(c) for c in range(len(class_names))]
     seed = int(np.random.SeedSequence([int(generate_params["seed"]), METHOD.seed_id]).generate_state(1)[0])
     try:

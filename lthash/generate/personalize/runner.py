@@ -96,7 +96,8 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
     has_vae = components.vae is not None
     stages = method.stages(params, has_vae)
     seed = run_seed(int(generate_params["seed"]), class_index, method)
-    words = prompt_words(components.info, data.class_names, generate_params["categories"])
+    words = prompt_words(components.info, data.class_names, generate_params["categories"],
+                         generate_params.get("class_words"))
     category = words[class_index]
     token_name = concept_token_name(class_index)
     token = ConceptToken(components, token_name, category).install()
