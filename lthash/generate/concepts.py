@@ -14,7 +14,7 @@ A concept folder (``lthash personalize --out CONCEPT_DIR``) holds
 A joint concept folder (``lthash personalize-joint``: every class taught in one run) holds
 ``joint.json`` (method, seed, settings, and per class its index, name, token, category and
 prompt), ``token_embeddings.safetensors`` (one row per class token), ``unet/`` (the UNet all
-classes share), ``loss.csv`` and ``samples/``. :func:`load_joint_concept` rebuilds the model
+classes share), ``text_encoder/`` (when the run trained it), ``loss.csv`` and ``samples/``. :func:`load_joint_concept` rebuilds the model
 with every class token in place and returns the prompt of the class asked for.
 """
 
@@ -34,6 +34,7 @@ from lthash.io import atomic_dir, canonical_json, load_safetensors, read_json, s
 CONCEPT_FILE = "concept.json"
 EMBEDDING_FILE = "token_embedding.safetensors"
 UNET_FOLDER = "unet"
+TEXT_ENCODER_FOLDER = "text_encoder"
 SAMPLES_FOLDER = "samples"
 CONCEPT_FORMAT = 1
 JOINT_FILE = "joint.json"
@@ -65,11 +66,15 @@ def write_concept(out_dir: str | os.PathLike, record: Mapping[str, Any], token_r
 
 def write_joint_concepts(out_dir: str | os.PathLike, record: Mapping[str, Any], rows: Mapping[str, torch.Tensor],
                          unet: torch.nn.Module, samples: Mapping[str, str | os.PathLike] | None = None,
-                         losses: list[list[float]] | None = None) -> Path:
+                         losses: list[list[float]] | None = None,
+                         text_encoder: torch.nn.Module | None = None) -> Path:
     """Write a joint concept folder atomically: joint.json (``record``), one embedding row per
-    token (``rows``), the shared ``unet``, the sample grids and the per-step losses (loss.csv)."""
+    token (``rows``), the shared ``unet`` (and ``text_encoder`` when it trained), the sample
+    grids and the per-step losses (loss.csv)."""
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
+        if text_encoder is not None:
+            text_encoder.save_pretrained(tmp / TEXT_ENCODER_FOLDER, safe_serialization=True)
         save_safetensors(tmp / JOINT_EMBEDDINGS_FILE, {token: row.detach().float() for token, row in rows.items()},
                          {"tokens": ",".join(rows)})
         unet.save_pretrained(tmp / UNET_FOLDER, safe_serialization=True)
@@ -117,8 +122,19 @@ def load_joint_concept(folder: str | os.PathLike, base_dir: str | os.PathLike, d
     record = read_joint_concept(folder)
     components = load_components(base_dir, device="cpu", unet=_load_concept_unet(folder))
     tensors, _ = load_safetensors(folder / JOINT_EMBEDDINGS_FILE)
-    _write_rows(components, tensors, [entry["token"] for entry in record["classes"]],
-                folder / JOINT_EMBEDDINGS_FILE, base_dir)
+    tokens = [entry["token"] for entry in record["classes"]]
+    text_weights = folder / TEXT_ENCODER_FOLDER / "model.safetensors"
+    if text_weights.exists():  # the joint run trained the text encoder: its weights replace the base's
+        from lthash.generate.personalize.trainer import add_token
+
+        for token in tokens:
+            add_token(components, token)
+        trained, _ = load_safetensors(text_weights)
+        missing, unexpected = components.text_encoder.load_state_dict(trained, strict=False)
+        if unexpected or [key for key in missing if "position_ids" not in key]:
+            raise LthashError(f"{text_weights} does not fit the base's text encoder {base_dir}: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    _write_rows(components, tensors, tokens, folder / JOINT_EMBEDDINGS_FILE, base_dir)
     return components.to(device, dtype), record
 
 

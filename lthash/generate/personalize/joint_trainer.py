@@ -11,8 +11,9 @@ DataDream's dataset-wide LoRA, Azizi et al.) train them together, and so does th
   encoder's output, which the base's cross-attention learned to read, carries it) or
   "a photo of a <v_c> <category>" (``token_category``, Diff-Mix's and AttnDreamBooth's form);
 - the token rows and the UNet (``trains: unet``) or only its cross-attention q/k/v/out
-  (``trains: cross_attention``) trained together, with AdamW at ``token_lr`` and ``lr``
-  (warm-up, then cosine decay);
+  (``trains: cross_attention``), and the text encoder but its embedding table
+  (``train_text_encoder``; null = the tiny model's yes, as its base training does, Stable
+  Diffusion's no), trained together with AdamW at ``token_lr`` and ``lr`` (warm-up, then cosine);
 - each step draws ``batch_size`` long-tail training images class-balanced (a class with
   probability 1/C, then one of its images uniformly: Diff-Mix's 1/n sampler), augmented as
   per-class personalisation is; each prompt is the empty one with probability
@@ -57,6 +58,7 @@ log = logging.getLogger("lthash.personalize")
 
 TOKENS_GROUP = "tokens"
 UNET_GROUP = "unet"
+TEXT_GROUP = "text_encoder"
 
 
 class ConceptTokens(EmbeddingHook):
@@ -95,6 +97,7 @@ class JointSettings:
     """The keys of validated ``generate.personalize.joint`` (defaults in the schema)."""
 
     trains: str
+    train_text_encoder: bool | None
     prompt: str
     init_spread: float
     steps: int
@@ -146,6 +149,20 @@ def _trained_unet_parameters(unet: torch.nn.Module, trains: str) -> dict[str, to
                           f"(unet, cross_attention)")
     for parameter in chosen.values():
         parameter.requires_grad_(True)
+    return chosen
+
+
+def _trained_text_parameters(text_encoder: torch.nn.Module, train: bool) -> dict[str, torch.nn.Parameter]:
+    """The text encoder's parameters trained with the tokens (all but its token-embedding table,
+    whose rows stay the base's: the class tokens live in their own rows); none when not ``train``."""
+    text_encoder.requires_grad_(False)
+    if not train:
+        return {}
+    table = text_encoder.get_input_embeddings().weight
+    chosen = {n: p for n, p in text_encoder.named_parameters() if p is not table}
+    for parameter in chosen.values():
+        parameter.requires_grad_(True)
+    text_encoder.train()
     return chosen
 
 
@@ -214,16 +231,16 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
     if settings.replay_batch:
         images, replay_labels, replay_words = _replay_set(base_dir, class_names, words, settings.replay_images, seed + 1)
         replay_pixels = images_to_pixels(images, components.image_size, components.channels)
-    with torch.no_grad():
-        empty_context = components.text_encoder(tokenize(components, [""]))[0]
-        replay_context = (components.text_encoder(tokenize(components, [category_prompt(w) for w in replay_words]))[0]
-                          if replay_words else None)
-    components.text_encoder.requires_grad_(False)
+    empty_ids = tokenize(components, [""])
+    replay_ids = tokenize(components, [category_prompt(w) for w in replay_words]) if replay_words else None
+    train_text = components.kind == "tiny" if settings.train_text_encoder is None else settings.train_text_encoder
+    text_params = _trained_text_parameters(components.text_encoder, train_text)
     unet = components.unet
     unet_params = _trained_unet_parameters(unet, settings.trains)
     concepts.rows.requires_grad_(True)
     optimizer = torch.optim.AdamW([
-        {"params": list(unet_params.values()), "lr": settings.lr, "weight_decay": params["weight_decay"]},
+        {"params": list(unet_params.values()) + list(text_params.values()), "lr": settings.lr,
+         "weight_decay": params["weight_decay"]},
         {"params": [concepts.rows], "lr": settings.token_lr, "weight_decay": 0.0},
     ])
     generator = torch.Generator().manual_seed(seed)
@@ -235,6 +252,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
             concepts.rows.copy_(resume.tensors[TOKENS_GROUP]["rows"])
             for name, value in resume.tensors[UNET_GROUP].items():
                 unet_params[name].copy_(value)
+            for name, value in resume.tensors.get(TEXT_GROUP, {}).items():
+                text_params[name].copy_(value)
         optimizer.load_state_dict(resume.optimizers["optimizer"])
         resume.restore_rng(generator)
         start, losses = int(resume.position[0]), list(resume.state["losses"])
@@ -250,13 +269,13 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
         x0 = to_model_space(components, augmentation(pixels[index], generator), generator)
         labels = torch.as_tensor(train.labels[index.numpy()])
         drop = torch.rand(len(index), generator=generator) < settings.caption_dropout
-        context = components.text_encoder(prompt_ids[labels])[0]
-        context = torch.where(drop[:, None, None].to(context.device), empty_context.expand_as(context), context)
+        ids = torch.where(drop[:, None].to(prompt_ids.device), empty_ids.expand(len(index), -1), prompt_ids[labels])
         n = len(index)
         if replay_pixels is not None:
             r = torch.randint(0, len(replay_pixels), (settings.replay_batch,), generator=generator)
             x0 = torch.cat([x0, to_model_space(components, replay_pixels[r], generator)])
-            context = torch.cat([context, replay_context[torch.as_tensor(replay_labels[r.numpy()])]])
+            ids = torch.cat([ids, replay_ids[torch.as_tensor(replay_labels[r.numpy()])]])
+        context = components.text_encoder(ids)[0]
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
         timesteps = timesteps.to(x0.device)
@@ -273,7 +292,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
             loss = loss + settings.replay_weight * replay
         accelerator.backward(loss)
         if params["max_grad_norm"]:
-            torch.nn.utils.clip_grad_norm_(list(unet_params.values()) + [concepts.rows], params["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(list(unet_params.values()) + list(text_params.values()) + [concepts.rows],
+                                           params["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append([round(float(instance.detach()), 6), round(float(replay.detach()), 6)])
@@ -282,11 +302,13 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
             log.info("joint step %d/%d: instance %.4f replay %.4f", done, settings.steps, *losses[-1])
         every = int(params["checkpoint_every"])
         if every and done % every == 0 and done < settings.steps:
-            checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows},
-                                      UNET_GROUP: {k: v for k, v in unet_params.items()}},
+            checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows}, UNET_GROUP: dict(unet_params),
+                                      **({TEXT_GROUP: dict(text_params)} if text_params else {})},
                              {"losses": losses}, {"optimizer": optimizer.state_dict()}, generator)
     unet.eval()
     unet.requires_grad_(False)
+    components.text_encoder.eval()
+    components.text_encoder.requires_grad_(False)
     concepts.rows.requires_grad_(False)
     grid = params["sample_grid"]
     samples = {}
@@ -310,7 +332,7 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
                   "replay": float(np.mean([t[1] for t in tail])) if tail else math.nan},
     }
     write_joint_concepts(out, record, {tokens[c]: concepts.rows[c] for c in range(len(tokens))},
-                         unet, samples, losses)
+                         unet, samples, losses, components.text_encoder if text_params else None)
     checkpoints.remove()
     concepts.remove()
     return out
