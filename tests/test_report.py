@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lthash.config import load_config, stage_config
+from lthash.config import load_config
+from lthash.workflow import stage_config
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, pack_codes, write_codes
 from lthash.evaluate.score import run_score

@@ -240,10 +240,10 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
                  server_log: str | os.PathLike | None = None) -> None:
     """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures.
 
-    ``config`` is the report stage's validated config (``lthash.config.stage_config("report", ...)``,
+    ``config`` is the report stage's validated config (``lthash.workflow.stage_config("report", ...)``,
     every default when not given); its digest in ``report.md`` is that of what the stage reads.
     """
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.workflow import rule_params
 
     config = stage_config("report", None) if config is None else config

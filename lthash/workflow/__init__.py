@@ -73,4 +73,6 @@ from lthash.workflow.reads import (  # noqa: F401
     stage_roots,
     nest_params,
     check_stage_params,
+    parse_params,
+    stage_config,
 )
