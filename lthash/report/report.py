@@ -30,6 +30,7 @@ from lthash.report.runs import ArmRuns, RunRecord, Setting, by_setting, load_run
 from lthash.report.tables import Table, markdown_grid, pct, to_markdown, verdict_html, write_table
 from lthash.report.uncertainty import spread, spread_text
 from lthash.report.timing import timing_table
+from lthash.workflow import RUN_MODEL
 
 #: every table the report writes as ``<name>.csv`` and ``<name>.html`` (the rule's outputs)
 TABLE_NAMES = ("arms", "generator_adds", "per_class", "validation", "timing")
@@ -122,7 +123,7 @@ class SeedTables:
             links = []
             for name, path in (("PR curve", run.folder / "plots" / "pr_radius.png"),
                                ("P@k", run.folder / "plots" / "precision_at_k.png"),
-                               ("training curves", run.folder / "model" / "curves.png")):
+                               ("training curves", run.folder / RUN_MODEL / "curves.png")):
                 if path.exists():
                     links.append(f"[{name}]({self.rel(path)})")
             lines.append(f"- {run.label} / {run.setting.title} / seed {'–' if run.seed is None else run.seed}: "
@@ -243,8 +244,7 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
     ``config`` is the report stage's validated config (``lthash.workflow.stage_config("report", ...)``,
     every default when not given); its digest in ``report.md`` is that of what the stage reads.
     """
-    from lthash.workflow import stage_config
-    from lthash.workflow import rule_params
+    from lthash.workflow import rule_params, stage_config
 
     config = stage_config("report", None) if config is None else config
     settings = config["report"]

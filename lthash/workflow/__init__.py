@@ -34,6 +34,9 @@ from lthash.workflow.arms import (  # noqa: F401
 )
 from lthash.workflow.paths import (  # noqa: F401
     MODEL,
+    SEED,
+    RUN_MODEL,
+    RUN_CODES,
     RUN,
     LABELLED_MODEL,
     model_folder,

@@ -8,10 +8,10 @@ LABELLED = lw.LABELLED_MODEL
 
 rule encode:
     input:
-        model=f"{R}/{RUN}/model",
+        model=f"{R}/{RUN}/{lw.RUN_MODEL}",
         split=rules.split.output.split,
     output:
-        codes=f"{R}/{RUN}/codes.h5",
+        codes=f"{R}/{RUN}/{lw.RUN_CODES}",
     log:
         f"{R}/logs/encode/{LABELLED}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule encode:
 
 rule score:
     input:
-        codes=f"{R}/{RUN}/codes.h5",
+        codes=f"{R}/{RUN}/{lw.RUN_CODES}",
         split=rules.split.output.split,
     output:
         metrics=f"{R}/{RUN}/metrics.json",

@@ -9,7 +9,7 @@ REPORT_SETTINGS = ri.settings_of(RUNS)
 rule report:
     input:
         metrics=[f"{run.directory(R)}/metrics.json" for run in RUNS],
-        codes=[f"{run.directory(R)}/codes.h5" for run in RUNS],
+        codes=[f"{run.directory(R)}/{lw.RUN_CODES}" for run in RUNS],
         split=rules.split.output.split,
         quality=(lw.quality_files(config) if config["experiment"]["quality"] else []),
         summary=rules.split.output.summary,
@@ -28,7 +28,7 @@ rule report:
         ],
         models=[
             report(
-                f"{run.directory(R)}/model",
+                f"{run.directory(R)}/{lw.RUN_MODEL}",
                 patterns=["{figure}.png"],
                 caption="../report/run_figure.rst",
                 category="Runs",
