@@ -25,6 +25,7 @@ import numpy as np
 
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, read_codes
+from lthash.evaluate.neighbours import DEFAULT_QUANTILE, NeighbourProfile, database_profile, profile_path
 from lthash.io import read_attrs, write_json
 
 BACKENDS = ("exact", "faiss")
@@ -167,6 +168,105 @@ def encode_query_images(model_dir: str | os.PathLike, images: str | os.PathLike,
     return np.asarray(encode_array(model_dir, image_set.images, device=device)), image_set
 
 
+def near_existing(path: str | os.PathLike) -> str:
+    """For a path that does not exist: the nearest folder above it that does and what it holds
+    (folders first, at most 20 names), and, when that folder is a run folder (it holds seed
+    folders), the ``--run`` that reads it."""
+    from lthash.workflow import RUN_CODES
+
+    path = Path(path)
+    folder = path.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return "no folder of it exists"
+    entries = sorted(folder.iterdir(), key=lambda e: (not e.is_dir(), e.name))
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries if not e.name.startswith(".")]
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+    text = f"{folder} holds: {shown}" if names else f"{folder} is empty"
+    if seed_folders(folder):
+        text += f" (a run folder: lthash search --run {folder} reads its seeds' model and {RUN_CODES})"
+    return text
+
+
+def seed_folders(run: str | os.PathLike) -> dict[int, Path]:
+    """The seed folders of a run folder (``seed0``, ``seed1``, ...), by seed."""
+    import re
+
+    from lthash.workflow import SEED
+
+    pattern = re.compile(re.escape(SEED).replace(re.escape("{seed}"), r"(\d+)"))
+    run = Path(run)
+    if not run.is_dir():
+        return {}
+    found = {int(m.group(1)): e for e in run.iterdir() if e.is_dir() and (m := pattern.fullmatch(e.name))}
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """The seed of a run folder a search reads: its folder, its seed and the run's other seeds."""
+
+    run: Path
+    seed: int | None
+    seeds: tuple[int, ...]
+    folder: Path
+
+    @property
+    def model(self) -> Path:
+        from lthash.workflow import RUN_MODEL
+
+        return self.folder / RUN_MODEL
+
+    @property
+    def codes(self) -> Path:
+        from lthash.workflow import RUN_CODES
+
+        return self.folder / RUN_CODES
+
+    def describe(self) -> str:
+        """The line a search prints first: which seed it reads and which others there are."""
+        if self.seed is None:
+            return f"run {self.folder}"
+        others = [s for s in self.seeds if s != self.seed]
+        rest = (f"; seeds {', '.join(map(str, self.seeds))} here, --seed N picks another" if others
+                else "; the only seed here")
+        return f"run {self.run}: seed {self.seed} ({self.folder}{rest})"
+
+
+def resolve_run(run: str | os.PathLike, seed: int | None = None) -> RunChoice:
+    """The seed folder of a run folder (``runs/<arm>/<method>-<backbone>-<bits>``) that a search
+    reads: ``seed``, or the first (lowest) when None. A seed folder itself is taken as it is.
+    A wrong path, a missing seed or an unfinished seed is an error naming what does exist."""
+    from lthash.workflow import RUN_CODES, RUN_MODEL
+
+    run = Path(run)
+    if not run.is_dir():
+        raise LthashError(f"run folder not found: {run}; {near_existing(run)}")
+    if (run / RUN_CODES).exists() or (run / RUN_MODEL).exists():  # a seed folder given as the run
+        siblings = seed_folders(run.parent)
+        own = next((s for s, f in siblings.items() if f.name == run.name), None)
+        if seed is not None and own != seed:
+            raise LthashError(f"{run} is a seed folder itself; give its run folder {run.parent} with --seed {seed}")
+        choice = RunChoice(run.parent, own, tuple(siblings), run) if own is not None else RunChoice(run, None, (), run)
+    else:
+        seeds = seed_folders(run)
+        if not seeds:
+            listed = near_existing(run / "seed0")
+            raise LthashError(f"{run} is not a run folder: it holds no seed folders (seed0, seed1, ...); {listed}. "
+                              f"A run folder is <results>/runs/<arm>/<method>-<backbone>-<bits>")
+        if seed is None:
+            seed = next(iter(seeds))
+        if seed not in seeds:
+            raise LthashError(f"{run} has no seed {seed}: its seeds are {', '.join(map(str, seeds))}")
+        choice = RunChoice(run, seed, tuple(seeds), seeds[seed])
+    missing = [p.name for p in (choice.model, choice.codes) if not p.exists()]
+    if missing:
+        raise LthashError(f"{choice.folder} is not a finished run: {' and '.join(missing)} missing "
+                          f"(snakemake makes them: snakemake {choice.codes}); {near_existing(choice.codes)}")
+    return choice
+
+
 @dataclass
 class Query:
     """One query: where it comes from, its label when known, its picture for the grid."""
@@ -271,31 +371,71 @@ def _relevant(query_label: Any, label: Any) -> bool | None:
     return int(query_label) == int(label)
 
 
-def answer(query: Query, found: np.ndarray, dist: np.ndarray, db: Database) -> dict[str, Any]:
-    """The JSON entry of one query: its source, label, class and ranked results."""
+def answer(query: Query, found: np.ndarray, dist: np.ndarray, db: Database, profile: NeighbourProfile,
+           judged: dict[str, Any]) -> dict[str, Any]:
+    """The JSON entry of one query: its source, label, class, ranked results (each with
+    ``closer``: the share of database items whose own nearest neighbour is closer than it),
+    and ``ood`` (:meth:`NeighbourProfile.judge`), ``out_of_distribution`` its verdict."""
     results = []
+    closer = profile.hamming.closer(dist)
     for r, (j, d) in enumerate(zip(found, dist)):
         label = _label_value(db.set.labels[j])
         entry = {"rank": r + 1, "row": int(j), "index": int(db.set.index[j]), "label": label,
-                 "class": db.class_of(label), "source": db.source(int(j)), "distance": int(d)}
+                 "class": db.class_of(label), "source": db.source(int(j)), "distance": int(d),
+                 "closer": round(float(closer[r]), 4)}
         if query.label is not None:
             entry["correct"] = _relevant(query.label, label)
         results.append(entry)
     return {"source": query.source, "row": query.row, "index": query.index, "label": query.label,
-            "class": db.class_of(query.label), "results": results}
+            "class": db.class_of(query.label), "out_of_distribution": judged["out_of_distribution"],
+            "ood": judged, "results": results}
 
 
-def format_answer(number: int, total: int, entry: dict[str, Any]) -> str:
-    """A readable table of one query's results."""
+def ood_reason(judged: dict[str, Any], profile: NeighbourProfile) -> str:
+    """Why a query is flagged out of distribution, in words (empty when it is not)."""
+    if not judged["out_of_distribution"]:
+        return ""
+    reasons = []
+    if judged["hamming_beyond"]:
+        reasons.append(f"its nearest database item is at Hamming distance {judged['nearest_distance']}, farther "
+                       f"than {_percent(judged['closer'])} of the database items are from their own nearest "
+                       f"neighbour (threshold {profile.hamming.threshold:g})")
+    if judged.get("activation_beyond"):
+        reasons.append(f"its activations are farther from any database image's than "
+                       f"{_percent(judged['activation_closer'])} of the reference images are from each other "
+                       f"(cosine distance {judged['activation_distance']:.4f}, threshold "
+                       f"{profile.activations.threshold:.4f})")
+    return "OUT OF DISTRIBUTION: " + "; and ".join(reasons)
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage that never rounds up to 100 % (or down to 0 %) unless it is."""
+    value = 100.0 * share
+    text = f"{value:.1f}"
+    if text == "100.0" and share < 1:
+        text = "99.9"
+    if text == "0.0" and share > 0:
+        text = "0.1"
+    return f"{text} %"
+
+
+def format_answer(number: int, total: int, entry: dict[str, Any], profile: NeighbourProfile) -> str:
+    """A readable table of one query's results: rank, Hamming distance, ``closer`` (the share of
+    database items whose nearest neighbour is closer), class, whether it is the query's class,
+    source; the out-of-distribution flag with its reason above the table."""
     known = entry["label"] is not None
     title = f"query {number}/{total}: {entry['source']}"
     if known:
         title += f"  (class: {_text(entry['class'])})"
     width = max([5] + [len(_text(r["class"])) for r in entry["results"]])
-    lines = [title, f"  rank  dist  {'class':<{width}}  {'ok ' if known else ''}source"]
+    lines = [title]
+    if entry["out_of_distribution"]:
+        lines.append("  " + ood_reason(entry["ood"], profile))
+    lines.append(f"  rank  dist  closer  {'class':<{width}}  {'ok ' if known else ''}source")
     for r in entry["results"]:
         mark = ("yes" if r["correct"] else "no ") + " " if known else ""
-        lines.append(f"  {r['rank']:4d}  {r['distance']:4d}  {_text(r['class']):<{width}}  {mark}{r['source']}")
+        lines.append(f"  {r['rank']:4d}  {r['distance']:4d}  {_percent(r['closer']):>7}  "
+                     f"{_text(r['class']):<{width}}  {mark}{r['source']}")
     if known:
         hits = sum(bool(r["correct"]) for r in entry["results"])
         lines.append(f"  {hits}/{len(entry['results'])} of the same class")
@@ -364,31 +504,63 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
                        {"model": str(model), "images": [str(spec) for spec in specs]})
 
 
-def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k: int = 10, backend: str = "exact",
-               query_index: str | None = None, query_codes: str | os.PathLike | None = None,
+def run_search(codes: str | os.PathLike | None = None, out: str | os.PathLike | None = None, k: int = 10,
+               backend: str = "exact", query_index: str | None = None, query_codes: str | os.PathLike | None = None,
                model: str | os.PathLike | None = None, images: Sequence[str] | str | os.PathLike | None = None,
                group: str = "query", device: str = "cpu", threads: int | None = None,
-               grid: str | os.PathLike | None = None,
-               echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+               grid: str | os.PathLike | None = None, echo: Callable[[str], None] | None = None,
+               run: str | os.PathLike | None = None, seed: int | None = None,
+               quantile: float = DEFAULT_QUANTILE) -> dict[str, Any]:
     """Top-k database items of each query: printed as tables (``echo``, default stdout), returned
     and written as JSON (``out``) and drawn as a contact sheet (``grid``).
 
-    Query images (``model`` + ``images``): files, folders or glob patterns, or one HDF5 image-set
-    file (its ``group``). With image files the first query is answered alone, so the time to the
-    first answer is that of one image; the rest are encoded and searched together. ``seconds``
-    in the result: ``setup`` (codes file and model loaded), ``first_answer`` (from the call to
-    the first query's results), ``per_query`` (each later query; for codes, all queries'
-    search time over their number; None for a single image), ``total``.
+    The database: a run folder (``run``: ``runs/<arm>/<method>-<backbone>-<bits>``, its seed
+    ``seed`` or the first, :func:`resolve_run`; its model encodes query images) or a codes file
+    (``codes``, with ``model`` for query images). Query images (``images``): files, folders or
+    glob patterns, or one HDF5 image-set file (its ``group``). With image files the first query
+    is answered alone, so the time to the first answer is that of one image; the rest are
+    encoded and searched together.
+
+    Every answer says how far it is (:mod:`lthash.evaluate.neighbours`, the profile made once
+    per codes file and stored beside it): each result's ``closer``, and each query's ``ood``
+    with ``out_of_distribution`` (the ``quantile`` sets the thresholds); flagged queries are
+    marked in the table, the JSON and the contact sheet. ``seconds`` in the result: ``setup``
+    (codes file, model and profile loaded), ``profile`` (of it, making the profile),
+    ``first_answer`` (from the call to the first query's results), ``per_query`` (each later
+    query; for codes, all queries' search time over their number; None for a single image),
+    ``total``.
     """
     started = time.perf_counter()
     echo = echo or (lambda text: print(text, flush=True))
-    if len([s for s in (query_index, query_codes, model) if s is not None]) != 1:
-        raise LthashError("give exactly one query source: --query-index, --query-codes or --model (+ --images)")
     specs = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(i) for i in images or []]
+    choice = None
+    if (run is None) == (codes is None):
+        raise LthashError("give the database as a run folder (--run) or a codes file (--codes), one of them")
+    if run is not None:
+        if model is not None:
+            raise LthashError("--run brings its own model: give --images without --model")
+        choice = resolve_run(run, seed)
+        echo(choice.describe())
+        codes = choice.codes
+        model = choice.model if specs else None
+    elif seed is not None:
+        raise LthashError("--seed picks a seed of a --run folder; a --codes file has one")
+    if len([s for s in (query_index, query_codes, model) if s is not None]) != 1:
+        raise LthashError("give exactly one query source: --query-index, --query-codes or --images (with --run, "
+                          "or --model and --codes)")
     if (model is None) != (not specs):
         raise LthashError("--model and --images go together")
+    if not Path(codes).exists():
+        raise LthashError(f"missing file: {codes}; {near_existing(codes)}")
     db = Database(codes)
     source = gather_queries(db, codes, query_index, query_codes, model, specs, group, device, grid is not None)
+    profile_started = time.perf_counter()
+    profile = database_profile(codes, db.set.codes, db.bits, model=model, quantile=quantile, device=device,
+                               threads=threads, pictures=lambda rows: db.pictures(rows, source.shape))
+    profile_seconds = time.perf_counter() - profile_started
+    if profile.made:
+        echo(f"made the database's nearest-neighbour profile in {profile_seconds:.1f} s, once for this codes file: "
+             f"{profile_path(codes)}")
     setup = time.perf_counter() - started
     queries, entries = list(source.queries), []
     first_answer = None
@@ -403,10 +575,15 @@ def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k
             batch_queries = image_queries(files, source.shape, db.class_names)
             packed = encode_array(model, np.stack([q.image for q in batch_queries]), device=device)
             queries.extend(batch_queries)
+        statistics = None
+        if model is not None and profile.activations is not None:
+            from lthash.hashing.encode import activation_statistics
+
+            statistics = activation_statistics(model, np.stack([q.image for q in batch_queries]), device)
         found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
-        for q, rows_q, dist_q in zip(batch_queries, found, dist):
-            entries.append(answer(q, rows_q, dist_q, db))
-            echo(format_answer(len(entries), total_queries, entries[-1]))
+        for q, rows_q, dist_q, judged in zip(batch_queries, found, dist, profile.judge(dist[:, 0], statistics)):
+            entries.append(answer(q, rows_q, dist_q, db, profile, judged))
+            echo(format_answer(len(entries), total_queries, entries[-1], profile))
         if first_answer is None:
             first_answer = time.perf_counter() - started
     total = time.perf_counter() - started
@@ -414,14 +591,23 @@ def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k
         per_query = (total - first_answer) / (len(entries) - 1) if len(entries) > 1 else None
     else:
         per_query = (total - setup) / len(entries)
-    timing = {"setup": round(setup, 4), "first_answer": round(first_answer, 4),
+    timing = {"setup": round(setup, 4), "profile": round(profile_seconds, 4), "first_answer": round(first_answer, 4),
               "per_query": None if per_query is None else round(per_query, 5), "total": round(total, 4)}
     rate = "" if per_query is None else f", then {per_query * 1000:.1f} ms per query"
+    flagged = sum(e["out_of_distribution"] for e in entries)
+    test = profile.describe(model is not None)
+    echo(f"{flagged} of {len(entries)} queries flagged out of distribution ({test['rule']}: Hamming distance "
+         f"> {test['hamming']['threshold']:g}"
+         + (f", activation distance > {test['activations']['threshold']:.4f}" if "threshold" in
+            test.get("activations", {}) else "") + ")")
+    echo("closer: the share of database items whose own nearest neighbour is closer than the result")
     echo(f"{len(entries)} queries against {len(db.set)} database items: first answer after {first_answer:.3f} s"
          f" (setup {setup:.3f} s){rate}")
     result = {"bits": db.bits, "k": len(entries[0]["results"]), "backend": backend, "n_database": len(db.set),
               "database": str(codes), "dataset": db.dataset, "source": source.describe, "seconds": timing,
-              "queries": entries}
+              "out_of_distribution": test, "queries": entries}
+    if choice is not None:
+        result["run"] = {"folder": str(choice.run), "seed": choice.seed, "seeds": list(choice.seeds)}
     if grid is not None:
         result["grid"] = {"path": str(grid), "size": list(_write_grid(grid, queries, entries, db, source.shape))}
     if out is not None:
@@ -440,7 +626,7 @@ def _write_grid(path: str | os.PathLike, queries: Sequence[Query], entries: Sequ
         caption = Path(q.source).name if os.sep in q.source else q.source
         if entry["class"] is not None:
             caption = f"{_text(entry['class'])}\n{caption}"
-        tiles = [Tile(next(pictures), f"{_text(r['class'])}\nd={r['distance']}", r.get("correct"))
-                 for r in entry["results"]]
-        rows.append(Row(Tile(q.image, caption), tiles))
+        tiles = [Tile(next(pictures), f"{_text(r['class'])}\nd={r['distance']}, {_percent(r['closer'])}",
+                      r.get("correct")) for r in entry["results"]]
+        rows.append(Row(Tile(q.image, caption, flagged=entry["out_of_distribution"]), tiles))
     return write_grid(path, rows)
