@@ -147,8 +147,9 @@ class NeighbourProfile:
             entries.append(entry)
         return entries
 
-    def describe(self, used_activations: bool) -> dict[str, Any]:
-        """What a search's JSON records about the test: statistics, references, thresholds."""
+    def describe(self, images: bool) -> dict[str, Any]:
+        """What a search's JSON records about the test: statistics, references, thresholds
+        (the activations' only for ``images`` queries, and why not otherwise)."""
         quantile = self.hamming.quantile
         out: dict[str, Any] = {
             "quantile": quantile,
@@ -156,16 +157,17 @@ class NeighbourProfile:
             "hamming": {"statistic": "Hamming distance to the nearest database item",
                         "reference": f"leave-one-out nearest-neighbour distance of each of the "
                                      f"{len(self.hamming.values)} database items",
-                        "threshold": self.hamming.threshold}}
-        if used_activations and self.activations is not None:
+                        "threshold": int(self.hamming.threshold)}}
+        if images and self.activations is not None:
             out["activations"] = {
                 "statistic": "cosine distance of the backbone's activation statistics (per-channel mean and "
                              "standard deviation of each activation) to the nearest reference database image",
                 "reference": f"leave-one-out nearest-neighbour distance of {len(self.activations.values)} of "
                              f"the {len(self.activation_reference)} reference database images",
                 "threshold": self.activations.threshold}
-        elif self.activations_missing:
-            out["activations"] = {"missing": self.activations_missing}
+        else:
+            out["activations"] = {"missing": self.activations_missing if images else
+                                  "the queries are codes, not images"}
         return out
 
 

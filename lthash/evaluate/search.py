@@ -596,10 +596,11 @@ def run_search(codes: str | os.PathLike | None = None, out: str | os.PathLike | 
     rate = "" if per_query is None else f", then {per_query * 1000:.1f} ms per query"
     flagged = sum(e["out_of_distribution"] for e in entries)
     test = profile.describe(model is not None)
+    activations = test["activations"]
     echo(f"{flagged} of {len(entries)} queries flagged out of distribution ({test['rule']}: Hamming distance "
-         f"> {test['hamming']['threshold']:g}"
-         + (f", activation distance > {test['activations']['threshold']:.4f}" if "threshold" in
-            test.get("activations", {}) else "") + ")")
+         f"> {test['hamming']['threshold']}"
+         + (f", activation distance > {activations['threshold']:.4f})" if "threshold" in activations
+            else f"; no activation statistic: {activations['missing']})"))
     echo("closer: the share of database items whose own nearest neighbour is closer than the result")
     echo(f"{len(entries)} queries against {len(db.set)} database items: first answer after {first_answer:.3f} s"
          f" (setup {setup:.3f} s){rate}")
