@@ -15,6 +15,7 @@ from lthash.errors import LthashError
 from lthash import forkserver
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 import lthash.workflow as lw
+from lthash.report.home import home_page
 
 
 configfile: "config.yaml"
@@ -86,7 +87,9 @@ envvars:
     *lw.runtime_env(config),
 
 
-report: "workflow/report/workflow.rst"
+# The report's first page is the abstract the report stage writes from the scored runs
+# (lthash.report.home); before it exists, workflow/report/workflow.rst.
+report: home_page(R, workflow.basedir)
 
 
 GENERATOR_NAMES = "|".join(lw.field_values()["generator"])
@@ -128,5 +131,6 @@ rule all:
     default_target: True
     input:
         f"{R}/report.md",
+        rules.report.output.home,
         BASE_DIR if GENERATORS and BASE_IS_TINY else [],
         FILTER_JUDGE if GENERATORS and FILTERING else [],

@@ -131,6 +131,9 @@ def test_html_report_shows_every_run_figure_table_and_picture(finished_run):
     assert "retrieval-orthohash-cnn-16.png" in names and "per_class_ap-orthohash-cnn-16.png" in names
     assert "seeds-orthohash-cnn-16.png" in names
     assert "does synthetic data make the tail classes" in html
+    # the first page is the report stage's abstract: the matrix in words, the verdict with its numbers
+    assert "<strong>Controls</strong>: longtail" in html and "{'arms'" not in html
+    assert "Against the best control of each setting" in html and "95 % CI" in html
     arms = list(csv.DictReader((workdir / "results" / "tables" / "arms.csv").open()))
     # one row per arm and setting, each over every seed of the config
     assert sorted(row["arm_label"] for row in arms) == sorted({run.label for run in runs})

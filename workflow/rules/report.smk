@@ -48,6 +48,8 @@ rule report:
         markdown=report(
             f"{R}/report.md", caption="../report/report.rst", category="Report"
         ),
+        # the HTML report's first page (the Snakefile's report: once it exists)
+        home=f"{R}/tables/{ri.HOME}",
         table=report(
             f"{R}/tables/map.csv",
             caption="../report/map_table.rst",
