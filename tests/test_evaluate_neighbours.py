@@ -152,6 +152,21 @@ def test_the_profile_is_made_once_per_codes_file(fashion_run, small_split, tmp_p
     assert database_profile(copy, half.codes, half.bits).made
 
 
+def test_encode_writes_the_profile_the_search_then_reads(fashion_run, small_split, tmp_path):
+    """The workflow's encode job makes the profile (lthash encode --profile), at the path the
+    encode rule declares, so a run's first search does not."""
+    from lthash.workflow import RUN_CODES, RUN_PROFILE
+
+    model, _ = fashion_run
+    codes = tmp_path / RUN_CODES
+    assert main(["encode", "--model", str(model), "--split", str(small_split), "--out", str(codes), "--profile",
+                 "--device", "cpu"]) == 0
+    assert profile_path(codes) == tmp_path / RUN_PROFILE and profile_path(codes).exists()
+    database = read_codes(codes, "database")
+    read = database_profile(codes, database.codes, database.bits, model=model)
+    assert not read.made and read.activations is not None and len(read.activation_reference) == len(database)
+
+
 def test_search_by_run_folder_picks_and_names_the_seed(fashion_run, small_split, tmp_path, capsys):
     model, codes = fashion_run
     run = tmp_path / "results" / "runs" / "longtail" / "orthohash-cnn-16"

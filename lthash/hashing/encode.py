@@ -103,11 +103,13 @@ def split_groups(split: str | Path) -> tuple[str, ...]:
 
 
 def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, device: str = "cpu",
-                 batch_size: int = 256, groups: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 batch_size: int = 256, groups: tuple[str, ...] | None = None, profile: bool = False) -> dict[str, Any]:
     """Write the codes file (lthash.evaluate.codes format) of the split's database, query and
     (when present) validation sets, with what a search needs without the split: class names,
     dataset, the model's input shape and checksum, and each item's source file when the
-    dataset is made of image files."""
+    dataset is made of image files. With ``profile``, also the search's nearest-neighbour
+    profile of the database beside it (:func:`lthash.evaluate.neighbours.database_profile`),
+    so the first search of the run needs not make it."""
     from lthash.evaluate.codes import CodeSet, write_codes
     from lthash.io import read_attrs, read_image_set
 
@@ -116,6 +118,8 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
     sets = {}
     for group in groups or split_groups(split):
         data = read_image_set(split, group)
+        if group == "database":
+            database = data.images
         if data.images is None:
             raise LthashError(f"{split}/{group} holds image paths, not pixels")
         codes = encode_array(model_dir, data.images, device, batch_size)
@@ -129,4 +133,11 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
     if split_attrs.get("root"):
         attrs["root"] = split_attrs["root"]
     write_codes(out, sets, attrs=attrs)
+    if profile:
+        from lthash.evaluate.neighbours import database_profile
+
+        if "database" not in sets:
+            raise LthashError("the nearest-neighbour profile is of the database: encode the database group too")
+        database_profile(out, sets["database"].codes, int(meta["bits"]), model=model_dir, device=device,
+                         pictures=lambda rows: list(database[rows]))
     return {group: len(code_set) for group, code_set in sets.items()}

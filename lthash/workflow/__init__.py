@@ -37,6 +37,7 @@ from lthash.workflow.paths import (  # noqa: F401
     SEED,
     RUN_MODEL,
     RUN_CODES,
+    RUN_PROFILE,
     RUN,
     LABELLED_MODEL,
     model_folder,

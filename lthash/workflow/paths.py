@@ -20,6 +20,8 @@ MODEL = "{method}-{backbone}-{bits}/" + SEED
 #: codes of the split's sets by it (``lthash encode``), which ``lthash search --run`` reads.
 RUN_MODEL = "model"
 RUN_CODES = "codes.h5"
+#: The search's nearest-neighbour profile of the codes (lthash.evaluate.neighbours.profile_path).
+RUN_PROFILE = "codes.neighbours.npz"
 #: A run's model folder under its label (``label`` = arm[-generator-synthesis]): logs and benchmarks.
 LABELLED_MODEL = "{label}/" + MODEL
 #: A run's folder under the results folder.

@@ -12,6 +12,8 @@ rule encode:
         split=rules.split.output.split,
     output:
         codes=f"{R}/{RUN}/{lw.RUN_CODES}",
+        # what lthash search reads beside the codes (the database's nearest-neighbour profile)
+        profile=f"{R}/{RUN}/{lw.RUN_PROFILE}",
     log:
         f"{R}/logs/encode/{LABELLED}.log",
     benchmark:
@@ -26,7 +28,7 @@ rule encode:
     params:
         config=lw.params(config, "encode"),
     shell:
-        "lthash encode --model {input.model} --split {input.split} --out {output.codes}"
+        "lthash encode --model {input.model} --split {input.split} --out {output.codes} --profile"
         " --params {params.config} --threads {threads} 2> {log}"
 
 
