@@ -24,7 +24,8 @@ import numpy as np
 
 
 def flag_rates(run: str, seed: int | None, n: int, folder: Path) -> dict:
-    from lthash.evaluate.search import Database, resolve_run, run_search
+    from lthash.evaluate.run_folder import resolve_run
+    from lthash.evaluate.search import Database, run_search
     from lthash.io import ImageSet, read_image_set, write_image_sets
     from lthash.testing.foreign import KINDS, foreign_images
 
@@ -57,7 +58,8 @@ def latency(run: str, seed: int | None, repeats: int, folder: Path) -> dict:
     from PIL import Image
 
     from lthash.evaluate.neighbours import profile_path
-    from lthash.evaluate.search import Database, resolve_run
+    from lthash.evaluate.run_folder import resolve_run
+    from lthash.evaluate.search import Database
     from lthash.io import read_image_set
 
     choice = resolve_run(run, seed)

@@ -1,12 +1,15 @@
 """The search stage: top-k database items by Hamming distance for query codes or images.
 
-Queries: rows of the codes file's query set, a codes / ``.npy`` file, or images encoded by a
-trained model folder: image files, folders or globs (prepared as the training images were,
-:mod:`lthash.evaluate.query_images`) or an HDF5 image set. A model folder and the codes file
-``lthash encode`` wrote with it are enough: the codes file records the class names, the
-dataset, the model's checksum and input shape, and each database item's source file for
-image-file datasets (else its dataset index). Results: a table on stdout, JSON (``json``),
-and a contact sheet (``grid``, :mod:`lthash.evaluate.grid`).
+The database: a run folder of the workflow (:mod:`lthash.evaluate.run_folder`: a seed's model
+and codes file) or a codes file. Queries: rows of the codes file's query set, a codes / ``.npy``
+file, or images encoded by the trained model: image files, folders or globs (prepared as the
+training images were, :mod:`lthash.evaluate.query_images`) or an HDF5 image set. A model folder
+and the codes file ``lthash encode`` wrote with it are enough: the codes file records the class
+names, the dataset, the model's checksum and input shape, and each database item's source file
+for image-file datasets (else its dataset index). Every answer says how far it is and flags a
+query out of distribution (:mod:`lthash.evaluate.neighbours`). Results
+(:mod:`lthash.evaluate.answers`): a table on stdout, JSON (``json``), and a contact sheet
+(``grid``, :mod:`lthash.evaluate.grid`).
 
 Exact scan (default): order by (distance, database row), deterministic. ``faiss`` backend:
 ``faiss.IndexBinaryFlat`` (exact distances; which items fill the last tied places is faiss's
@@ -25,7 +28,9 @@ import numpy as np
 
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, read_codes
+from lthash.evaluate.answers import label_value, as_text, answer, closing_line, format_answer, write_grid_of
 from lthash.evaluate.neighbours import DEFAULT_QUANTILE, NeighbourProfile, database_profile, profile_path
+from lthash.evaluate.run_folder import RunChoice, near_existing, resolve_run
 from lthash.io import read_attrs, write_json
 
 BACKENDS = ("exact", "faiss")
@@ -168,105 +173,6 @@ def encode_query_images(model_dir: str | os.PathLike, images: str | os.PathLike,
     return np.asarray(encode_array(model_dir, image_set.images, device=device)), image_set
 
 
-def near_existing(path: str | os.PathLike) -> str:
-    """For a path that does not exist: the nearest folder above it that does and what it holds
-    (folders first, at most 20 names), and, when that folder is a run folder (it holds seed
-    folders), the ``--run`` that reads it."""
-    from lthash.workflow import RUN_CODES
-
-    path = Path(path)
-    folder = path.parent
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        return "no folder of it exists"
-    entries = sorted(folder.iterdir(), key=lambda e: (not e.is_dir(), e.name))
-    names = [e.name + ("/" if e.is_dir() else "") for e in entries if not e.name.startswith(".")]
-    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-    text = f"{folder} holds: {shown}" if names else f"{folder} is empty"
-    if seed_folders(folder):
-        text += f" (a run folder: lthash search --run {folder} reads its seeds' model and {RUN_CODES})"
-    return text
-
-
-def seed_folders(run: str | os.PathLike) -> dict[int, Path]:
-    """The seed folders of a run folder (``seed0``, ``seed1``, ...), by seed."""
-    import re
-
-    from lthash.workflow import SEED
-
-    pattern = re.compile(re.escape(SEED).replace(re.escape("{seed}"), r"(\d+)"))
-    run = Path(run)
-    if not run.is_dir():
-        return {}
-    found = {int(m.group(1)): e for e in run.iterdir() if e.is_dir() and (m := pattern.fullmatch(e.name))}
-    return dict(sorted(found.items()))
-
-
-@dataclass(frozen=True)
-class RunChoice:
-    """The seed of a run folder a search reads: its folder, its seed and the run's other seeds."""
-
-    run: Path
-    seed: int | None
-    seeds: tuple[int, ...]
-    folder: Path
-
-    @property
-    def model(self) -> Path:
-        from lthash.workflow import RUN_MODEL
-
-        return self.folder / RUN_MODEL
-
-    @property
-    def codes(self) -> Path:
-        from lthash.workflow import RUN_CODES
-
-        return self.folder / RUN_CODES
-
-    def describe(self) -> str:
-        """The line a search prints first: which seed it reads and which others there are."""
-        if self.seed is None:
-            return f"run {self.folder}"
-        others = [s for s in self.seeds if s != self.seed]
-        rest = (f"; seeds {', '.join(map(str, self.seeds))} here, --seed N picks another" if others
-                else "; the only seed here")
-        return f"run {self.run}: seed {self.seed} ({self.folder}{rest})"
-
-
-def resolve_run(run: str | os.PathLike, seed: int | None = None) -> RunChoice:
-    """The seed folder of a run folder (``runs/<arm>/<method>-<backbone>-<bits>``) that a search
-    reads: ``seed``, or the first (lowest) when None. A seed folder itself is taken as it is.
-    A wrong path, a missing seed or an unfinished seed is an error naming what does exist."""
-    from lthash.workflow import RUN_CODES, RUN_MODEL
-
-    run = Path(run)
-    if not run.is_dir():
-        raise LthashError(f"run folder not found: {run}; {near_existing(run)}")
-    if (run / RUN_CODES).exists() or (run / RUN_MODEL).exists():  # a seed folder given as the run
-        siblings = seed_folders(run.parent)
-        own = next((s for s, f in siblings.items() if f.name == run.name), None)
-        if seed is not None and own != seed:
-            raise LthashError(f"{run} is a seed folder itself; give its run folder {run.parent} with --seed {seed}")
-        choice = RunChoice(run.parent, own, tuple(siblings), run) if own is not None else RunChoice(run, None, (), run)
-    else:
-        seeds = seed_folders(run)
-        if not seeds:
-            listed = near_existing(run / "seed0")
-            raise LthashError(f"{run} is not a run folder: it holds no seed folders (seed0, seed1, ...); {listed}. "
-                              f"A run folder is <results>/runs/<arm>/<method>-<backbone>-<bits>")
-        if seed is None:
-            seed = next(iter(seeds))
-        if seed not in seeds:
-            raise LthashError(f"{run} has no seed {seed}: its seeds are {', '.join(map(str, seeds))}")
-        choice = RunChoice(run, seed, tuple(seeds), seeds[seed])
-    missing = [p.name for p in (choice.model, choice.codes) if not p.exists()]
-    if missing:
-        raise LthashError(f"{choice.folder} is not a finished run: {' and '.join(missing)} missing "
-                          f"(snakemake makes them: snakemake {choice.codes}); {near_existing(choice.codes)}")
-    return choice
-
-
 @dataclass
 class Query:
     """One query: where it comes from, its label when known, its picture for the grid."""
@@ -357,97 +263,6 @@ class Database:
 
 
 
-def _label_value(label: np.ndarray | np.integer) -> Any:
-    label = np.asarray(label)
-    return np.flatnonzero(label).tolist() if label.ndim == 1 else int(label)
-
-
-def _relevant(query_label: Any, label: Any) -> bool | None:
-    """Same class (or a shared label); None when the query's label is unknown."""
-    if query_label is None:
-        return None
-    if isinstance(query_label, list) or isinstance(label, list):
-        return bool(set(np.atleast_1d(query_label).tolist()) & set(np.atleast_1d(label).tolist()))
-    return int(query_label) == int(label)
-
-
-def answer(query: Query, found: np.ndarray, dist: np.ndarray, db: Database, profile: NeighbourProfile,
-           judged: dict[str, Any]) -> dict[str, Any]:
-    """The JSON entry of one query: its source, label, class, ranked results (each with
-    ``closer``: the share of database items whose own nearest neighbour is closer than it),
-    and ``ood`` (:meth:`NeighbourProfile.judge`), ``out_of_distribution`` its verdict."""
-    results = []
-    closer = profile.hamming.closer(dist)
-    for r, (j, d) in enumerate(zip(found, dist)):
-        label = _label_value(db.set.labels[j])
-        entry = {"rank": r + 1, "row": int(j), "index": int(db.set.index[j]), "label": label,
-                 "class": db.class_of(label), "source": db.source(int(j)), "distance": int(d),
-                 "closer": round(float(closer[r]), 4)}
-        if query.label is not None:
-            entry["correct"] = _relevant(query.label, label)
-        results.append(entry)
-    return {"source": query.source, "row": query.row, "index": query.index, "label": query.label,
-            "class": db.class_of(query.label), "out_of_distribution": judged["out_of_distribution"],
-            "ood": judged, "results": results}
-
-
-def ood_reason(judged: dict[str, Any], profile: NeighbourProfile) -> str:
-    """Why a query is flagged out of distribution, in words (empty when it is not)."""
-    if not judged["out_of_distribution"]:
-        return ""
-    reasons = []
-    if judged["hamming_beyond"]:
-        reasons.append(f"its nearest database item is at Hamming distance {judged['nearest_distance']}, farther "
-                       f"than {_percent(judged['closer'])} of the database items are from their own nearest "
-                       f"neighbour (threshold {profile.hamming.threshold:g})")
-    if judged.get("activation_beyond"):
-        reasons.append(f"its activations are farther from any database image's than "
-                       f"{_percent(judged['activation_closer'])} of the reference images are from each other "
-                       f"(cosine distance {judged['activation_distance']:.4f}, threshold "
-                       f"{profile.activations.threshold:.4f})")
-    return "OUT OF DISTRIBUTION: " + "; and ".join(reasons)
-
-
-def _percent(share: float) -> str:
-    """A share as a percentage that never rounds up to 100 % (or down to 0 %) unless it is."""
-    value = 100.0 * share
-    text = f"{value:.1f}"
-    if text == "100.0" and share < 1:
-        text = "99.9"
-    if text == "0.0" and share > 0:
-        text = "0.1"
-    return f"{text} %"
-
-
-def format_answer(number: int, total: int, entry: dict[str, Any], profile: NeighbourProfile) -> str:
-    """A readable table of one query's results: rank, Hamming distance, ``closer`` (the share of
-    database items whose nearest neighbour is closer), class, whether it is the query's class,
-    source; the out-of-distribution flag with its reason above the table."""
-    known = entry["label"] is not None
-    title = f"query {number}/{total}: {entry['source']}"
-    if known:
-        title += f"  (class: {_text(entry['class'])})"
-    width = max([5] + [len(_text(r["class"])) for r in entry["results"]])
-    lines = [title]
-    if entry["out_of_distribution"]:
-        lines.append("  " + ood_reason(entry["ood"], profile))
-    lines.append(f"  rank  dist  closer  {'class':<{width}}  {'ok ' if known else ''}source")
-    for r in entry["results"]:
-        mark = ("yes" if r["correct"] else "no ") + " " if known else ""
-        lines.append(f"  {r['rank']:4d}  {r['distance']:4d}  {_percent(r['closer']):>7}  "
-                     f"{_text(r['class']):<{width}}  {mark}{r['source']}")
-    if known:
-        hits = sum(bool(r["correct"]) for r in entry["results"])
-        lines.append(f"  {hits}/{len(entry['results'])} of the same class")
-    return "\n".join(lines)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return ", ".join(value) if isinstance(value, list) else str(value)
-
-
 def image_queries(files: Sequence[Path], shape: Sequence[int], class_names: Sequence[str] | None) -> list[Query]:
     """Prepared pixels of query image files, their class read from the folder name when it names one."""
     from lthash.evaluate.query_images import class_from_folder, load_query_image
@@ -478,7 +293,7 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
     if query_index is not None:
         query_set = read_codes(codes, "query")
         rows = parse_query_index(query_index, len(query_set))
-        queries = [Query(source=db.source(r, query_set), label=_label_value(query_set.labels[r]),
+        queries = [Query(source=db.source(r, query_set), label=label_value(query_set.labels[r]),
                          row=r, index=int(query_set.index[r])) for r in rows]
         if pictures:
             for q, picture in zip(queries, db.pictures(rows, shape, "query", query_set)):
@@ -488,7 +303,7 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
     if query_codes is not None:
         packed, code_set = load_query_codes(query_codes, db.bits, group)
         queries = [Query(source=f"{query_codes} row {r}", row=r,
-                         label=_label_value(code_set.labels[r]) if code_set is not None else None,
+                         label=label_value(code_set.labels[r]) if code_set is not None else None,
                          index=int(code_set.index[r]) if code_set is not None else None) for r in range(len(packed))]
         return QuerySource(queries, packed, [], shape, {"query_codes": str(query_codes)})
     meta = check_model_matches(model, codes, db.attrs, db.bits, device)
@@ -496,8 +311,8 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
     if len(specs) == 1 and Path(specs[0]).suffix.lower() in H5_SUFFIXES and Path(specs[0]).is_file():
         packed, image_set = encode_query_images(model, specs[0], group, device)
         names = image_set.extra.get("files")
-        queries = [Query(source=_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
-                         label=_label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
+        queries = [Query(source=as_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
+                         label=label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
                          image=image_set.images[r]) for r in range(len(packed))]
         return QuerySource(queries, packed, [], shape, {"model": str(model), "images": str(specs[0]), "group": group})
     return QuerySource([], None, collect_image_files(specs), shape,
@@ -533,25 +348,12 @@ def run_search(codes: str | os.PathLike | None = None, out: str | os.PathLike | 
     started = time.perf_counter()
     echo = echo or (lambda text: print(text, flush=True))
     specs = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(i) for i in images or []]
-    choice = None
-    if (run is None) == (codes is None):
-        raise LthashError("give the database as a run folder (--run) or a codes file (--codes), one of them")
-    if run is not None:
-        if model is not None:
-            raise LthashError("--run brings its own model: give --images without --model")
-        choice = resolve_run(run, seed)
-        echo(choice.describe())
-        codes = choice.codes
-        model = choice.model if specs else None
-    elif seed is not None:
-        raise LthashError("--seed picks a seed of a --run folder; a --codes file has one")
+    codes, model, choice = _database_of(codes, run, seed, model, bool(specs), echo)
     if len([s for s in (query_index, query_codes, model) if s is not None]) != 1:
         raise LthashError("give exactly one query source: --query-index, --query-codes or --images (with --run, "
                           "or --model and --codes)")
     if (model is None) != (not specs):
         raise LthashError("--model and --images go together")
-    if not Path(codes).exists():
-        raise LthashError(f"missing file: {codes}; {near_existing(codes)}")
     db = Database(codes)
     source = gather_queries(db, codes, query_index, query_codes, model, specs, group, device, grid is not None)
     profile_started = time.perf_counter()
@@ -575,33 +377,15 @@ def run_search(codes: str | os.PathLike | None = None, out: str | os.PathLike | 
             batch_queries = image_queries(files, source.shape, db.class_names)
             packed = encode_array(model, np.stack([q.image for q in batch_queries]), device=device)
             queries.extend(batch_queries)
-        statistics = None
-        if model is not None and profile.activations is not None:
-            from lthash.hashing.encode import activation_statistics
-
-            statistics = activation_statistics(model, np.stack([q.image for q in batch_queries]), device)
-        found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
-        for q, rows_q, dist_q, judged in zip(batch_queries, found, dist, profile.judge(dist[:, 0], statistics)):
-            entries.append(answer(q, rows_q, dist_q, db, profile, judged))
-            echo(format_answer(len(entries), total_queries, entries[-1], profile))
+        for entry in _answers(batch_queries, packed, db, profile, model, device, k, backend, threads):
+            entries.append(entry)
+            echo(format_answer(len(entries), total_queries, entry, profile))
         if first_answer is None:
             first_answer = time.perf_counter() - started
-    total = time.perf_counter() - started
-    if source.files:
-        per_query = (total - first_answer) / (len(entries) - 1) if len(entries) > 1 else None
-    else:
-        per_query = (total - setup) / len(entries)
-    timing = {"setup": round(setup, 4), "profile": round(profile_seconds, 4), "first_answer": round(first_answer, 4),
-              "per_query": None if per_query is None else round(per_query, 5), "total": round(total, 4)}
-    rate = "" if per_query is None else f", then {per_query * 1000:.1f} ms per query"
-    flagged = sum(e["out_of_distribution"] for e in entries)
+    timing = _timing(started, setup, profile_seconds, first_answer, len(entries), bool(source.files))
+    rate = "" if timing["per_query"] is None else f", then {timing['per_query'] * 1000:.1f} ms per query"
     test = profile.describe(model is not None)
-    activations = test["activations"]
-    echo(f"{flagged} of {len(entries)} queries flagged out of distribution ({test['rule']}: Hamming distance "
-         f"> {test['hamming']['threshold']}"
-         + (f", activation distance > {activations['threshold']:.4f})" if "threshold" in activations
-            else f"; no activation statistic: {activations['missing']})"))
-    echo("closer: the share of database items whose own nearest neighbour is closer than the result")
+    echo(closing_line(entries, test))
     echo(f"{len(entries)} queries against {len(db.set)} database items: first answer after {first_answer:.3f} s"
          f" (setup {setup:.3f} s){rate}")
     result = {"bits": db.bits, "k": len(entries[0]["results"]), "backend": backend, "n_database": len(db.set),
@@ -610,24 +394,55 @@ def run_search(codes: str | os.PathLike | None = None, out: str | os.PathLike | 
     if choice is not None:
         result["run"] = {"folder": str(choice.run), "seed": choice.seed, "seeds": list(choice.seeds)}
     if grid is not None:
-        result["grid"] = {"path": str(grid), "size": list(_write_grid(grid, queries, entries, db, source.shape))}
+        result["grid"] = {"path": str(grid), "size": list(write_grid_of(grid, queries, entries, db, source.shape))}
     if out is not None:
         write_json(out, result)
     return result
 
 
-def _write_grid(path: str | os.PathLike, queries: Sequence[Query], entries: Sequence[dict[str, Any]], db: Database,
-                shape: Sequence[int] | None) -> tuple[int, int]:
-    from lthash.evaluate.grid import Row, Tile, write_grid
+def _database_of(codes: str | os.PathLike | None, run: str | os.PathLike | None, seed: int | None,
+                 model: str | os.PathLike | None, images: bool,
+                 echo: Callable[[str], None]) -> tuple[str | os.PathLike, str | os.PathLike | None, RunChoice | None]:
+    """(codes file, model for query images or None, the run's seed when ``run`` is given) of a
+    search, checking that the database is given once and that the codes file is there."""
+    choice = None
+    if (run is None) == (codes is None):
+        raise LthashError("give the database as a run folder (--run) or a codes file (--codes), one of them")
+    if run is not None:
+        if model is not None:
+            raise LthashError("--run brings its own model: give --images without --model")
+        choice = resolve_run(run, seed)
+        echo(choice.describe())
+        codes, model = choice.codes, (choice.model if images else None)
+    elif seed is not None:
+        raise LthashError("--seed picks a seed of a --run folder; a --codes file has one")
+    if not Path(codes).exists():
+        raise LthashError(f"missing file: {codes}; {near_existing(codes)}")
+    return codes, model, choice
 
-    result_rows = [r["row"] for entry in entries for r in entry["results"]]
-    pictures = iter(db.pictures(result_rows, shape))
-    rows = []
-    for q, entry in zip(queries, entries):
-        caption = Path(q.source).name if os.sep in q.source else q.source
-        if entry["class"] is not None:
-            caption = f"{_text(entry['class'])}\n{caption}"
-        tiles = [Tile(next(pictures), f"{_text(r['class'])}\nd={r['distance']}, {_percent(r['closer'])}",
-                      r.get("correct")) for r in entry["results"]]
-        rows.append(Row(Tile(q.image, caption, flagged=entry["out_of_distribution"]), tiles))
-    return write_grid(path, rows)
+
+def _answers(queries: Sequence[Query], packed: np.ndarray, db: Database, profile: NeighbourProfile,
+             model: str | os.PathLike | None, device: str, k: int, backend: str,
+             threads: int | None) -> list[dict[str, Any]]:
+    """The JSON entries of a batch of queries (their packed codes): top-k, and how far each is
+    (with the activation statistics of their images when the model and the profile have them)."""
+    statistics = None
+    if model is not None and profile.activations is not None:
+        from lthash.hashing.encode import activation_statistics
+
+        statistics = activation_statistics(model, np.stack([q.image for q in queries]), device)
+    found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
+    return [answer(q, rows, distances, db, profile, judged)
+            for q, rows, distances, judged in zip(queries, found, dist, profile.judge(dist[:, 0], statistics))]
+
+
+def _timing(started: float, setup: float, profile: float, first_answer: float, n: int,
+            files: bool) -> dict[str, float | None]:
+    """``seconds`` of a search's result (see :func:`run_search`)."""
+    total = time.perf_counter() - started
+    if files:
+        per_query = (total - first_answer) / (n - 1) if n > 1 else None
+    else:
+        per_query = (total - setup) / n
+    return {"setup": round(setup, 4), "profile": round(profile, 4), "first_answer": round(first_answer, 4),
+            "per_query": None if per_query is None else round(per_query, 5), "total": round(total, 4)}
