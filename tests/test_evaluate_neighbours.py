@@ -18,7 +18,7 @@ from PIL import Image
 
 from lthash.cli import main
 from lthash.evaluate.codes import read_codes, unpack_codes
-from lthash.evaluate.neighbours import NeighbourProfile, Reference, database_profile, profile_path
+from lthash.evaluate.neighbours import Reference, database_profile, hamming_leave_one_out, profile_path
 from lthash.io import ImageSet, read_image_set, write_image_sets
 from lthash.testing.foreign import foreign_images
 
@@ -68,6 +68,10 @@ def test_hamming_profile_is_each_items_nearest_other_item(fashion_run, tmp_path)
     np.fill_diagonal(distance, database.bits + 1)
     np.testing.assert_array_equal(profile.hamming.values, np.sort(distance.min(axis=1)))
     assert profile.made and profile.activations is None and "no model" in profile.activations_missing
+    # a large database: a sample of its items, each still against all the others
+    sampled = hamming_leave_one_out(database.codes, database.bits, most=50)
+    rows = np.unique(np.linspace(0, len(database.codes) - 1, 50).round().astype(int))
+    np.testing.assert_array_equal(sampled, distance.min(axis=1)[rows])
 
 
 def test_foreign_images_are_flagged_and_in_domain_ones_are_not(fashion_run, small_split, tmp_path, capsys):

@@ -4,9 +4,9 @@ Two statistics, each with a reference distribution made from the database alone 
 queries), stored once per codes file beside it (``codes.h5`` -> ``codes.neighbours.npz``,
 written atomically, keyed by the codes file's sha256 and reused while it is the same file):
 
-* **Hamming**: the distance from a query's code to its nearest database code, against every
-  database item's leave-one-out nearest-neighbour distance (the second of its top-2, itself
-  being the first). Every answer carries ``closer``: the share of database items whose own
+* **Hamming**: the distance from a query's code to its nearest database code, against the
+  database items' leave-one-out nearest-neighbour distances (the second of each one's top-2,
+  itself being the first; of :data:`HAMMING_CALIBRATION` of them at most). Every answer carries ``closer``: the share of database items whose own
   nearest neighbour is strictly closer than the answer's distance.
 * **Activations** (for query images, with the model): the cosine distance from the query's
   activation statistics (:func:`lthash.hashing.encode.activation_statistics`: each backbone
@@ -39,6 +39,10 @@ DEFAULT_QUANTILE = 0.99
 ACTIVATION_REFERENCE = 20000
 """At most this many database images (evenly spaced rows; all of the default's 20,000) form the
 activation reference: its one-time cost is one forward pass of each."""
+HAMMING_CALIBRATION = 20000
+"""At most this many database items (evenly spaced; all of the default's 20,000) give the Hamming
+leave-one-out distribution, each against every database item: a larger database costs this
+many searches, not its square."""
 ACTIVATION_CALIBRATION = 2000
 """This many reference images (evenly spaced) give the activation statistic's leave-one-out
 distribution, each against every other reference image."""
@@ -53,15 +57,18 @@ def profile_path(codes: str | os.PathLike) -> Path:
     return codes.with_name(codes.stem + PROFILE_SUFFIX)
 
 
-def hamming_leave_one_out(codes: np.ndarray, bits: int, threads: int | None = None) -> np.ndarray:
-    """Each item's Hamming distance to its nearest other item (int64, one per row of packed uint8
-    ``codes``; a duplicate code gives 0). Needs at least two items."""
+def hamming_leave_one_out(codes: np.ndarray, bits: int, threads: int | None = None,
+                          most: int = HAMMING_CALIBRATION) -> np.ndarray:
+    """The Hamming distance of each item (of at most ``most``, evenly spaced) to its nearest
+    other item among all rows of packed uint8 ``codes`` (int64; a duplicate code gives 0).
+    Needs at least two items."""
     from lthash.evaluate.search import search_codes
 
     if len(codes) < 2:
         raise LthashError(f"a nearest-neighbour profile needs at least 2 database items, got {len(codes)}")
-    _, dist = search_codes(codes, codes, bits, k=2, threads=threads)
-    return dist[:, 1]
+    rows = _spread(len(codes), most)
+    _, dist = search_codes(codes[rows], codes, bits, k=2, threads=threads)
+    return dist[:, 1]  # the first is the item itself, or an identical code
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -155,8 +162,8 @@ class NeighbourProfile:
             "quantile": quantile,
             "rule": f"flagged when a statistic is beyond the {quantile:g} quantile of its database reference",
             "hamming": {"statistic": "Hamming distance to the nearest database item",
-                        "reference": f"leave-one-out nearest-neighbour distance of each of the "
-                                     f"{len(self.hamming.values)} database items",
+                        "reference": f"leave-one-out nearest-neighbour distance of {len(self.hamming.values)} "
+                                     f"database items, each against all the others",
                         "threshold": int(self.hamming.threshold)}}
         if images and self.activations is not None:
             out["activations"] = {
@@ -188,7 +195,7 @@ def database_profile(codes: str | os.PathLike, db_codes: np.ndarray, bits: int,
     codes_sha = file_digest(Path(codes))
     model_sha = _model_digest(model) if model is not None else ""
     stored = _read_profile(path)
-    if stored is not None and str(stored["codes_sha256"]) == codes_sha and len(stored["hamming"]) == len(db_codes):
+    if stored is not None and str(stored["codes_sha256"]) == codes_sha:
         if model is None or str(stored["model_sha256"]) == model_sha:
             return _profile_of(stored, quantile)
         hamming = stored["hamming"]
