@@ -17,6 +17,7 @@ from lthash.generate.corpus import check_prompt_words
 from lthash.generate.shipped import base_folder, check_base_choice, materialise_base
 from lthash.generate.personalize.method import joint_names
 import lthash.workflow as lw
+from lthash.report.home import home_page
 
 
 configfile: "config.yaml"
@@ -94,7 +95,9 @@ envvars:
     *lw.runtime_env(config),
 
 
-report: "workflow/report/workflow.rst"
+# The report's first page is the abstract the report stage writes from the scored runs
+# (lthash.report.home); before it exists, workflow/report/workflow.rst.
+report: home_page(R, workflow.basedir)
 
 
 GENERATOR_NAMES = "|".join(lw.field_values()["generator"])
@@ -136,5 +139,6 @@ rule all:
     default_target: True
     input:
         f"{R}/report.md",
+        rules.report.output.home,
         BASE_DIR if GENERATORS and BASE_IS_TINY else [],
         FILTER_JUDGE if GENERATORS and FILTERING else [],

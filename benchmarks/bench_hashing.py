@@ -71,7 +71,7 @@ def main() -> None:
     configure_allocator()  # as every lthash command does: the figures are a job's
     torch.set_num_threads(args.threads)
 
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.hashing.encode import encode_array, load_run_model
     from lthash.hashing.train import run_training
     from lthash.io import ImageSet, write_image_sets

@@ -74,7 +74,7 @@ def evaluate(run: Path, split: Path, tail: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.hashing.methods import REGISTRY
     from lthash.hashing.train import run_training
     from lthash.io import read_image_set

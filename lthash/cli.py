@@ -3,7 +3,7 @@
 Each stage group registers its subcommands from ``lthash/<group>/cli.py`` through
 ``register(subparsers)``; the handler of ``lthash <command>`` is ``<command>_command``
 (``train_command``), set with ``parser.set_defaults(func=...)``. :func:`main` reads
-``--params`` once (:func:`lthash.config.stage_config`) and hands the stage's validated config
+``--params`` once (:func:`lthash.workflow.stage_config`) and hands the stage's validated config
 to the handler as ``args.config``; a handler never parses ``--params`` itself. A handler takes
 the parsed arguments and returns nothing; a :class:`~lthash.errors.LthashError` becomes a
 one-line message and exit code 2.
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_threads(args.threads)
     try:
         if hasattr(args, "params"):
-            from lthash.config import stage_config
+            from lthash.workflow import stage_config
 
             args.config = stage_config(args.command, args.params)
         args.func(args)

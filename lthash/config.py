@@ -1,4 +1,4 @@
-"""Configuration: schema validation with defaults, clear errors, canonical stage params.
+"""Configuration: schema validation with defaults, clear errors.
 
 The schema is split by stage group under ``lthash/schemas/`` (package data, so an installed lthash validates from any folder) (``config.schema.yaml`` refers
 to ``data``, ``generate``, ``hashing``, ``evaluate`` and ``report`` parts by ``urn:lthash:<part>``).
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -210,47 +209,3 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-def parse_params(text: str | None) -> dict:
-    """Parse a ``--params`` argument: inline JSON, or ``@file.json``/``@file.yaml``."""
-    if not text:
-        return {}
-    if text.startswith("@"):
-        path = Path(text[1:])
-        if not path.exists():
-            raise LthashError(f"params file not found: {path}")
-        body = path.read_text()
-        data = load_yaml(body) if path.suffix in (".yaml", ".yml") else json.loads(body)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LthashError(f"--params is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise LthashError("--params must be a JSON object")
-    return data
-
-
-def stage_config(stage: str, params_text: str | None) -> dict:
-    """The validated config of one ``lthash`` stage from its ``--params``: the one place a
-    stage's params are read (``lthash.cli.main`` hands the result to the handler as ``args.config``).
-
-    Parses ``params_text`` (:func:`parse_params`), refuses keys no job of ``stage`` reads
-    (:func:`lthash.workflow.check_stage_params`), puts a bare section under the stage's one
-    section (:func:`lthash.workflow.nest_params`) and validates with every default filled, so
-    each section is complete (``config["hashing"]`` for ``lthash train``). Without params,
-    ``export-imagefolder`` exports scikit-learn's digits.
-    """
-    from lthash.workflow.reads import check_stage_params, nest_params
-
-    params = parse_params(params_text)
-    if stage == "export-imagefolder" and not params:
-        params = {"dataset": {"name": "digits"}}
-    check_stage_params(stage, params)
-    config = validate_config({"dataset": {}, **nest_params(stage, params)})
-    evaluate = config["evaluate"]
-    if evaluate["few_shot"] > evaluate["many_shot"]:
-        raise LthashError(f"config key 'evaluate.few_shot' ({evaluate['few_shot']}) must not exceed "
-                          f"'evaluate.many_shot' ({evaluate['many_shot']})")
-    return config

@@ -46,3 +46,23 @@ def test_wrong_type_and_range_are_named():
     text = str(info.value)
     assert "dataset.name" in text and "fashion-mnist" in text
     assert "split.seed" in text and "split.train_per_class" in text
+
+
+def test_config_depends_on_no_workflow_module():
+    """One direction only: lthash.workflow reads the schemas through lthash.config, and
+    lthash.config imports nothing of lthash.workflow, not even inside a function."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lthash.config
+
+    tree = ast.parse(Path(lthash.config.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name.startswith("lthash.workflow")}, imported
+    code = ("import sys, lthash.config as c; c.validate_config({'dataset': {}}); "
+            "print(sorted(m for m in sys.modules if m.startswith('lthash.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "lthash.workflow" not in loaded, loaded

@@ -140,7 +140,7 @@ def test_search_faiss_backend_distances(codes_file, tmp_path):
 def test_search_with_a_trained_model_matches_its_codes(small_split, tmp_path):
     """A real (LSH) model from the hashing stage: encoding the split's query images and
     searching gives the same results as searching with the codes it wrote."""
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.hashing.encode import encode_split
     from lthash.hashing.train import run_training
 

@@ -15,7 +15,7 @@ import torch
 
 from lthash.errors import LthashError
 from lthash.generate.base import BaseTrainingConfig, run_base, train_base
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.generate.models import load_components, save_tiny_stable_diffusion
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import synthesize_shard

@@ -13,7 +13,7 @@ from lthash.config import validate_config
 from lthash.data.split import run_split
 from lthash.errors import LthashError
 from lthash.generate.base import run_base
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.generate.corpus import (caption_words, check_base_corpus, load_corpus, prompt_words, read_corpus,
                                     split_indices)
 from lthash.generate.models import load_components

@@ -11,7 +11,7 @@ import torch
 from lthash.cli import main
 from lthash.config import validate_config
 from lthash.errors import LthashError
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.generate.filtering import REFERENCE_FILE, keep_in_distribution, keep_most_confident, read_reference
 from lthash.generate.judge import class_weights, load_judge, train_judge, judge_weights
 from lthash.generate.models import build_tiny_components, load_components, save_components

@@ -11,7 +11,7 @@ import torch
 
 from lthash.config import validate_config
 from lthash.errors import LthashError
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.generate.models import build_tiny_components, load_components, save_tiny_stable_diffusion
 from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.plan import make_plan

@@ -11,7 +11,7 @@ import pytest
 
 from lthash.cli import main
 from lthash.data.export import export_imagefolder
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.generate.models import build_tiny_components, save_components
 from lthash.generate.personalize.data import load_class_images
 from lthash.generate.plan import make_plan

@@ -127,7 +127,7 @@ def test_prior_preservation_without_class_images_is_refused_naming_the_key(defau
 
 
 def test_the_base_generator_draws_a_shard_with_no_personalisation(default_split, tmp_path):
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.generate.plan import make_plan
     from lthash.generate.synthesize import synthesize_shard
     from lthash.workflow import generator_model, param_jobs

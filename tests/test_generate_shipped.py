@@ -13,7 +13,7 @@ from lthash.config import validate_config
 from lthash.errors import LthashError
 from lthash.generate import shipped
 from lthash.generate.base import run_base
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.data.split import run_split
 from lthash.testing.faults import snapshot
 

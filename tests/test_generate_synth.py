@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lthash.errors import LthashError
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.generate.plan import make_plan
 from lthash.generate.synthesize import BASE_GENERATOR, shard_seed, synthesize_shard
 from lthash import io

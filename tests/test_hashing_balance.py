@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lthash.errors import LthashError
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.hashing.losses.logit_adjustment import adjust_logits, logit_offset
 from lthash.hashing.methods import REGISTRY, check_balance
 from lthash.hashing.model import build_model

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lthash.errors import LthashError
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.hashing.data import load_training_set, mix_counts
 from lthash.hashing.encode import encode_array
 from lthash.hashing.methods import REGISTRY

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lthash.evaluate.codes import read_codes
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.hashing.encode import encode_array, encode_split
 from lthash.hashing.methods import REGISTRY
 from lthash.hashing.train import run_training

@@ -64,7 +64,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(small_split, tmp_path):
 
 
 def test_truncated_and_foreign_checkpoints_are_skipped(small_split, tmp_path):
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.hashing.train import run_training
 
     params = stage_config("train", json.dumps({**PARAMS, "train": {"epochs": 2, "batch_size": 32}}))["hashing"]

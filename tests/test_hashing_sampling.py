@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lthash.errors import LthashError
-from lthash.config import stage_config
+from lthash.workflow import stage_config
 from lthash.hashing.data import class_balanced_draw, epoch_batches, replace_real
 from lthash.hashing.train import run_training
 from lthash.io import load_safetensors

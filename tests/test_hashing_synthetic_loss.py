@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lthash.config import stage_config, validate_config
+from lthash.config import validate_config
+from lthash.workflow import stage_config
 from lthash.errors import LthashError
 from lthash.generate.plan import make_plan
 from lthash.generate.resample import resample_shard

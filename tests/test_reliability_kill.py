@@ -119,7 +119,7 @@ def test_encode_killed_while_writing_leaves_no_codes_and_the_rerun_matches(tmp_p
     """SIGKILL `lthash encode` as soon as a file appears beside its output (writing has begun):
     no codes file is left under the output name, and the rerun of the same command writes the
     codes of an uninterrupted run and removes the killed writer's temporary."""
-    from lthash.config import stage_config
+    from lthash.workflow import stage_config
     from lthash.hashing.train import run_training
 
     model = tmp_path / "run"

@@ -8,6 +8,7 @@ report's tables, sentences, pictures and timing are checked against numbers reco
 from __future__ import annotations
 
 import csv
+import html
 import json
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lthash.config import load_config, stage_config
+from lthash.config import load_config
+from lthash.workflow import stage_config
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, pack_codes, write_codes
 from lthash.evaluate.score import run_score
@@ -24,7 +26,7 @@ from lthash.io import ImageSet, write_image_sets, write_json
 from lthash.report.analysis import arms_table, best_control, gap_share, read_setting, sentence, summary
 from lthash.report.figures import BORDER, PAD, RIGHT, TILE, WRONG, figure_path, pick_queries
 from lthash.report.report import TABLE_NAMES, VERDICT, write_report
-from lthash.report.runs import RunRecord, Setting, by_setting, load_runs
+from lthash.report.runs import RunRecord, Setting, by_setting, load_runs, primary_cut
 from lthash.report.uncertainty import difference_text, paired, spread
 from lthash.report.timing import read_benchmarks
 
@@ -392,6 +394,37 @@ def two_seeds(scored):
                                offset=10 * seed)
         metrics += found
     return root, metrics
+
+
+def test_the_report_home_page_reads_like_an_abstract(two_seeds, tmp_path):
+    """The page snakemake --report opens on, rendered as Snakemake renders it (Jinja, then docutils
+    with every warning an error): the question, the matrix in words, the verdict with its numbers."""
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    from lthash.report.home import HOME, home_page
+
+    root, metrics = two_seeds
+    write_report(metrics, tmp_path / "report.md", tmp_path / "map.csv", root / "data" / "split.json",
+                 tables=tmp_path / "tables")
+    text = (tmp_path / "tables" / HOME).read_text()
+    links = "\n.. _verdict.html: javascript:app.showResultInfo('verdict')\n"
+    rendered = Environment(trim_blocks=True, lstrip_blocks=True).from_string(text + links).render(files=[])
+    page = publish_parts(rendered, writer="html",
+                         settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
+    runs = load_runs(metrics)
+    verdict = summary(arms_table(runs, *primary_cut(runs))[1])
+    assert "<h1" in page and "does synthetic data make the tail classes" in page
+    assert "Does synthetic data from a diffusion model personalised to each class" in page
+    for words in ("<strong>Controls</strong>: longtail — Long-tail data; class_balanced",
+                  "<strong>Seeds</strong>: every arm trained once per seed (0 and 1)",
+                  "<strong>Synthesis</strong>: image-to-image"):
+        assert words in page, words
+    assert "{'" not in page and "[" not in page.split("Verdict")[0]  # no Python dict or list
+    assert html.escape(verdict) in page and "95 % CI" in page
+    assert 'href="javascript:app.showResultInfo' in page
+    assert home_page(tmp_path) == str((tmp_path / "tables" / HOME).resolve())
+    assert home_page(tmp_path / "nowhere", "/project") == "/project/workflow/report/workflow.rst"
 
 
 def test_two_seeds_pair_by_seed_in_the_report(two_seeds, tmp_path):

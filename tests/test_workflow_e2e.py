@@ -131,11 +131,51 @@ def test_html_report_shows_every_run_figure_table_and_picture(finished_run):
     assert "retrieval-orthohash-cnn-16.png" in names and "per_class_ap-orthohash-cnn-16.png" in names
     assert "seeds-orthohash-cnn-16.png" in names
     assert "does synthetic data make the tail classes" in html
+    # the first page is the report stage's abstract: the matrix in words, the verdict with its numbers
+    assert "<strong>Controls</strong>: longtail" in html and "{'arms'" not in html
+    assert "Against the best control of each setting" in html and "95 % CI" in html
     arms = list(csv.DictReader((workdir / "results" / "tables" / "arms.csv").open()))
     # one row per arm and setting, each over every seed of the config
     assert sorted(row["arm_label"] for row in arms) == sorted({run.label for run in runs})
     seeds = " ".join(str(seed) for seed in config["experiment"]["seeds"])
     assert {row["seeds"] for row in arms} == {seeds}
+
+
+def readme_search_command() -> str:
+    """The README's search example, joined into one line."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"### Search by image\n\n```bash\n(.*?)```", readme, re.S).group(1)
+    return block.replace("\\\n", " ")
+
+
+def test_the_readme_search_command_runs_on_a_finished_run(finished_run):
+    """As written, with the reduced run's generated arm (16 bits) for the default's: the run folder,
+    the first seed said, every answer with how far it is, an inverted query image flagged."""
+    from PIL import Image
+
+    from lthash.io import read_image_set
+
+    workdir, _ = finished_run
+    command = readme_search_command()
+    assert command.startswith("lthash search --run results/runs/augmented-attndreambooth-real/orthohash-cnn-64 ")
+    command = command.replace("augmented-attndreambooth-real/orthohash-cnn-64", "augmented-attndreambooth-noise/"
+                              "orthohash-cnn-16")
+    photos = workdir / "my_photos"
+    photos.mkdir()
+    query = read_image_set(workdir / "results" / "data" / "split.h5", "query").images
+    Image.fromarray(query[0, ..., 0]).save(photos / "clothing.png")
+    Image.fromarray(255 - query[1, ..., 0]).save(photos / "inverted.png")
+    ran = subprocess.run(["bash", "-c", command], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    run = "results/runs/augmented-attndreambooth-noise/orthohash-cnn-16"
+    assert ran.stdout.startswith(f"run {run}: seed 0 ({run}/seed0; seeds 0, 1 here, --seed N picks another)")
+    answers = json.loads((workdir / "answers.json").read_text())
+    assert answers["run"] == {"folder": run, "seed": 0, "seeds": [0, 1]}
+    flags = {Path(q["source"]).name: q["out_of_distribution"] for q in answers["queries"]}
+    assert flags == {"clothing.png": False, "inverted.png": True}
+    assert all(len(q["results"]) == 10 and all(0 <= r["closer"] <= 1 for r in q["results"]) for q in answers["queries"])
+    assert (workdir / "sheet.png").stat().st_size > 0
+    assert (workdir / run / "seed0" / "codes.neighbours.npz").exists()
 
 
 def test_nothing_reruns_after_a_finished_run_or_with_reordered_keys(finished_run):

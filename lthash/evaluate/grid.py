@@ -4,7 +4,8 @@ Every tile is ``TILE`` x ``TILE`` pixels (images scaled up with nearest neighbou
 bicubic, aspect kept, centred on grey) with a ``CAPTION``-pixel caption below; ``PAD`` pixels
 between tiles and around the sheet, twice that (with a rule) between a query and its
 results. A result tile is framed green when its class is the query's, red when not, and
-unframed when the query's class is unknown. A sheet of ``n`` queries with ``k`` results each
+unframed when the query's class is unknown. A query flagged out of distribution
+(:mod:`lthash.evaluate.neighbours`) is framed orange with an orange band across its picture. A sheet of ``n`` queries with ``k`` results each
 is :func:`grid_size` ``(n, k)`` pixels.
 """
 
@@ -24,15 +25,18 @@ FRAME = 4
 BACKGROUND = (255, 255, 255)
 EMPTY = (200, 200, 200)
 COLOURS = {True: (0, 160, 60), False: (215, 25, 28)}
+FLAGGED = (240, 140, 0)
 
 
 @dataclass
 class Tile:
-    """One picture (uint8 H x W x C, or None when the item has no pixels to show) and its caption."""
+    """One picture (uint8 H x W x C, or None when the item has no pixels to show) and its caption;
+    ``correct`` frames it green / red, ``flagged`` (an out-of-distribution query) orange."""
 
     image: np.ndarray | None
     caption: str
     correct: bool | None = None
+    flagged: bool = False
 
 
 @dataclass
@@ -95,6 +99,10 @@ def _draw_tile(sheet, draw, font, tile: Tile, left: int, top: int) -> None:
         sheet.paste(pil, (left + (TILE - pil.size[0]) // 2, top + (TILE - pil.size[1]) // 2))
     if tile.correct is not None:
         draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], outline=COLOURS[tile.correct], width=FRAME)
+    if tile.flagged:
+        draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], outline=FLAGGED, width=FRAME)
+        draw.rectangle([left, top + TILE - 16, left + TILE - 1, top + TILE - 1], fill=FLAGGED)
+        draw.text((left + 4, top + TILE - 14), "out of distribution", fill=(0, 0, 0), font=font)
     for i, line in enumerate(tile.caption.split("\n")[:2]):
         draw.text((left + 1, top + TILE + 2 + 13 * i), _fit(draw, font, line), fill=(20, 20, 20), font=font)
 

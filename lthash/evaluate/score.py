@@ -231,7 +231,7 @@ def run_score(codes: str | os.PathLike, out: str | os.PathLike, params: Mapping[
               tags: Mapping[str, str] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Score a codes file and write the metrics JSON (and CSV / plots when asked).
 
-    ``params`` is the validated ``evaluate`` section (``lthash.config.stage_config("score", ...)``).
+    ``params`` is the validated ``evaluate`` section (``lthash.workflow.stage_config("score", ...)``).
     Class counts come from ``split`` (its ``train`` group's ``counts``) or ``counts``.
     """
     if (split is None) == (counts is None):

@@ -1,12 +1,15 @@
 """The search stage: top-k database items by Hamming distance for query codes or images.
 
-Queries: rows of the codes file's query set, a codes / ``.npy`` file, or images encoded by a
-trained model folder: image files, folders or globs (prepared as the training images were,
-:mod:`lthash.evaluate.query_images`) or an HDF5 image set. A model folder and the codes file
-``lthash encode`` wrote with it are enough: the codes file records the class names, the
-dataset, the model's checksum and input shape, and each database item's source file for
-image-file datasets (else its dataset index). Results: a table on stdout, JSON (``json``),
-and a contact sheet (``grid``, :mod:`lthash.evaluate.grid`).
+The database: a run folder of the workflow (:mod:`lthash.evaluate.run_folder`: a seed's model
+and codes file) or a codes file. Queries: rows of the codes file's query set, a codes / ``.npy``
+file, or images encoded by the trained model: image files, folders or globs (prepared as the
+training images were, :mod:`lthash.evaluate.query_images`) or an HDF5 image set. A model folder
+and the codes file ``lthash encode`` wrote with it are enough: the codes file records the class
+names, the dataset, the model's checksum and input shape, and each database item's source file
+for image-file datasets (else its dataset index). Every answer says how far it is and flags a
+query out of distribution (:mod:`lthash.evaluate.neighbours`). Results
+(:mod:`lthash.evaluate.answers`): a table on stdout, JSON (``json``), and a contact sheet
+(``grid``, :mod:`lthash.evaluate.grid`).
 
 Exact scan (default): order by (distance, database row), deterministic. ``faiss`` backend:
 ``faiss.IndexBinaryFlat`` (exact distances; which items fill the last tied places is faiss's
@@ -25,6 +28,9 @@ import numpy as np
 
 from lthash.errors import LthashError
 from lthash.evaluate.codes import CodeSet, read_codes
+from lthash.evaluate.answers import label_value, as_text, answer, closing_line, format_answer, write_grid_of
+from lthash.evaluate.neighbours import DEFAULT_QUANTILE, NeighbourProfile, database_profile, profile_path
+from lthash.evaluate.run_folder import RunChoice, near_existing, resolve_run
 from lthash.io import read_attrs, write_json
 
 BACKENDS = ("exact", "faiss")
@@ -257,57 +263,6 @@ class Database:
 
 
 
-def _label_value(label: np.ndarray | np.integer) -> Any:
-    label = np.asarray(label)
-    return np.flatnonzero(label).tolist() if label.ndim == 1 else int(label)
-
-
-def _relevant(query_label: Any, label: Any) -> bool | None:
-    """Same class (or a shared label); None when the query's label is unknown."""
-    if query_label is None:
-        return None
-    if isinstance(query_label, list) or isinstance(label, list):
-        return bool(set(np.atleast_1d(query_label).tolist()) & set(np.atleast_1d(label).tolist()))
-    return int(query_label) == int(label)
-
-
-def answer(query: Query, found: np.ndarray, dist: np.ndarray, db: Database) -> dict[str, Any]:
-    """The JSON entry of one query: its source, label, class and ranked results."""
-    results = []
-    for r, (j, d) in enumerate(zip(found, dist)):
-        label = _label_value(db.set.labels[j])
-        entry = {"rank": r + 1, "row": int(j), "index": int(db.set.index[j]), "label": label,
-                 "class": db.class_of(label), "source": db.source(int(j)), "distance": int(d)}
-        if query.label is not None:
-            entry["correct"] = _relevant(query.label, label)
-        results.append(entry)
-    return {"source": query.source, "row": query.row, "index": query.index, "label": query.label,
-            "class": db.class_of(query.label), "results": results}
-
-
-def format_answer(number: int, total: int, entry: dict[str, Any]) -> str:
-    """A readable table of one query's results."""
-    known = entry["label"] is not None
-    title = f"query {number}/{total}: {entry['source']}"
-    if known:
-        title += f"  (class: {_text(entry['class'])})"
-    width = max([5] + [len(_text(r["class"])) for r in entry["results"]])
-    lines = [title, f"  rank  dist  {'class':<{width}}  {'ok ' if known else ''}source"]
-    for r in entry["results"]:
-        mark = ("yes" if r["correct"] else "no ") + " " if known else ""
-        lines.append(f"  {r['rank']:4d}  {r['distance']:4d}  {_text(r['class']):<{width}}  {mark}{r['source']}")
-    if known:
-        hits = sum(bool(r["correct"]) for r in entry["results"])
-        lines.append(f"  {hits}/{len(entry['results'])} of the same class")
-    return "\n".join(lines)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return ", ".join(value) if isinstance(value, list) else str(value)
-
-
 def image_queries(files: Sequence[Path], shape: Sequence[int], class_names: Sequence[str] | None) -> list[Query]:
     """Prepared pixels of query image files, their class read from the folder name when it names one."""
     from lthash.evaluate.query_images import class_from_folder, load_query_image
@@ -338,7 +293,7 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
     if query_index is not None:
         query_set = read_codes(codes, "query")
         rows = parse_query_index(query_index, len(query_set))
-        queries = [Query(source=db.source(r, query_set), label=_label_value(query_set.labels[r]),
+        queries = [Query(source=db.source(r, query_set), label=label_value(query_set.labels[r]),
                          row=r, index=int(query_set.index[r])) for r in rows]
         if pictures:
             for q, picture in zip(queries, db.pictures(rows, shape, "query", query_set)):
@@ -348,7 +303,7 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
     if query_codes is not None:
         packed, code_set = load_query_codes(query_codes, db.bits, group)
         queries = [Query(source=f"{query_codes} row {r}", row=r,
-                         label=_label_value(code_set.labels[r]) if code_set is not None else None,
+                         label=label_value(code_set.labels[r]) if code_set is not None else None,
                          index=int(code_set.index[r]) if code_set is not None else None) for r in range(len(packed))]
         return QuerySource(queries, packed, [], shape, {"query_codes": str(query_codes)})
     meta = check_model_matches(model, codes, db.attrs, db.bits, device)
@@ -356,39 +311,58 @@ def gather_queries(db: Database, codes: str | os.PathLike, query_index: str | No
     if len(specs) == 1 and Path(specs[0]).suffix.lower() in H5_SUFFIXES and Path(specs[0]).is_file():
         packed, image_set = encode_query_images(model, specs[0], group, device)
         names = image_set.extra.get("files")
-        queries = [Query(source=_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
-                         label=_label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
+        queries = [Query(source=as_text(names[r]) if names is not None else f"{specs[0]}/{group} row {r}",
+                         label=label_value(image_set.labels[r]), row=r, index=int(image_set.index[r]),
                          image=image_set.images[r]) for r in range(len(packed))]
         return QuerySource(queries, packed, [], shape, {"model": str(model), "images": str(specs[0]), "group": group})
     return QuerySource([], None, collect_image_files(specs), shape,
                        {"model": str(model), "images": [str(spec) for spec in specs]})
 
 
-def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k: int = 10, backend: str = "exact",
-               query_index: str | None = None, query_codes: str | os.PathLike | None = None,
+def run_search(codes: str | os.PathLike | None = None, out: str | os.PathLike | None = None, k: int = 10,
+               backend: str = "exact", query_index: str | None = None, query_codes: str | os.PathLike | None = None,
                model: str | os.PathLike | None = None, images: Sequence[str] | str | os.PathLike | None = None,
                group: str = "query", device: str = "cpu", threads: int | None = None,
-               grid: str | os.PathLike | None = None,
-               echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+               grid: str | os.PathLike | None = None, echo: Callable[[str], None] | None = None,
+               run: str | os.PathLike | None = None, seed: int | None = None,
+               quantile: float = DEFAULT_QUANTILE) -> dict[str, Any]:
     """Top-k database items of each query: printed as tables (``echo``, default stdout), returned
     and written as JSON (``out``) and drawn as a contact sheet (``grid``).
 
-    Query images (``model`` + ``images``): files, folders or glob patterns, or one HDF5 image-set
-    file (its ``group``). With image files the first query is answered alone, so the time to the
-    first answer is that of one image; the rest are encoded and searched together. ``seconds``
-    in the result: ``setup`` (codes file and model loaded), ``first_answer`` (from the call to
-    the first query's results), ``per_query`` (each later query; for codes, all queries'
-    search time over their number; None for a single image), ``total``.
+    The database: a run folder (``run``: ``runs/<arm>/<method>-<backbone>-<bits>``, its seed
+    ``seed`` or the first, :func:`resolve_run`; its model encodes query images) or a codes file
+    (``codes``, with ``model`` for query images). Query images (``images``): files, folders or
+    glob patterns, or one HDF5 image-set file (its ``group``). With image files the first query
+    is answered alone, so the time to the first answer is that of one image; the rest are
+    encoded and searched together.
+
+    Every answer says how far it is (:mod:`lthash.evaluate.neighbours`, the profile made once
+    per codes file and stored beside it): each result's ``closer``, and each query's ``ood``
+    with ``out_of_distribution`` (the ``quantile`` sets the thresholds); flagged queries are
+    marked in the table, the JSON and the contact sheet. ``seconds`` in the result: ``setup``
+    (codes file, model and profile loaded), ``profile`` (of it, making the profile),
+    ``first_answer`` (from the call to the first query's results), ``per_query`` (each later
+    query; for codes, all queries' search time over their number; None for a single image),
+    ``total``.
     """
     started = time.perf_counter()
     echo = echo or (lambda text: print(text, flush=True))
-    if len([s for s in (query_index, query_codes, model) if s is not None]) != 1:
-        raise LthashError("give exactly one query source: --query-index, --query-codes or --model (+ --images)")
     specs = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(i) for i in images or []]
+    codes, model, choice = _database_of(codes, run, seed, model, bool(specs), echo)
+    if len([s for s in (query_index, query_codes, model) if s is not None]) != 1:
+        raise LthashError("give exactly one query source: --query-index, --query-codes or --images (with --run, "
+                          "or --model and --codes)")
     if (model is None) != (not specs):
         raise LthashError("--model and --images go together")
     db = Database(codes)
     source = gather_queries(db, codes, query_index, query_codes, model, specs, group, device, grid is not None)
+    profile_started = time.perf_counter()
+    profile = database_profile(codes, db.set.codes, db.bits, model=model, quantile=quantile, device=device,
+                               threads=threads, pictures=lambda rows: db.pictures(rows, source.shape))
+    profile_seconds = time.perf_counter() - profile_started
+    if profile.made:
+        echo(f"made the database's nearest-neighbour profile in {profile_seconds:.1f} s, once for this codes file: "
+             f"{profile_path(codes)}")
     setup = time.perf_counter() - started
     queries, entries = list(source.queries), []
     first_answer = None
@@ -403,44 +377,72 @@ def run_search(codes: str | os.PathLike, out: str | os.PathLike | None = None, k
             batch_queries = image_queries(files, source.shape, db.class_names)
             packed = encode_array(model, np.stack([q.image for q in batch_queries]), device=device)
             queries.extend(batch_queries)
-        found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
-        for q, rows_q, dist_q in zip(batch_queries, found, dist):
-            entries.append(answer(q, rows_q, dist_q, db))
-            echo(format_answer(len(entries), total_queries, entries[-1]))
+        for entry in _answers(batch_queries, packed, db, profile, model, device, k, backend, threads):
+            entries.append(entry)
+            echo(format_answer(len(entries), total_queries, entry, profile))
         if first_answer is None:
             first_answer = time.perf_counter() - started
-    total = time.perf_counter() - started
-    if source.files:
-        per_query = (total - first_answer) / (len(entries) - 1) if len(entries) > 1 else None
-    else:
-        per_query = (total - setup) / len(entries)
-    timing = {"setup": round(setup, 4), "first_answer": round(first_answer, 4),
-              "per_query": None if per_query is None else round(per_query, 5), "total": round(total, 4)}
-    rate = "" if per_query is None else f", then {per_query * 1000:.1f} ms per query"
+    timing = _timing(started, setup, profile_seconds, first_answer, len(entries), bool(source.files))
+    rate = "" if timing["per_query"] is None else f", then {timing['per_query'] * 1000:.1f} ms per query"
+    test = profile.describe(model is not None)
+    echo(closing_line(entries, test))
     echo(f"{len(entries)} queries against {len(db.set)} database items: first answer after {first_answer:.3f} s"
          f" (setup {setup:.3f} s){rate}")
     result = {"bits": db.bits, "k": len(entries[0]["results"]), "backend": backend, "n_database": len(db.set),
               "database": str(codes), "dataset": db.dataset, "source": source.describe, "seconds": timing,
-              "queries": entries}
+              "out_of_distribution": test, "queries": entries}
+    if choice is not None:
+        result["run"] = {"folder": str(choice.run), "seed": choice.seed, "seeds": list(choice.seeds)}
     if grid is not None:
-        result["grid"] = {"path": str(grid), "size": list(_write_grid(grid, queries, entries, db, source.shape))}
+        result["grid"] = {"path": str(grid), "size": list(write_grid_of(grid, queries, entries, db, source.shape))}
     if out is not None:
         write_json(out, result)
     return result
 
 
-def _write_grid(path: str | os.PathLike, queries: Sequence[Query], entries: Sequence[dict[str, Any]], db: Database,
-                shape: Sequence[int] | None) -> tuple[int, int]:
-    from lthash.evaluate.grid import Row, Tile, write_grid
+def _database_of(codes: str | os.PathLike | None, run: str | os.PathLike | None, seed: int | None,
+                 model: str | os.PathLike | None, images: bool,
+                 echo: Callable[[str], None]) -> tuple[str | os.PathLike, str | os.PathLike | None, RunChoice | None]:
+    """(codes file, model for query images or None, the run's seed when ``run`` is given) of a
+    search, checking that the database is given once and that the codes file is there."""
+    choice = None
+    if (run is None) == (codes is None):
+        raise LthashError("give the database as a run folder (--run) or a codes file (--codes), one of them")
+    if run is not None:
+        if model is not None:
+            raise LthashError("--run brings its own model: give --images without --model")
+        choice = resolve_run(run, seed)
+        echo(choice.describe())
+        codes, model = choice.codes, (choice.model if images else None)
+    elif seed is not None:
+        raise LthashError("--seed picks a seed of a --run folder; a --codes file has one")
+    if not Path(codes).exists():
+        raise LthashError(f"missing file: {codes}; {near_existing(codes)}")
+    return codes, model, choice
 
-    result_rows = [r["row"] for entry in entries for r in entry["results"]]
-    pictures = iter(db.pictures(result_rows, shape))
-    rows = []
-    for q, entry in zip(queries, entries):
-        caption = Path(q.source).name if os.sep in q.source else q.source
-        if entry["class"] is not None:
-            caption = f"{_text(entry['class'])}\n{caption}"
-        tiles = [Tile(next(pictures), f"{_text(r['class'])}\nd={r['distance']}", r.get("correct"))
-                 for r in entry["results"]]
-        rows.append(Row(Tile(q.image, caption), tiles))
-    return write_grid(path, rows)
+
+def _answers(queries: Sequence[Query], packed: np.ndarray, db: Database, profile: NeighbourProfile,
+             model: str | os.PathLike | None, device: str, k: int, backend: str,
+             threads: int | None) -> list[dict[str, Any]]:
+    """The JSON entries of a batch of queries (their packed codes): top-k, and how far each is
+    (with the activation statistics of their images when the model and the profile have them)."""
+    statistics = None
+    if model is not None and profile.activations is not None:
+        from lthash.hashing.encode import activation_statistics
+
+        statistics = activation_statistics(model, np.stack([q.image for q in queries]), device)
+    found, dist = search_codes(packed, db.set.codes, db.bits, k, backend, threads)
+    return [answer(q, rows, distances, db, profile, judged)
+            for q, rows, distances, judged in zip(queries, found, dist, profile.judge(dist[:, 0], statistics))]
+
+
+def _timing(started: float, setup: float, profile: float, first_answer: float, n: int,
+            files: bool) -> dict[str, float | None]:
+    """``seconds`` of a search's result (see :func:`run_search`)."""
+    total = time.perf_counter() - started
+    if files:
+        per_query = (total - first_answer) / (n - 1) if n > 1 else None
+    else:
+        per_query = (total - setup) / n
+    return {"setup": round(setup, 4), "profile": round(profile, 4), "first_answer": round(first_answer, 4),
+            "per_query": None if per_query is None else round(per_query, 5), "total": round(total, 4)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -204,17 +203,6 @@ def save_components(components: DiffusionComponents, path: str | os.PathLike,
         if extras is not None:
             extras(tmp)
     return path
-
-
-def replace_folder(tmp: Path, final: Path) -> None:
-    """Rename a finished temporary folder onto ``final`` (an older ``final`` is removed)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 _WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}

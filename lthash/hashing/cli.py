@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--device", default="auto")
     encode.add_argument("--batch-size", type=int, default=None,
                         help="default: LTHASH_ENCODE_BATCH_SIZE, else hashing.encode.batch_size")
+    encode.add_argument("--profile", action="store_true",
+                        help="also write the search's nearest-neighbour profile of the database beside the codes "
+                             "file (codes.neighbours.npz; lthash search makes it on first use otherwise)")
     add_common_arguments(encode)
     encode.set_defaults(func=encode_command)
 
@@ -52,4 +55,4 @@ def encode_command(args: argparse.Namespace) -> None:
     from lthash.workflow import runtime_setting
 
     batch_size = args.batch_size or int(runtime_setting(args.config, "hashing.encode.batch_size"))
-    encode_split(args.model, args.split, args.out, select_device(args.device), batch_size)
+    encode_split(args.model, args.split, args.out, select_device(args.device), batch_size, profile=args.profile)

@@ -33,6 +33,12 @@ def encode_array(model_dir: str | Path, images_uint8: np.ndarray, device: str = 
     from lthash.evaluate.codes import pack_codes
     from lthash.hashing.train import encode_images
 
+    model, images = _model_and_images(model_dir, images_uint8, device)
+    return pack_codes(encode_images(model, images, device, batch_size=batch_size))
+
+
+def _model_and_images(model_dir: str | Path, images_uint8: np.ndarray, device: str) -> tuple[Any, np.ndarray]:
+    """The run's model and the images as uint8 N x H x W x C, checked against its input shape."""
     model, meta = load_run_model(model_dir, device)
     images = np.asarray(images_uint8)
     if images.ndim == 3:
@@ -41,7 +47,43 @@ def encode_array(model_dir: str | Path, images_uint8: np.ndarray, device: str = 
     if images.dtype != np.uint8 or tuple(images.shape[1:]) != expected:
         raise LthashError(f"images are {images.dtype} {tuple(images.shape[1:])}; the model in {model_dir} "
                           f"takes uint8 {expected} (H x W x C)")
-    return pack_codes(encode_images(model, images, device, batch_size=batch_size))
+    return model, images
+
+
+def activation_statistics(model_dir: str | Path, images_uint8: np.ndarray, device: str = "cpu",
+                          batch_size: int = 256) -> np.ndarray:
+    """Per image, the mean and standard deviation of each channel of every activation (ReLU or
+    GELU output) of the run's backbone, over its spatial positions (tokens for a transformer),
+    concatenated in call order: float32 N x F. F is 0 for a backbone with no such activation
+    (the shallow methods' raw pixels). What :mod:`lthash.evaluate.neighbours` compares a query
+    image with the database images by."""
+    import torch
+    from torch import nn
+
+    from lthash.hashing.data import to_float
+
+    model, images = _model_and_images(model_dir, images_uint8, device)
+    found: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        if output.ndim == 4:  # N x C x H x W
+            found.extend([output.mean(dim=(2, 3)), output.std(dim=(2, 3))])
+        elif output.ndim == 3:  # N x tokens x C
+            found.extend([output.mean(dim=1), output.std(dim=1)])
+
+    hooks = [m.register_forward_hook(keep) for m in model.backbone.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                found.clear()
+                model.backbone(to_float(images[start: start + batch_size], device))
+                out.append(torch.cat(found, dim=1).float().cpu().numpy() if found
+                           else np.zeros((len(images[start: start + batch_size]), 0), np.float32))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def model_checksum(model_dir: str | Path) -> str:
@@ -61,11 +103,13 @@ def split_groups(split: str | Path) -> tuple[str, ...]:
 
 
 def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, device: str = "cpu",
-                 batch_size: int = 256, groups: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 batch_size: int = 256, groups: tuple[str, ...] | None = None, profile: bool = False) -> dict[str, Any]:
     """Write the codes file (lthash.evaluate.codes format) of the split's database, query and
     (when present) validation sets, with what a search needs without the split: class names,
     dataset, the model's input shape and checksum, and each item's source file when the
-    dataset is made of image files."""
+    dataset is made of image files. With ``profile``, also the search's nearest-neighbour
+    profile of the database beside it (:func:`lthash.evaluate.neighbours.database_profile`),
+    so the first search of the run needs not make it."""
     from lthash.evaluate.codes import CodeSet, write_codes
     from lthash.io import read_attrs, read_image_set
 
@@ -74,6 +118,8 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
     sets = {}
     for group in groups or split_groups(split):
         data = read_image_set(split, group)
+        if group == "database":
+            database = data.images
         if data.images is None:
             raise LthashError(f"{split}/{group} holds image paths, not pixels")
         codes = encode_array(model_dir, data.images, device, batch_size)
@@ -87,4 +133,11 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
     if split_attrs.get("root"):
         attrs["root"] = split_attrs["root"]
     write_codes(out, sets, attrs=attrs)
+    if profile:
+        from lthash.evaluate.neighbours import database_profile
+
+        if "database" not in sets:
+            raise LthashError("the nearest-neighbour profile is of the database: encode the database group too")
+        database_profile(out, sets["database"].codes, int(meta["bits"]), model=model_dir, device=device,
+                         pictures=lambda rows: list(database[rows]))
     return {group: len(code_set) for group, code_set in sets.items()}

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from lthash.report.figures import FIGURE_KINDS, figure_path
+from lthash.report.home import HOME, home_page
 from lthash.report.report import TABLE_NAMES, VERDICT
 from lthash.report.runs import IDENTITY, Setting
 
-__all__ = ["FIGURE_KINDS", "TABLE_NAMES", "TABLE_TITLES", "VERDICT", "figure_path", "figure_subcategory", "run_labels",
+__all__ = ["FIGURE_KINDS", "HOME", "TABLE_NAMES", "TABLE_TITLES", "VERDICT", "figure_path", "home_page", "figure_subcategory", "run_labels",
            "setting_labels", "settings_of"]
 
 TABLE_TITLES = {

@@ -9,8 +9,8 @@ head / medium / tail table.
 
 Outputs: ``report.md`` (the verdict, :func:`lthash.report.analysis.summary`, first); the
 all-runs CSV (``--table``, one row per run, seed and cut-off); in ``--tables`` the CSV + HTML
-of every table in :data:`TABLE_NAMES` and :data:`VERDICT` (the verdict alone, the first item
-of the HTML report); in ``--figures`` the retrieval picture, the per-class AP chart and the
+of every table in :data:`TABLE_NAMES`, :data:`VERDICT` (the verdict alone, the first item
+of the HTML report) and :data:`lthash.report.home.HOME` (the HTML report's first page); in ``--figures`` the retrieval picture, the per-class AP chart and the
 every-seed chart of every setting (:func:`lthash.report.figures.figure_path`).
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lthash.io import atomic_path, read_json
+from lthash.report.home import HOME, home_rst
 from lthash.provenance import code_version, config_digest
 from lthash.report.analysis import arms_table, generator_table, per_class_table, sentence, summary, validation_table
 from lthash.report.runs import ArmRuns, RunRecord, Setting, by_setting, load_runs, primary_cut
@@ -31,6 +32,7 @@ from lthash.report.knowledge import knowledge_table
 from lthash.report.tables import Section, Table, markdown_grid, pct, to_markdown, verdict_html, write_table
 from lthash.report.uncertainty import spread, spread_text
 from lthash.report.timing import timing_table
+from lthash.workflow import RUN_MODEL
 
 #: every table the report writes as ``<name>.csv`` and ``<name>.html`` (the rule's outputs)
 TABLE_NAMES = ("arms", "generator_adds", "generator_knowledge", "per_class", "validation", "timing", "classes")
@@ -123,7 +125,7 @@ class SeedTables:
             links = []
             for name, path in (("PR curve", run.folder / "plots" / "pr_radius.png"),
                                ("P@k", run.folder / "plots" / "precision_at_k.png"),
-                               ("training curves", run.folder / "model" / "curves.png")):
+                               ("training curves", run.folder / RUN_MODEL / "curves.png")):
                 if path.exists():
                     links.append(f"[{name}]({self.rel(path)})")
             lines.append(f"- {run.label} / {run.setting.title} / seed {'–' if run.seed is None else run.seed}: "
@@ -273,11 +275,10 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
                  knowledge: Sequence[str | os.PathLike] = ()) -> None:
     """Write ``report.md``, the all-runs CSV and (when their folders are given) tables and figures.
 
-    ``config`` is the report stage's validated config (``lthash.config.stage_config("report", ...)``,
+    ``config`` is the report stage's validated config (``lthash.workflow.stage_config("report", ...)``,
     every default when not given); its digest in ``report.md`` is that of what the stage reads.
     """
-    from lthash.config import stage_config
-    from lthash.workflow import rule_params
+    from lthash.workflow import rule_params, stage_config
 
     config = stage_config("report", None) if config is None else config
     settings = config["report"]
@@ -332,6 +333,12 @@ def write_report(metrics: Sequence[str | os.PathLike], out: str | os.PathLike, t
             write_table(by_name[name], tables, sources)
         with atomic_path(Path(tables) / VERDICT, suffix=".html") as tmp:
             tmp.write_text(verdict_html(settings["title"], verdict, [sentence(r) for r in readings], sources))
+        split_data = read_json(split_summary)
+        sizes = {group: sum(values) if isinstance(values, list) else int(values)
+                 for group, values in split_data.get("counts", {}).items()}
+        with atomic_path(Path(tables) / HOME, suffix=".rst") as tmp:
+            tmp.write_text(home_rst(settings["title"], runs, str(split_data.get("dataset", "?")), sizes, verdict,
+                                    [sentence(r) for r in readings], str(R)))
     with atomic_path(out, suffix=".md") as tmp:
         tmp.write_text("\n\n".join(sections) + "\n")
     with atomic_path(table, suffix=".csv") as tmp:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from lthash.errors import LthashError
 from lthash.io import read_json
 from lthash.report.uncertainty import seed_order
-from lthash.workflow import ARM_KINDS, ARMS, Arm
+from lthash.workflow import ARM_KINDS, ARMS, RUN_MODEL, Arm
 
 GROUPS = ("head", "medium", "tail")
 IDENTITY = ("arm", "generator", "synthesis", "method", "backbone", "bits", "seed")
@@ -137,7 +137,7 @@ def load_run(metrics_path: str | os.PathLike, codes_path: str | os.PathLike | No
     metrics = read_json(path)
     if not isinstance(metrics, dict) or "results" not in metrics:
         raise LthashError(f"{path}: not a metrics file of lthash score (no 'results')")
-    record_path = path.parent / "model" / "run.json"
+    record_path = path.parent / RUN_MODEL / "run.json"
     record = read_json(record_path) if record_path.exists() else {}
     ident = _identity(metrics, record, path)
     try:

@@ -34,6 +34,10 @@ from lthash.workflow.arms import (  # noqa: F401
 )
 from lthash.workflow.paths import (  # noqa: F401
     MODEL,
+    SEED,
+    RUN_MODEL,
+    RUN_CODES,
+    RUN_PROFILE,
     RUN,
     LABELLED_MODEL,
     model_folder,
@@ -77,4 +81,6 @@ from lthash.workflow.reads import (  # noqa: F401
     stage_roots,
     nest_params,
     check_stage_params,
+    parse_params,
+    stage_config,
 )

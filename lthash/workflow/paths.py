@@ -12,8 +12,16 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     from lthash.workflow.arms import Arm
 
+#: A seed's folder under a run's method-backbone-bits folder.
+SEED = "seed{seed}"
 #: A trained model's folder under its arm's folder: one per method x backbone x bits x seed.
-MODEL = "{method}-{backbone}-{bits}/seed{seed}"
+MODEL = "{method}-{backbone}-{bits}/" + SEED
+#: What a seed folder of a finished run holds: the trained model (``lthash train``) and the
+#: codes of the split's sets by it (``lthash encode``), which ``lthash search --run`` reads.
+RUN_MODEL = "model"
+RUN_CODES = "codes.h5"
+#: The search's nearest-neighbour profile of the codes (lthash.evaluate.neighbours.profile_path).
+RUN_PROFILE = "codes.neighbours.npz"
 #: A run's model folder under its label (``label`` = arm[-generator-synthesis]): logs and benchmarks.
 LABELLED_MODEL = "{label}/" + MODEL
 #: A run's folder under the results folder.
@@ -107,4 +115,4 @@ def init_folder(results: str, arm: "Arm", wildcards: Mapping[str, Any]) -> list[
         return []
     source = shard_source(arm, wildcards.get("generator"), wildcards.get("synthesis"))
     model = model_folder(wildcards["method"], wildcards["backbone"], wildcards["bits"], wildcards["seed"])
-    return [f"{results}/{TRAINING[arm.init].folder.format(source=source)}/{model}/model"]
+    return [f"{results}/{TRAINING[arm.init].folder.format(source=source)}/{model}/{RUN_MODEL}"]

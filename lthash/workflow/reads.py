@@ -17,6 +17,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
+from lthash.config import SCHEMA_DIR, load_yaml, validate_config
 from lthash.errors import LthashError
 from lthash.generate.personalize.method import joint_names, personalised_names
 from lthash.io import canonical_json
@@ -327,8 +328,6 @@ def generate_params(config: Mapping[str, Any], stage: str, generator: str | None
 @functools.lru_cache(maxsize=1)
 def field_values() -> dict[str, list[str]]:
     """Every value a job field can take, from the schemas (methods, backbones, generators, synthesis modes)."""
-    from lthash.config import SCHEMA_DIR, load_yaml
-
     hashing = load_yaml((Path(SCHEMA_DIR) / "hashing.schema.yaml").read_text())
     experiment = load_yaml((Path(SCHEMA_DIR) / "experiment.schema.yaml").read_text())["properties"]
     return {"method": list(hashing["$defs"]["method_name"]["enum"]),
@@ -341,8 +340,6 @@ def field_values() -> dict[str, list[str]]:
 @functools.lru_cache(maxsize=1)
 def _schema_tree() -> dict:
     """The validated default config (every key that has a default), to know which paths exist."""
-    from lthash.config import validate_config
-
     return validate_config({"dataset": {}})
 
 
@@ -429,3 +426,45 @@ def check_stage_params(stage: str, params: Mapping[str, Any]) -> None:
                        | set(STAGE_ONLY_READS.get(stage, ())))
         raise LthashError(f"--params of lthash {stage}: this stage reads {', '.join(reads)}, not "
                           f"{', '.join(unread)} (the table lthash.workflow.READS)")
+
+
+def parse_params(text: str | None) -> dict:
+    """Parse a ``--params`` argument: inline JSON, or ``@file.json``/``@file.yaml``."""
+    if not text:
+        return {}
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.exists():
+            raise LthashError(f"params file not found: {path}")
+        body = path.read_text()
+        data = load_yaml(body) if path.suffix in (".yaml", ".yml") else json.loads(body)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LthashError(f"--params is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LthashError("--params must be a JSON object")
+    return data
+
+
+def stage_config(stage: str, params_text: str | None) -> dict:
+    """The validated config of one ``lthash`` stage from its ``--params``: the one place a
+    stage's params are read (``lthash.cli.main`` hands the result to the handler as ``args.config``).
+
+    Parses ``params_text`` (:func:`parse_params`), refuses keys no job of ``stage`` reads
+    (:func:`check_stage_params`), puts a bare section under the stage's one
+    section (:func:`nest_params`) and validates with every default filled, so
+    each section is complete (``config["hashing"]`` for ``lthash train``). Without params,
+    ``export-imagefolder`` exports scikit-learn's digits.
+    """
+    params = parse_params(params_text)
+    if stage == "export-imagefolder" and not params:
+        params = {"dataset": {"name": "digits"}}
+    check_stage_params(stage, params)
+    config = validate_config({"dataset": {}, **nest_params(stage, params)})
+    evaluate = config["evaluate"]
+    if evaluate["few_shot"] > evaluate["many_shot"]:
+        raise LthashError(f"config key 'evaluate.few_shot' ({evaluate['few_shot']}) must not exceed "
+                          f"'evaluate.many_shot' ({evaluate['many_shot']})")
+    return config

@@ -8,10 +8,12 @@ LABELLED = lw.LABELLED_MODEL
 
 rule encode:
     input:
-        model=f"{R}/{RUN}/model",
+        model=f"{R}/{RUN}/{lw.RUN_MODEL}",
         split=rules.split.output.split,
     output:
-        codes=f"{R}/{RUN}/codes.h5",
+        codes=f"{R}/{RUN}/{lw.RUN_CODES}",
+        # what lthash search reads beside the codes (the database's nearest-neighbour profile)
+        profile=f"{R}/{RUN}/{lw.RUN_PROFILE}",
     log:
         f"{R}/logs/encode/{LABELLED}.log",
     benchmark:
@@ -26,13 +28,13 @@ rule encode:
     params:
         config=lw.params(config, "encode"),
     shell:
-        "lthash encode --model {input.model} --split {input.split} --out {output.codes}"
+        "lthash encode --model {input.model} --split {input.split} --out {output.codes} --profile"
         " --params {params.config} --threads {threads} 2> {log}"
 
 
 rule score:
     input:
-        codes=f"{R}/{RUN}/codes.h5",
+        codes=f"{R}/{RUN}/{lw.RUN_CODES}",
         split=rules.split.output.split,
     output:
         metrics=f"{R}/{RUN}/metrics.json",

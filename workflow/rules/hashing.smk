@@ -18,7 +18,7 @@ for arm in lw.TRAINING.values():
             shards=partial(arm_shards, arm),
             init=partial(arm_init, arm),
         output:
-            model=directory(f"{R}/{arm.folder}/{MODEL}/model"),
+            model=directory(f"{R}/{arm.folder}/{MODEL}/{lw.RUN_MODEL}"),
         log:
             f"{R}/logs/train/{arm.folder}/{MODEL}.log",
         benchmark:

@@ -9,7 +9,7 @@ REPORT_SETTINGS = ri.settings_of(RUNS)
 rule report:
     input:
         metrics=[f"{run.directory(R)}/metrics.json" for run in RUNS],
-        codes=[f"{run.directory(R)}/codes.h5" for run in RUNS],
+        codes=[f"{run.directory(R)}/{lw.RUN_CODES}" for run in RUNS],
         split=rules.split.output.split,
         quality=(lw.quality_files(config) if config["experiment"]["quality"] else []),
         knowledge=(
@@ -31,7 +31,7 @@ rule report:
         ],
         models=[
             report(
-                f"{run.directory(R)}/model",
+                f"{run.directory(R)}/{lw.RUN_MODEL}",
                 patterns=["{figure}.png"],
                 caption="../report/run_figure.rst",
                 category="Runs",
@@ -51,6 +51,8 @@ rule report:
         markdown=report(
             f"{R}/report.md", caption="../report/report.rst", category="Report"
         ),
+        # the HTML report's first page (the Snakefile's report: once it exists)
+        home=f"{R}/tables/{ri.HOME}",
         table=report(
             f"{R}/tables/map.csv",
             caption="../report/map_table.rst",
