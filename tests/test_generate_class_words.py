@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lthash.config import stage_config, validate_config
+from lthash.config import validate_config
+from lthash.workflow.reads import stage_config
 from lthash.data.export import export_imagefolder
 from lthash.data.split import run_split
 from lthash.errors import LthashError

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lthash.config import stage_config, validate_config
+from lthash.config import validate_config
+from lthash.workflow.reads import stage_config
 from lthash.data.split import run_split
 from lthash.errors import LthashError
 from lthash.generate.base import run_base
