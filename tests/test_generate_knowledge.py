@@ -63,7 +63,8 @@ def test_timesteps_are_evenly_spaced_inside_the_schedule_and_a_bad_count_names_t
         measurement_timesteps(1000, 0)
 
 
-def test_a_base_told_only_the_category_sits_exactly_at_chance_within_groups(split_with_validation, one_torch_thread):
+def test_a_base_told_only_the_category_sits_exactly_at_chance_within_groups(split_with_validation, one_torch_thread,
+                                                                            tmp_path):
     base = MODELS_DIR / "fashion-mnist-categories"
     metrics = measure_generator([base] * 10, base, split_with_validation, _params(), "base")
     assert metrics["images"] == 50 and metrics["held_out"] == "validation"
@@ -72,6 +73,19 @@ def test_a_base_told_only_the_category_sits_exactly_at_chance_within_groups(spli
         assert entry["within_group_accuracy"] == pytest.approx(entry["within_group_chance"]), name
     assert metrics["within_group_accuracy"] == pytest.approx(metrics["within_group_chance"])
     assert len(set(metrics["prompts"])) == 3
+    # the report's table: one row per group beside its chance, the multi-class groups, all classes
+    from lthash.io import write_json
+    from lthash.report.knowledge import knowledge_table
+    from lthash.report.tables import to_markdown
+
+    path = tmp_path / "knowledge.json"
+    write_json(path, metrics)
+    table = knowledge_table([path])
+    rows = {r["group"]: r for r in table.records}
+    assert list(rows) == ["clothing", "footwear", "accessory", "multi-class groups", "all classes"]
+    assert rows["accessory"]["chance"] == 1.0 and rows["clothing"]["chance"] == pytest.approx(1 / 6)
+    assert rows["multi-class groups"]["heldout_accuracy_within_group"] == pytest.approx(2 / 9)
+    assert "| clothing | T-shirt/top, Trouser, Pullover, Dress, Coat, Shirt | 16.7 | 16.7 |" in to_markdown(table)
 
 
 def test_a_base_that_knows_the_class_names_classifies_held_out_images_far_above_chance(

@@ -95,7 +95,7 @@ PRESET_TABLE = {
     },
     "tiny_novel_class": {
         "attndreambooth": [("embedding", 60, 5e-3, 16, 0.1, 0.0), ("cross_attention", 60, 5e-4, 16, 2.0, 5.0),
-                           ("unet", 200, 2e-4, 16, 2.0, 5.0)],
+                           ("unet", 300, 1e-3, 16, 2.0, 5.0)],
     },
 }
 

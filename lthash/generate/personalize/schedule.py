@@ -17,6 +17,9 @@ for a base without a VAE and ``reference`` otherwise. ``tiny_known_class`` (Attn
 for a tiny base that knows the class names: ``tiny``'s lr / 10 for the embedding and
 cross-attention stages and no whole-UNet stage, measured with prior preservation (corpus, 64
 images) to keep the quality judge's class fidelity near the un-personalised base's (issue 18).
+``tiny_novel_class`` (AttnDreamBooth only) is for a tiny base that knows only the super-category
+(the silk paper's regime): longer embedding and cross-attention stages and a whole-UNet stage
+of 300 steps at lr 1e-3, so that each class's own model learns to draw the class (issue 27).
 """
 
 from __future__ import annotations
