@@ -220,8 +220,12 @@ def test_hand_written_expectations(base):
     assert rules_of(readers_of(config, "generate.synthesis.steps", 9)) == {"synthesize"}
     assert rules_of(readers_of(config, "generate.synthesis.shard_size", 9)) == {"plan"}
     assert rules_of(readers_of(config, "generate.seed", 5)) == {"base", "plan", "personalize", "synthesize",
-                                                                "resample", "quality", "filter_judge", "knowledge"}
-    assert readers_of(config, "generate.knowledge.timesteps", 3) == {"knowledge/attndreambooth", "knowledge/dreambooth"}
+                                                                "resample", "quality", "filter_judge"}
+    # no validation group: nothing to measure the generators on, so no knowledge job
+    assert readers_of(config, "generate.knowledge.timesteps", 3) == set()
+    measured = validate_config(with_value(config, ("split", "validation_per_class"), 5))
+    assert readers_of(measured, "generate.knowledge.timesteps", 3) == {"knowledge/attndreambooth",
+                                                                       "knowledge/dreambooth"}
     assert rules_of(readers_of(config, "evaluate.topk", ["all", 5])) == {"score"}
     assert rules_of(readers_of(config, "experiment.quality", False)) == {"report"}
     assert rules_of(readers_of(config, "split.seed", 3)) == {"split"}

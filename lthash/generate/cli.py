@@ -78,6 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(quality)
     quality.set_defaults(func=quality_command)
 
+    _register_knowledge(subparsers)
+
+    from lthash.generate.personalize.cli import register as register_personalize
+
+    register_personalize(subparsers)
+
+
+def _register_knowledge(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``knowledge`` subcommand."""
+    from lthash.cli import add_common_arguments
+
     knowledge = subparsers.add_parser(
         "knowledge", help="what a generator knows of each class, before synthesis (held-out denoising accuracy)",
         description="Classify held-out validation images by the class prompt under which the generator denoises "
@@ -93,10 +104,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     knowledge.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_common_arguments(knowledge)
     knowledge.set_defaults(func=knowledge_command)
-
-    from lthash.generate.personalize.cli import register as register_personalize
-
-    register_personalize(subparsers)
 
 
 def base_command(args: argparse.Namespace) -> None:

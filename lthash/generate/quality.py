@@ -136,6 +136,23 @@ def fidelity_by_group(per_class: Mapping[str, Mapping[str, Any]], categories: Se
     return groups
 
 
+def generator_summary(per_class: Mapping[str, Mapping[str, Any]], categories: Sequence[str]) -> dict[str, Any]:
+    """One generator's entry: its classes, their means (class, category and tail fidelity,
+    diversity ratio), fidelity by group and the chance level of class fidelity."""
+    values = list(per_class.values())
+    return {
+        "groups": fidelity_by_group(per_class, categories),
+        "chance_class_fidelity": float(np.mean([1.0 / list(categories).count(categories[v["class_index"]])
+                                                for v in values])),
+        "classes": dict(per_class),
+        "mean_class_fidelity": float(np.mean([v["class_fidelity"] for v in values])),
+        "mean_category_fidelity": float(np.mean([v["category_fidelity"] for v in values])),
+        "tail_class_fidelity": float(np.mean([v["class_fidelity"] for v in values if v["tail"]]))
+        if any(v["tail"] for v in values) else None,
+        "mean_diversity_ratio": float(np.nanmean([v["diversity_ratio"] for v in values])),
+    }
+
+
 def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | os.PathLike],
                      params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics JSON, material for the grid) from the split and the shards.
@@ -189,19 +206,7 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
                 "diversity_ratio": diversity / real_diversity if real_diversity > 0 else float("nan"),
                 "nearest_train_ratio": near_synth / near_real if near_real > 0 else float("nan"),
             }
-        values = list(per_class.values())
-        groups = fidelity_by_group(per_class, categories)
-        generators[generator] = {
-            "groups": groups,
-            "chance_class_fidelity": float(np.mean([1.0 / categories.count(categories[v["class_index"]])
-                                                    for v in values])),
-            "classes": per_class,
-            "mean_class_fidelity": float(np.mean([v["class_fidelity"] for v in values])),
-            "mean_category_fidelity": float(np.mean([v["category_fidelity"] for v in values])),
-            "tail_class_fidelity": float(np.mean([v["class_fidelity"] for v in values if v["tail"]]))
-            if any(v["tail"] for v in values) else None,
-            "mean_diversity_ratio": float(np.nanmean([v["diversity_ratio"] for v in values])),
-        }
+        generators[generator] = generator_summary(per_class, categories)
     metrics = {
         "judge": {
             "classifier": judge.kind,

@@ -193,6 +193,21 @@ def guidance_reference(components: DiffusionComponents, mode: str, class_names: 
     return category_prompt(word)
 
 
+def _sampling(components: DiffusionComponents, params: Mapping[str, Any], class_names: list[str],
+              class_index: int) -> tuple[SamplerConfig, str]:
+    """(sampler, guidance reference prompt) of a shard, the strengths checked against the steps
+    before anything is drawn."""
+    synthesis = params["synthesis"]
+    sampler = SamplerConfig.for_model(components, synthesis)
+    reference = guidance_reference(components, str(synthesis["guidance_reference"]), class_names,
+                                   params.get("categories"), class_index, params.get("class_words"))
+    if synthesis["init"] == "real":
+        strength = synthesis["strength"]
+        for value in strength if isinstance(strength, list) else [strength]:
+            img2img_start(sampler.steps, float(value))
+    return sampler, reference
+
+
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -226,12 +241,7 @@ def synthesize_shard(
     components, prompt, generator_name = load_generator(model_dir, base_dir, class_index, class_names,
                                                         params.get("categories"), device,
                                                         params.get("class_words"))
-    sampler = SamplerConfig.for_model(components, synthesis)
-    reference = guidance_reference(components, str(synthesis["guidance_reference"]), class_names,
-                                   params.get("categories"), class_index, params.get("class_words"))
-    if init == "real":
-        for value in image_strengths(strength, 0, 0) if not isinstance(strength, list) else strength:
-            img2img_start(sampler.steps, float(value))
+    sampler, reference = _sampling(components, params, class_names, class_index)
     seed = shard_seed(params["seed"], generator_name, class_index, purpose, shard)
     expected = {"generator": generator_name, "class_index": class_index, "shard": shard, "purpose": purpose,
                 "seed": seed, "count": entry["count"], "sampler": canonical_json(sampler.__dict__),

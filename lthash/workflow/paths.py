@@ -71,10 +71,19 @@ def knowledge_path(results: str, generator: str) -> str:
     return f"{results}/generate/{generator}/knowledge.json"
 
 
+def measures_knowledge(config: Mapping[str, Any]) -> bool:
+    """Whether the run measures what its generators know: the quality stage is on and the split
+    holds validation images to measure on (``split.validation_per_class`` > 0)."""
+    return bool(config["experiment"]["quality"]) and int(config["split"]["validation_per_class"]) > 0
+
+
 def knowledge_files(config: Mapping[str, Any]) -> list[str]:
-    """The knowledge measure of every generator the experiment draws from."""
+    """The knowledge measure of every generator the experiment draws from (none when
+    :func:`measures_knowledge` is false)."""
     from lthash.workflow.arms import generated_sources
 
+    if not measures_knowledge(config):
+        return []
     generators = list(dict.fromkeys(g for g, _ in generated_sources(config)))
     return [knowledge_path(config["results"], g) for g in generators]
 

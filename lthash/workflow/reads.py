@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 from lthash.config import SCHEMA_DIR, load_yaml, validate_config
 from lthash.errors import LthashError
 from lthash.generate.personalize.method import joint_names, personalised_names
+from lthash.workflow.paths import knowledge_files
 from lthash.io import canonical_json
 from lthash.workflow.arms import ARMS, RESAMPLED, TRAINING, Arm, generated_sources, runs, shard_sources, uses_generators
 
@@ -296,8 +297,7 @@ def param_jobs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             jobs.append(("filter_judge", {}))
         jobs += [("personalize_joint" if g in joint_names() else "personalize", {"generator": g})
                  for g in experiment["generators"] if g in personalised_names()]
-        if experiment["quality"]:
-            jobs += [("knowledge", {"generator": g}) for g in dict.fromkeys(g for g, _ in generated_sources(config))]
+        jobs += [("knowledge", {"generator": path.split("/")[-2]}) for path in knowledge_files(config)]
         for generator, synthesis in generated_sources(config):
             jobs.append(("synthesize", {"generator": generator, "synthesis": synthesis}))
             if experiment["quality"]:

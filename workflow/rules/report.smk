@@ -12,9 +12,7 @@ rule report:
         codes=[f"{run.directory(R)}/{lw.RUN_CODES}" for run in RUNS],
         split=rules.split.output.split,
         quality=(lw.quality_files(config) if config["experiment"]["quality"] else []),
-        knowledge=(
-            lw.knowledge_files(config) if config["experiment"]["quality"] else []
-        ),
+        knowledge=lw.knowledge_files(config),
         summary=rules.split.output.summary,
         figure=rules.split.output.figure,
         # every run's PR / P@k (score) and training curves (train) in the HTML report

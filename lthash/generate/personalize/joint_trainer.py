@@ -185,18 +185,11 @@ def _replay_set(base_dir, class_names, words, replay_images: int, seed: int):
     return np.concatenate(pixels), np.concatenate(labels), distinct
 
 
-def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike, out_dir: str | os.PathLike,
-                      generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
-    """Teach ``base_dir`` every class of the split's long-tail ``train`` group at once; write
-    the joint concept folder ``out_dir`` (atomically) and return it."""
-    from lthash.generate.concepts import write_joint_concepts
-    from lthash.generate.personalize.runner import make_accelerator
-    from lthash.generate.personalize.sampling import sample_images, save_grid
+def _long_tail_set(split_path: str | os.PathLike):
+    """(class names, the split's long-tail ``train`` group, images per class); a multi-label split
+    or a class without a long-tail image is refused."""
     from lthash.io import read_attrs, read_image_set
 
-    check_base_corpus(base_dir, split_path)
-    params = generate_params["personalize"]
-    settings = JointSettings.from_params(params["joint"])
     class_names = [str(n) for n in read_attrs(split_path)["class_names"]]
     train = read_image_set(split_path, "train")
     if train.labels.ndim != 1:
@@ -205,6 +198,132 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
     if (counts == 0).any():
         empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
         raise LthashError(f"{split_path}: class(es) {empty} have no long-tail training image: nothing to personalise on")
+    return class_names, train, counts
+
+
+def _losses(components: DiffusionComponents, x0: torch.Tensor, ids: torch.Tensor, n: int,
+            generator: torch.Generator, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(instance MSE over the first ``n`` rows, replay MSE over the rest, 0 when none) of one
+    step: noise and timesteps drawn from ``generator``, eps- or v-prediction target."""
+    scheduler = components.noise_scheduler
+    context = components.text_encoder(ids)[0]
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    timesteps = timesteps.to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    target = scheduler.get_velocity(x0, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" \
+        else noise
+    with accelerator.autocast():
+        pred = components.unet(noisy, timesteps, context.to(noisy.dtype)).sample.float()
+    instance = torch.nn.functional.mse_loss(pred[:n], target[:n].float())
+    replay = torch.nn.functional.mse_loss(pred[n:], target[n:].float()) if x0.shape[0] > n else torch.zeros(())
+    return instance, replay
+
+
+def _sample_grid(components: DiffusionComponents, prompts: Sequence[str], grid: Mapping[str, Any], seed: int,
+                 path: Path) -> dict[str, Path]:
+    """A grid of samples, one row per class prompt (``grid["images"]`` // 2 each); {} when off."""
+    from lthash.generate.personalize.sampling import sample_images, save_grid
+
+    if int(grid["images"]) <= 0:
+        return {}
+    per_class = max(1, int(grid["images"]) // 2)
+    images = sample_images(components, [p for p in prompts for _ in range(per_class)], grid,
+                           torch.Generator().manual_seed(seed))
+    save_grid(images, path, columns=per_class)
+    return {path.name: path}
+
+
+class JointData:
+    """What a step draws from: the long-tail images (model pixels), their labels and class prompt
+    ids, the empty prompt's ids, the augmentation, and the corpus replay set when there is one."""
+
+    def __init__(self, components: DiffusionComponents, images: np.ndarray, labels: np.ndarray,
+                 prompts: Sequence[str], augmentation: Augmentation) -> None:
+        self.pixels = images_to_pixels(images, components.image_size, components.channels)
+        self.labels = labels
+        self.prompt_ids = tokenize(components, prompts)
+        self.empty_ids = tokenize(components, [""])
+        self.augmentation = augmentation
+        self.replay_pixels = self.replay_labels = self.replay_ids = None
+
+    def add_replay(self, components: DiffusionComponents, images: np.ndarray, labels: np.ndarray,
+                   words: Sequence[str]) -> None:
+        self.replay_pixels = images_to_pixels(images, components.image_size, components.channels)
+        self.replay_labels = labels
+        self.replay_ids = tokenize(components, [category_prompt(w) for w in words])
+
+    def batch(self, components: DiffusionComponents, settings: JointSettings, num_classes: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(model-space images, prompt ids, number of instance rows) of one step: a class-balanced
+        augmented batch, each prompt emptied with probability ``caption_dropout``, then the replay rows."""
+        index = balanced_batch(self.labels, num_classes, settings.batch_size, generator)
+        x0 = to_model_space(components, self.augmentation(self.pixels[index], generator), generator)
+        labels = torch.as_tensor(self.labels[index.numpy()])
+        drop = torch.rand(len(index), generator=generator) < settings.caption_dropout
+        ids = torch.where(drop[:, None].to(self.prompt_ids.device), self.empty_ids.expand(len(index), -1),
+                          self.prompt_ids[labels])
+        if self.replay_pixels is not None:
+            r = torch.randint(0, len(self.replay_pixels), (settings.replay_batch,), generator=generator)
+            x0 = torch.cat([x0, to_model_space(components, self.replay_pixels[r], generator)])
+            ids = torch.cat([ids, self.replay_ids[torch.as_tensor(self.replay_labels[r.numpy()])]])
+        return x0, ids, len(index)
+
+
+def _freeze(components: DiffusionComponents, concepts: ConceptTokens) -> None:
+    """Training over: UNet and text encoder in eval mode, nothing requires gradients."""
+    for module in (components.unet, components.text_encoder):
+        module.eval()
+        module.requires_grad_(False)
+    concepts.rows.requires_grad_(False)
+
+
+def _optimizer(components: DiffusionComponents, concepts: ConceptTokens, settings: JointSettings,
+               weight_decay: float):
+    """AdamW over the trained UNet and text-encoder parameters (``lr``) and the token rows
+    (``token_lr``, no weight decay); returns it with the two named parameter sets."""
+    train_text = components.kind == "tiny" if settings.train_text_encoder is None else settings.train_text_encoder
+    text_params = _trained_text_parameters(components.text_encoder, train_text)
+    unet_params = _trained_unet_parameters(components.unet, settings.trains)
+    concepts.rows.requires_grad_(True)
+    optimizer = torch.optim.AdamW([
+        {"params": list(unet_params.values()) + list(text_params.values()), "lr": settings.lr,
+         "weight_decay": weight_decay},
+        {"params": [concepts.rows], "lr": settings.token_lr, "weight_decay": 0.0},
+    ])
+    return optimizer, unet_params, text_params
+
+
+def _resume(checkpoints: CheckpointFolder, concepts: ConceptTokens, unet_params, text_params, optimizer,
+            generator: torch.Generator) -> tuple[int, list]:
+    """(first step, losses so far): the newest checkpoint's tensors, optimiser and random state
+    restored into the run, or (0, []) when there is none."""
+    resume = checkpoints.latest()
+    if resume is None:
+        return 0, []
+    with torch.no_grad():
+        concepts.rows.copy_(resume.tensors[TOKENS_GROUP]["rows"])
+        for name, value in resume.tensors[UNET_GROUP].items():
+            unet_params[name].copy_(value)
+        for name, value in resume.tensors.get(TEXT_GROUP, {}).items():
+            text_params[name].copy_(value)
+    optimizer.load_state_dict(resume.optimizers["optimizer"])
+    resume.restore_rng(generator)
+    log.info("resuming %s at step %d", checkpoints.dir, int(resume.position[0]))
+    return int(resume.position[0]), list(resume.state["losses"])
+
+
+def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
+    """Teach ``base_dir`` every class of the split's long-tail ``train`` group at once; write
+    the joint concept folder ``out_dir`` (atomically) and return it."""
+    from lthash.generate.concepts import write_joint_concepts
+    from lthash.generate.personalize.runner import make_accelerator
+
+    check_base_corpus(base_dir, split_path)
+    params = generate_params["personalize"]
+    settings = JointSettings.from_params(params["joint"])
+    class_names, train, counts = _long_tail_set(split_path)
     accelerator = make_accelerator(device, params["mixed_precision"])
     components = load_components(base_dir, device=str(accelerator.device))
     words = prompt_words(components.info, class_names, generate_params["categories"],
@@ -224,73 +343,24 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
                    "counts": counts.tolist(), "words": words, "base": str(Path(base_dir).resolve())}
     checkpoints = CheckpointFolder(partial, fingerprint)
     checkpoints.prepare()
-    pixels = images_to_pixels(train.images, components.image_size, components.channels)
-    augmentation = Augmentation.from_params(params["augment"])
-    replay_pixels = replay_labels = None
+    data = JointData(components, train.images, train.labels, prompts, Augmentation.from_params(params["augment"]))
     replay_words: list[str] = []
     if settings.replay_batch:
         images, replay_labels, replay_words = _replay_set(base_dir, class_names, words, settings.replay_images, seed + 1)
-        replay_pixels = images_to_pixels(images, components.image_size, components.channels)
-    empty_ids = tokenize(components, [""])
-    replay_ids = tokenize(components, [category_prompt(w) for w in replay_words]) if replay_words else None
-    train_text = components.kind == "tiny" if settings.train_text_encoder is None else settings.train_text_encoder
-    text_params = _trained_text_parameters(components.text_encoder, train_text)
+        data.add_replay(components, images, replay_labels, replay_words)
     unet = components.unet
-    unet_params = _trained_unet_parameters(unet, settings.trains)
-    concepts.rows.requires_grad_(True)
-    optimizer = torch.optim.AdamW([
-        {"params": list(unet_params.values()) + list(text_params.values()), "lr": settings.lr,
-         "weight_decay": params["weight_decay"]},
-        {"params": [concepts.rows], "lr": settings.token_lr, "weight_decay": 0.0},
-    ])
+    optimizer, unet_params, text_params = _optimizer(components, concepts, settings, params["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
-    prompt_ids = tokenize(components, prompts)
-    start, losses = 0, []
-    resume = checkpoints.latest()
-    if resume is not None:
-        with torch.no_grad():
-            concepts.rows.copy_(resume.tensors[TOKENS_GROUP]["rows"])
-            for name, value in resume.tensors[UNET_GROUP].items():
-                unet_params[name].copy_(value)
-            for name, value in resume.tensors.get(TEXT_GROUP, {}).items():
-                text_params[name].copy_(value)
-        optimizer.load_state_dict(resume.optimizers["optimizer"])
-        resume.restore_rng(generator)
-        start, losses = int(resume.position[0]), list(resume.state["losses"])
-        log.info("resuming %s at step %d", partial, start)
-    scheduler = components.noise_scheduler
+    start, losses = _resume(checkpoints, concepts, unet_params, text_params, optimizer, generator)
     began = time.perf_counter()
     unet.train()
     for step in range(start, settings.steps):
         factor = warmup_decay(step, settings.steps, settings.warmup_steps, "cosine")
         optimizer.param_groups[0]["lr"] = settings.lr * factor
         optimizer.param_groups[1]["lr"] = settings.token_lr * factor
-        index = balanced_batch(train.labels, len(class_names), settings.batch_size, generator)
-        x0 = to_model_space(components, augmentation(pixels[index], generator), generator)
-        labels = torch.as_tensor(train.labels[index.numpy()])
-        drop = torch.rand(len(index), generator=generator) < settings.caption_dropout
-        ids = torch.where(drop[:, None].to(prompt_ids.device), empty_ids.expand(len(index), -1), prompt_ids[labels])
-        n = len(index)
-        if replay_pixels is not None:
-            r = torch.randint(0, len(replay_pixels), (settings.replay_batch,), generator=generator)
-            x0 = torch.cat([x0, to_model_space(components, replay_pixels[r], generator)])
-            ids = torch.cat([ids, replay_ids[torch.as_tensor(replay_labels[r.numpy()])]])
-        context = components.text_encoder(ids)[0]
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-        timesteps = timesteps.to(x0.device)
-        noisy = scheduler.add_noise(x0, noise, timesteps)
-        target = scheduler.get_velocity(x0, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" \
-            else noise
-        with accelerator.autocast():
-            pred = unet(noisy, timesteps, context.to(noisy.dtype)).sample.float()
-        instance = torch.nn.functional.mse_loss(pred[:n], target[:n].float())
-        loss = instance
-        replay = torch.zeros(())
-        if replay_pixels is not None:
-            replay = torch.nn.functional.mse_loss(pred[n:], target[n:].float())
-            loss = loss + settings.replay_weight * replay
-        accelerator.backward(loss)
+        x0, ids, n = data.batch(components, settings, len(class_names), generator)
+        instance, replay = _losses(components, x0, ids, n, generator, accelerator)
+        accelerator.backward(instance + settings.replay_weight * replay)
         if params["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(list(unet_params.values()) + list(text_params.values()) + [concepts.rows],
                                            params["max_grad_norm"])
@@ -305,20 +375,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
             checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows}, UNET_GROUP: dict(unet_params),
                                       **({TEXT_GROUP: dict(text_params)} if text_params else {})},
                              {"losses": losses}, {"optimizer": optimizer.state_dict()}, generator)
-    unet.eval()
-    unet.requires_grad_(False)
-    components.text_encoder.eval()
-    components.text_encoder.requires_grad_(False)
-    concepts.rows.requires_grad_(False)
-    grid = params["sample_grid"]
-    samples = {}
-    if int(grid["images"]) > 0:
-        per_class = max(1, int(grid["images"]) // 2)
-        images = sample_images(components, [p for p in prompts for _ in range(per_class)], grid,
-                               torch.Generator().manual_seed(seed + 17))
-        path = partial / "samples" / "joint.png"
-        save_grid(images, path, columns=per_class)
-        samples[path.name] = path
+    _freeze(components, concepts)
+    samples = _sample_grid(components, prompts, params["sample_grid"], seed + 17, partial / "samples" / "joint.png")
     tail = losses[-50:]
     record = {
         "method": METHOD.name, "seed": seed, "settings": settings.__dict__, "params": params,
@@ -326,10 +384,9 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
         "classes": [{"class_index": c, "class_name": class_names[c], "token": tokens[c], "category": words[c],
                      "prompt": prompts[c], "images": int(counts[c])} for c in range(len(class_names))],
         "replay": {"words": replay_words, "images_per_word": settings.replay_images} if replay_words else None,
-        "steps": settings.steps, "resumed_from_step": start,
-        "seconds": round(time.perf_counter() - began, 2),
-        "final": {"instance": float(np.mean([t[0] for t in tail])) if tail else math.nan,
-                  "replay": float(np.mean([t[1] for t in tail])) if tail else math.nan},
+        "steps": settings.steps, "resumed_from_step": start, "seconds": round(time.perf_counter() - began, 2),
+        "final": {key: float(np.mean([t[i] for t in tail])) if tail else math.nan
+                  for i, key in enumerate(("instance", "replay"))},
     }
     write_joint_concepts(out, record, {tokens[c]: concepts.rows[c] for c in range(len(tokens))},
                          unet, samples, losses, components.text_encoder if text_params else None)
