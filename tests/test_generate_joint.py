@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from lthash.generate.personalize.joint_trainer import ConceptTokens, balanced_ba
 from lthash.generate.sampler import SamplerConfig, generate
 from lthash.generate.synthesize import load_generator
 from lthash.io import read_image_set
-from lthash.testing.faults import child_env, lthash_command
+from lthash.testing.faults import child_env, kill_when_exists, lthash_command
 
 TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "text_hidden_size": 16, "text_heads": 2}
 SPLIT = {"query_per_class": 10, "database_per_class": 60, "train_per_class": 30, "validation_per_class": 3,
@@ -149,13 +148,8 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_runs_weights(joint_con
     command = lthash_command("personalize-joint", "--base", str(base), "--split", str(split), "--out", str(killed),
                              "--device", "cpu", "--threads", "1", "--params", params)
     target = tmp_path / "joint.partial" / "ckpt-000004"
-    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not target.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert kill_when_exists(command, target, env=child_env()) == -signal.SIGKILL, \
+        "the run finished before it could be killed"
     assert not killed.exists() and target.exists()
     subprocess.run(command, check=True, env=child_env(), capture_output=True)
     assert read_joint_concept(killed)["resumed_from_step"] >= 4

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lthash.generate.models import build_tiny_components, save_components
+from lthash.testing.faults import kill_when_exists
 
 PARAMS = {"generate": {"personalize": {
     "schedule": "tiny", "checkpoint_every": 2, "sample_grid": {"images": 2, "steps": 2},
@@ -50,14 +50,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_base, small_split, 
     killed = tmp_path / "killed"
     partial = tmp_path / "killed.partial"
     target = partial / "ckpt-000002-000004"  # mid stage 3
-    process = subprocess.Popen(_command(tiny_base, small_split, killed), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not target.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    returncode = kill_when_exists(_command(tiny_base, small_split, killed), target, env=_env())
+    assert returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not killed.exists() and target.exists()
     # a checkpoint truncated by a kill is skipped on resume
     broken = partial / "ckpt-000002-000010"

@@ -168,3 +168,19 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def kill_when_exists(command: Sequence[str], target: str | os.PathLike, env: dict[str, str] | None = None,
+                     timeout: float = 120.0) -> int:
+    """Run ``command``, SIGKILL it as soon as ``target`` exists (or it ends, or ``timeout``
+    passes) and return its exit status (``-SIGKILL`` when the kill is what ended it)."""
+    import time
+
+    process = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not Path(target).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode
+
