@@ -50,6 +50,7 @@ def denoising_losses(components, prompt: str, x0: torch.Tensor, noises: torch.Te
     """L(x, prompt) of every image (module docstring): ``x0`` N x C x H x W in model space,
     ``noises`` N x K x C x H x W, ``timesteps`` K. Returns N float64 losses."""
     from lthash.generate.models import encode_prompts
+    from lthash.generate.personalize.trainer import prediction_target
 
     scheduler = components.noise_scheduler
     n, k = x0.shape[0], timesteps.shape[0]
@@ -64,8 +65,7 @@ def denoising_losses(components, prompt: str, x0: torch.Tensor, noises: torch.Te
         noise = flat_noise[start:end].to(flat_x0.device)
         t = flat_t[start:end].to(flat_x0.device)
         noisy = scheduler.add_noise(flat_x0[start:end], noise, t)
-        target = scheduler.get_velocity(flat_x0[start:end], noise, t) \
-            if scheduler.config.prediction_type == "v_prediction" else noise
+        target = prediction_target(scheduler, flat_x0[start:end], noise, t)
         pred = unet(noisy.to(unet.dtype), t, context.expand(end - start, -1, -1).to(unet.dtype)).sample.float()
         losses[start:end] = ((pred - target.float()) ** 2).flatten(1).mean(1).double().cpu()
     return losses.view(n, k).mean(1).numpy()

@@ -50,6 +50,7 @@ from lthash.generate.models import DiffusionComponents, images_to_pixels, load_c
 from lthash.generate.personalize.data import Augmentation
 from lthash.generate.personalize.joint import METHOD
 from lthash.generate.personalize.trainer import (CROSS_ATTENTION_PARTS, EmbeddingHook, add_token, category_token_id,
+                                                 noise_and_timesteps, prediction_target,
                                                  concept_prompt, concept_token_name, to_model_space)
 from lthash.generate.prompts import category_prompt
 from lthash.schedules import warmup_decay
@@ -207,12 +208,9 @@ def _losses(components: DiffusionComponents, x0: torch.Tensor, ids: torch.Tensor
     step: noise and timesteps drawn from ``generator``, eps- or v-prediction target."""
     scheduler = components.noise_scheduler
     context = components.text_encoder(ids)[0]
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    timesteps = timesteps.to(x0.device)
+    noise, timesteps = noise_and_timesteps(components, x0, generator)
     noisy = scheduler.add_noise(x0, noise, timesteps)
-    target = scheduler.get_velocity(x0, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" \
-        else noise
+    target = prediction_target(scheduler, x0, noise, timesteps)
     with accelerator.autocast():
         pred = components.unet(noisy, timesteps, context.to(noisy.dtype)).sample.float()
     instance = torch.nn.functional.mse_loss(pred[:n], target[:n].float())

@@ -181,12 +181,20 @@ def to_model_space(components: DiffusionComponents, pixels: torch.Tensor, genera
         return dist.sample(generator=generator) * vae.config.scaling_factor
 
 
-def _noise_and_timesteps(components: DiffusionComponents, x0: torch.Tensor,
+def noise_and_timesteps(components: DiffusionComponents, x0: torch.Tensor,
                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     timesteps = torch.randint(0, components.noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                               generator=generator).to(x0.device)
     return noise, timesteps
+
+
+def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict: the noise for eps-prediction, v = sqrt(a) eps -
+    sqrt(1-a) x0 for v-prediction (the scheduler's ``prediction_type``)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    return noise
 
 
 def denoising_loss(components: DiffusionComponents, x0: torch.Tensor, context: torch.Tensor,
@@ -202,18 +210,15 @@ def denoising_loss(components: DiffusionComponents, x0: torch.Tensor, context: t
     """
     scheduler = components.noise_scheduler
     n = x0.shape[0]
-    noise, timesteps = _noise_and_timesteps(components, x0, generator)
+    noise, timesteps = noise_and_timesteps(components, x0, generator)
     if prior_x0 is not None:
-        prior_noise, prior_timesteps = _noise_and_timesteps(components, prior_x0, prior_generator)
+        prior_noise, prior_timesteps = noise_and_timesteps(components, prior_x0, prior_generator)
         x0 = torch.cat([x0, prior_x0])
         context = torch.cat([context, prior_context])
         noise = torch.cat([noise, prior_noise])
         timesteps = torch.cat([timesteps, prior_timesteps])
     noisy = scheduler.add_noise(x0, noise, timesteps)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(x0, noise, timesteps)
-    else:
-        target = noise
+    target = prediction_target(scheduler, x0, noise, timesteps)
     if store is not None:
         store.reset()
     pred = components.unet(noisy, timesteps, context.to(noisy.dtype)).sample
