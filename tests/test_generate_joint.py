@@ -179,3 +179,27 @@ def test_bad_settings_are_refused_naming_the_key(digits_run, tmp_path):
                                            "--generator", "joint", "--out", str(tmp_path / "c")),
                             env=child_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "lthash personalize-joint" in result.stderr
+
+
+def test_the_text_time_pathway_starts_as_the_base_trains_and_is_read_back_by_synthesis(digits_run, tmp_path,
+                                                                                      one_torch_thread):
+    from lthash.generate.models import with_text_time_embedding
+
+    split, base = digits_run
+    components = load_components(base)
+    widened = with_text_time_embedding(components.unet)
+    x, t = torch.randn(2, *components.model_shape), torch.tensor([10, 700])
+    context = torch.randn(2, components.max_length(), components.unet.config.cross_attention_dim)
+    assert torch.equal(widened(x, t, context).sample, components.unet(x, t, context).sample)
+    assert with_text_time_embedding(widened) is widened
+    out = tmp_path / "joint"
+    personalize_joint(base, split, out, _generate_params(text_time_embedding=True, trains="cross_attention"))
+    saved = json.loads((out / "unet" / "config.json").read_text())
+    assert saved["addition_embed_type"] == "text"
+    trained = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert trained["add_embedding.norm2.weight"].abs().sum() > 0  # left its zero start: it trained
+    components, prompt, _ = load_generator(out, base, 2, [str(c) for c in range(10)], None)
+    assert components.unet.config.addition_embed_type == "text" and prompt == "a photo of a <v2>"
+    images = generate(components, [prompt], torch.Generator().manual_seed(0),
+                      SamplerConfig.for_model(components, {"steps": 2}))
+    assert images.shape == (1, components.image_size, components.image_size, 1)

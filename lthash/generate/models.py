@@ -292,6 +292,36 @@ def load_components(path: str | os.PathLike, device: str | torch.device = "cpu",
     return components.to(device, dtype)
 
 
+def with_text_time_embedding(unet: Any) -> Any:
+    """``unet`` rebuilt with a pooled-text pathway into its time embedding, starting as ``unet``.
+
+    The copy has diffusers' ``addition_embed_type: "text"``: emb(t, c) = emb(t) + n2(P(pool(n1(c)))),
+    the text encoder's output c attention-pooled, projected to the time-embedding width and added
+    to the time embedding every ResNet block reads, at every resolution (the path class labels
+    take in class-conditional diffusion models). The final LayerNorm n2 starts at weight 0, bias 0,
+    so the added term is 0 and the copy computes exactly what ``unet`` does until it trains. Its
+    config says so, so the saved UNet loads with the pathway through :func:`load_components`, and
+    callers keep calling ``unet(x, t, c)``. Heads of the pooling: width // 64 (at least 1).
+    """
+    from diffusers import UNet2DConditionModel
+
+    if unet.config.get("addition_embed_type") == "text":
+        return unet
+    if unet.config.get("addition_embed_type") is not None:
+        raise LthashError(f"the UNet already has an addition embedding ({unet.config['addition_embed_type']!r})")
+    width = int(unet.config.cross_attention_dim)
+    config = dict(unet.config, addition_embed_type="text", addition_embed_type_num_heads=max(1, width // 64))
+    rebuilt = UNet2DConditionModel.from_config(config)
+    missing, unexpected = rebuilt.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("add_embedding.") for key in missing):
+        raise LthashError(f"cannot add a text-time embedding to this UNet: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        rebuilt.add_embedding.norm2.weight.zero_()
+        rebuilt.add_embedding.norm2.bias.zero_()
+    rebuilt.to(device=unet.device)
+    return rebuilt if rebuilt.dtype == unet.dtype else rebuilt.to(dtype=unet.dtype)
+
+
 def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """Convert an N x C x H x W float tensor to ``channels`` (grey <-> RGB)."""
     have = x.shape[1]

@@ -11,7 +11,9 @@ DataDream's dataset-wide LoRA, Azizi et al.) train them together, and so does th
   encoder's output, which the base's cross-attention learned to read, carries it) or
   "a photo of a <v_c> <category>" (``token_category``, Diff-Mix's and AttnDreamBooth's form);
 - the token rows and the UNet (``trains: unet``) or only its cross-attention q/k/v/out
-  (``trains: cross_attention``), and the text encoder but its embedding table
+  (``trains: cross_attention``), with ``text_time_embedding`` a pooled-text pathway into the
+  UNet's time embedding (:func:`lthash.generate.models.with_text_time_embedding`, starting at
+  0), and the text encoder but its embedding table
   (``train_text_encoder``; null = the tiny model's yes, as its base training does, Stable
   Diffusion's no), trained together with AdamW at ``token_lr`` and ``lr`` (warm-up, then cosine);
 - each step draws ``batch_size`` long-tail training images class-balanced (a class with
@@ -46,7 +48,8 @@ import torch
 from lthash.checkpointing import CheckpointFolder, partial_folder
 from lthash.errors import LthashError
 from lthash.generate.corpus import check_base_corpus, corpus_class_images, prompt_words
-from lthash.generate.models import DiffusionComponents, images_to_pixels, load_components, tokenize
+from lthash.generate.models import (DiffusionComponents, images_to_pixels, load_components, tokenize,
+                                   with_text_time_embedding)
 from lthash.generate.personalize.data import Augmentation
 from lthash.generate.personalize.joint import METHOD
 from lthash.generate.personalize.trainer import (CROSS_ATTENTION_PARTS, EmbeddingHook, add_token, category_token_id,
@@ -60,6 +63,7 @@ log = logging.getLogger("lthash.personalize")
 TOKENS_GROUP = "tokens"
 UNET_GROUP = "unet"
 TEXT_GROUP = "text_encoder"
+TEXT_TIME_PARTS = "add_embedding."  # the text-time pathway (with_text_time_embedding): trained whenever present
 
 
 class ConceptTokens(EmbeddingHook):
@@ -98,6 +102,7 @@ class JointSettings:
     """The keys of validated ``generate.personalize.joint`` (defaults in the schema)."""
 
     trains: str
+    text_time_embedding: bool
     train_text_encoder: bool | None
     prompt: str
     init_spread: float
@@ -144,7 +149,8 @@ def _trained_unet_parameters(unet: torch.nn.Module, trains: str) -> dict[str, to
     if trains == "unet":
         chosen = dict(unet.named_parameters())
     elif trains == "cross_attention":
-        chosen = {n: p for n, p in unet.named_parameters() if any(part in n for part in CROSS_ATTENTION_PARTS)}
+        chosen = {n: p for n, p in unet.named_parameters()
+                  if any(part in n for part in CROSS_ATTENTION_PARTS) or n.startswith(TEXT_TIME_PARTS)}
     else:
         raise LthashError(f"config key 'generate.personalize.joint.trains': unknown parameter set {trains!r} "
                           f"(unet, cross_attention)")
@@ -324,6 +330,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
     class_names, train, counts = _long_tail_set(split_path)
     accelerator = make_accelerator(device, params["mixed_precision"])
     components = load_components(base_dir, device=str(accelerator.device))
+    if settings.text_time_embedding:
+        components.unet = with_text_time_embedding(components.unet)
     words = prompt_words(components.info, class_names, generate_params["categories"],
                          generate_params.get("class_words"))
     tokens = [concept_token_name(c) for c in range(len(class_names))]
