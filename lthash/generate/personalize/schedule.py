@@ -34,7 +34,7 @@ from lthash.config import load_yaml
 from lthash.errors import LthashError
 
 TRAINS = ("embedding", "cross_attention", "unet")
-STAGE_KEYS = ("steps", "lr", "batch_size", "lambda_mean", "lambda_var")
+STAGE_KEYS = ("steps", "lr", "batch_size", "lambda_mean", "lambda_var", "lora_rank")
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,24 @@ class Stage:
     lambda_mean: float = 0.0
     lambda_var: float = 0.0
     prior_weight: float = 0.0
+    lora_rank: int = 0
 
     @property
     def regularized(self) -> bool:
         return self.lambda_mean != 0.0 or self.lambda_var != 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stage's fields (``lora_rank`` only when the stage trains factors)."""
+        fields = asdict(self)
+        if not self.lora_rank:
+            del fields["lora_rank"]
+        return fields
 
 
 PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
 PRESET_STAGE_TYPES: dict[str, type] = {"name": str, "trains": str, "steps": int, "lr": float, "batch_size": int,
                                        "lambda_mean": float, "lambda_var": float}
+PRESET_OPTIONAL_TYPES: dict[str, type] = {"lora_rank": int}
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,12 +83,14 @@ def load_presets(path: str | os.PathLike = PRESETS_FILE) -> dict[str, dict[str, 
 
 
 def _preset_stage(row: Mapping[str, Any], where: str) -> Stage:
-    if set(row) != set(PRESET_STAGE_TYPES):
-        raise LthashError(f"{where}: a stage has keys {sorted(row)}, expected {sorted(PRESET_STAGE_TYPES)}")
-    wrong = [key for key, kind in PRESET_STAGE_TYPES.items() if type(row[key]) is not kind]
+    if not set(PRESET_STAGE_TYPES) <= set(row) <= set(PRESET_STAGE_TYPES) | set(PRESET_OPTIONAL_TYPES):
+        raise LthashError(f"{where}: a stage has keys {sorted(row)}, expected {sorted(PRESET_STAGE_TYPES)} "
+                          f"(and optionally {sorted(PRESET_OPTIONAL_TYPES)})")
+    types = {**PRESET_STAGE_TYPES, **PRESET_OPTIONAL_TYPES}
+    wrong = [key for key in row if type(row[key]) is not types[key]]
     if wrong:
         raise LthashError(f"{where}.{row['name']}: {', '.join(f'{key}={row[key]!r}' for key in wrong)} "
-                          f"not of type {', '.join(PRESET_STAGE_TYPES[key].__name__ for key in wrong)} "
+                          f"not of type {', '.join(types[key].__name__ for key in wrong)} "
                           "(write floats with a decimal point: 1.0e-3)")
     if row["trains"] not in TRAINS:
         raise LthashError(f"{where}.{row['name']}: trains {row['trains']!r} is not one of {TRAINS}")
@@ -128,6 +136,9 @@ def method_stages(method: str, params: Mapping[str, Any], has_vae: bool) -> list
         if bad:
             raise LthashError(f"config key 'personalize.{method}.stages.{stage.name}': unknown key(s) {bad}")
         stage = replace(stage, **changes)
+        if stage.lora_rank and stage.trains == "embedding":
+            raise LthashError(f"config key 'personalize.{method}.stages.{stage.name}.lora_rank': the stage trains "
+                              f"the token row only; LoRA factors are for the UNet stages")
         prior = method_params["prior_preservation"]
         if prior["enabled"]:
             stage = replace(stage, prior_weight=float(prior["weight"]))

@@ -29,6 +29,7 @@ from lthash.generate.attention import capture_cross_attention
 from lthash.generate.models import DiffusionComponents, tokenize
 from lthash.checkpointing import Checkpoint, CheckpointFolder
 from lthash.generate.personalize.data import Augmentation, sample_batch
+from lthash.generate.personalize.lora import merge_lora
 from lthash.generate.personalize.schedule import Stage
 from lthash.generate.regularizer import attention_regularizer
 
@@ -128,19 +129,30 @@ class ConceptToken(EmbeddingHook):
         return [v_pos, v_pos + 1]
 
 
-def trainable_parameters(unet: torch.nn.Module, token: ConceptToken, trains: str) -> dict[str, torch.nn.Parameter]:
-    """Named parameters a stage trains; ``requires_grad`` is set on exactly those."""
+def trainable_parameters(unet: torch.nn.Module, token: ConceptToken, trains: str, lora_rank: int = 0,
+                         lora_generator: torch.Generator | None = None) -> dict[str, torch.nn.Parameter]:
+    """Named parameters a stage trains; ``requires_grad`` is set on exactly those.
+
+    With ``lora_rank`` r > 0 a UNet set (``cross_attention``, ``unet``) trains rank-r factors of
+    its weights instead of the weights (:mod:`lthash.generate.personalize.lora`), installed here
+    with A drawn from ``lora_generator`` unless the UNet has them already (a resumed stage)."""
+    from lthash.generate.personalize.lora import add_lora, plain_name
+
     unet.requires_grad_(False)
     token.row.requires_grad_(False)
     if trains == "embedding":
         selected = {TOKEN_WEIGHT: token.row}
     elif trains == "cross_attention":
         selected = {UNET_PREFIX + name: p for name, p in unet.named_parameters()
-                    if any(part in name for part in CROSS_ATTENTION_PARTS)}
+                    if any(part in plain_name(name) for part in CROSS_ATTENTION_PARTS)}
     elif trains == "unet":
         selected = {UNET_PREFIX + name: p for name, p in unet.named_parameters()}
     else:
         raise ValueError(f"unknown parameter set {trains!r}")
+    if lora_rank and trains != "embedding":
+        weights = [plain_name(name[len(UNET_PREFIX):]) for name in selected]
+        generator = lora_generator if lora_generator is not None else torch.Generator().manual_seed(0)
+        selected = {UNET_PREFIX + name: p for name, p in add_lora(unet, weights, lora_rank, generator).items()}
     if not selected:
         raise LthashError(f"the model has no parameters of set {trains!r}")
     for parameter in selected.values():
@@ -149,17 +161,28 @@ def trainable_parameters(unet: torch.nn.Module, token: ConceptToken, trains: str
 
 
 def changed_weights(unet: torch.nn.Module, token: ConceptToken, stages_so_far: list[Stage]) -> dict[str, torch.Tensor]:
-    """Every tensor the stages so far may have changed (always the [V] row)."""
+    """Every tensor the stages so far may have changed (always the [V] row; a LoRA stage's
+    frozen weights and factors while it runs)."""
+    from lthash.generate.personalize.lora import plain_name
+
     weights = {TOKEN_WEIGHT: token.row.detach()}
     trained = {stage.trains for stage in stages_so_far}
     for name, p in unet.named_parameters():
-        if "unet" in trained or ("cross_attention" in trained and any(part in name for part in CROSS_ATTENTION_PARTS)):
+        if "unet" in trained or ("cross_attention" in trained
+                                 and any(part in plain_name(name) for part in CROSS_ATTENTION_PARTS)):
             weights[UNET_PREFIX + name] = p.detach()
     return weights
 
 
 def load_weights(unet: torch.nn.Module, token: ConceptToken, weights: Mapping[str, torch.Tensor]) -> None:
-    """Copy checkpointed tensors back into the row and the UNet."""
+    """Copy checkpointed tensors back into the row and the UNet; a checkpoint taken inside a LoRA
+    stage first gets its factors installed on the weights it names."""
+    from lthash.generate.personalize.lora import add_lora, lora_rank_of, plain_name
+
+    rank = lora_rank_of(weights)
+    if rank:
+        factored = {plain_name(name[len(UNET_PREFIX):]) for name in weights if name.endswith(".lora_a")}
+        add_lora(unet, factored, rank, torch.Generator().manual_seed(0))
     params = dict(unet.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
@@ -290,6 +313,7 @@ class StageTrainer:
     checkpoints: CheckpointFolder
     stages: list[Stage]
     stage_log: list[dict[str, Any]] = field(default_factory=list)
+    seed: int = 0
     on_step: Callable[[int, int, dict[str, float]], None] | None = None
 
     def _encode(self, prompt: str, grad: bool) -> torch.Tensor:
@@ -308,7 +332,9 @@ class StageTrainer:
         """Train stage ``stage_index`` from its start or from ``resume`` (same stage)."""
         stage = self.stages[stage_index]
         accelerator, unet = self.accelerator, self.components.unet
-        params = trainable_parameters(unet, self.token, stage.trains)
+        lora_start = np.random.SeedSequence([self.seed, stage_index, 120]).generate_state(1)[0]
+        params = trainable_parameters(unet, self.token, stage.trains, stage.lora_rank,
+                                      torch.Generator().manual_seed(int(lora_start)))
         if self.options.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -360,6 +386,8 @@ class StageTrainer:
                     self.save(stage_index, done, optimizer)
         store.reset()
         del optimizer
+        if stage.lora_rank:
+            merge_lora(unet)  # the stage's factors become the weights; the UNet is plain again
         accelerator.free_memory()  # drop this stage's optimiser state before the next stage
         if self.options.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
