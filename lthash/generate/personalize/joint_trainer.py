@@ -317,6 +317,17 @@ def _resume(checkpoints: CheckpointFolder, concepts: ConceptTokens, unet_params,
     return int(resume.position[0]), list(resume.state["losses"])
 
 
+def _install_tokens(components: DiffusionComponents, tokens: Sequence[str], words: Sequence[str],
+                    settings: JointSettings, seed: int) -> ConceptTokens:
+    """The class tokens, installed, their rows started from the category words (``seed`` + 3 spreads them)."""
+    try:
+        return ConceptTokens(components, tokens, words, settings.init_spread,
+                             torch.Generator().manual_seed(seed + 3)).install()
+    except LthashError as exc:
+        raise LthashError(f"joint personalisation initialises each class token from its category word "
+                          f"(config key 'generate.categories'): {exc}") from exc
+
+
 def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike, out_dir: str | os.PathLike,
                       generate_params: Mapping[str, Any], device: str = "cpu") -> Path:
     """Teach ``base_dir`` every class of the split's long-tail ``train`` group at once; write
@@ -336,12 +347,7 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
                          generate_params.get("class_words"))
     tokens = [concept_token_name(c) for c in range(len(class_names))]
     seed = int(np.random.SeedSequence([int(generate_params["seed"]), METHOD.seed_id]).generate_state(1)[0])
-    try:
-        concepts = ConceptTokens(components, tokens, words, settings.init_spread,
-                                 torch.Generator().manual_seed(seed + 3)).install()
-    except LthashError as exc:
-        raise LthashError(f"joint personalisation initialises each class token from its category word "
-                          f"(config key 'generate.categories'): {exc}") from exc
+    concepts = _install_tokens(components, tokens, words, settings, seed)
     prompts = [joint_prompt(settings.prompt, token, word) for token, word in zip(tokens, words)]
     out = Path(out_dir)
     partial = partial_folder(out)
