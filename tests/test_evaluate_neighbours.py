@@ -171,6 +171,33 @@ def test_encode_writes_the_profile_the_search_then_reads(fashion_run, small_spli
     assert not read.made and read.activations is not None and len(read.activation_reference) == len(database)
 
 
+def test_encoding_with_the_profile_is_one_pass_and_gives_the_two_pass_profile(fashion_run, small_split, tmp_path):
+    """encode --profile takes the activation statistics from the encoding forward pass: the codes
+    and the stored profile equal those of encoding, then a separate pass over the database."""
+    from lthash.hashing.encode import activation_statistics, encode_array, encode_with_statistics
+
+    model, _ = fashion_run
+    images = read_image_set(small_split, "database").images
+    codes, statistics = encode_with_statistics(model, images, batch_size=64)
+    np.testing.assert_array_equal(codes, encode_array(model, images, batch_size=64))
+    np.testing.assert_array_equal(statistics, activation_statistics(model, images, batch_size=64))
+    assert statistics.shape[0] == len(images) and statistics.shape[1] > 0
+    one_pass = tmp_path / "one" / "codes.h5"
+    one_pass.parent.mkdir()
+    assert main(["encode", "--model", str(model), "--split", str(small_split), "--out", str(one_pass), "--profile",
+                 "--device", "cpu"]) == 0
+    two_pass = tmp_path / "two" / "codes.h5"
+    two_pass.parent.mkdir()
+    shutil.copy(one_pass, two_pass)
+    database = read_codes(two_pass, "database")
+    database_profile(two_pass, database.codes, database.bits, model=model,
+                     pictures=lambda rows: list(images[rows]))
+    first, second = np.load(profile_path(one_pass)), np.load(profile_path(two_pass))
+    assert set(first.files) == set(second.files)
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+
+
 def test_search_by_run_folder_picks_and_names_the_seed(fashion_run, small_split, tmp_path, capsys):
     model, codes = fashion_run
     run = tmp_path / "results" / "runs" / "longtail" / "orthohash-cnn-16"

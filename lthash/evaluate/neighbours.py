@@ -181,13 +181,15 @@ class NeighbourProfile:
 def database_profile(codes: str | os.PathLike, db_codes: np.ndarray, bits: int,
                      model: str | os.PathLike | None = None, pictures: Any = None,
                      quantile: float = DEFAULT_QUANTILE, device: str = "cpu",
-                     threads: int | None = None) -> NeighbourProfile:
+                     threads: int | None = None, statistics: np.ndarray | None = None) -> NeighbourProfile:
     """The profile of a codes file's database, read from beside it when made from this very file
     (same sha256) and, with ``model``, with that model's weights; else made and stored there.
 
     ``pictures(rows)`` gives the database items' pixels (a list with None where an item has
     none); with ``model`` it feeds the activation reference. Without pixels the profile has
-    Hamming only and says why (``activations_missing``).
+    Hamming only and says why (``activations_missing``). ``statistics``, when given, are the
+    model's activation statistics of every database item (computed while encoding), used
+    instead of a second pass over the pixels.
     """
     from lthash.generate.shipped import file_digest
 
@@ -205,7 +207,7 @@ def database_profile(codes: str | os.PathLike, db_codes: np.ndarray, bits: int,
                               "activation_rows": np.zeros(0, np.int64), "activation_reference": np.zeros((0, 0), np.float32),
                               "activation_loo": np.zeros(0), "activations_missing": "no model (queries given as codes)"}
     if model is not None:
-        arrays.update(_activation_reference(model, len(db_codes), pictures, device))
+        arrays.update(_activation_reference(model, len(db_codes), pictures, device, statistics))
     _write_profile(path, arrays)
     profile = _profile_of(arrays, quantile)
     profile.made = True
@@ -218,18 +220,26 @@ def _model_digest(model: str | os.PathLike) -> str:
     return model_checksum(model)
 
 
-def _activation_reference(model: str | os.PathLike, n_database: int, pictures: Any, device: str) -> dict[str, Any]:
-    """The activation arrays of the profile, or the reason there are none."""
+def _activation_reference(model: str | os.PathLike, n_database: int, pictures: Any, device: str,
+                          given: np.ndarray | None = None) -> dict[str, Any]:
+    """The activation arrays of the profile, or the reason there are none (``given``: every
+    database item's statistics, already computed)."""
     from lthash.hashing.encode import activation_statistics
 
     rows = _spread(n_database, ACTIVATION_REFERENCE)
+    if given is not None and len(given) == n_database and len(rows) >= 2:
+        return _reference_arrays(rows, given[rows])
     images = pictures(rows.tolist()) if pictures is not None else [None]
     if any(image is None for image in images):
         return {"activations_missing": "the database's pixels are not at hand (the split file the codes file "
                                        "names, or its image files)"}
     if len(rows) < 2:
         return {"activations_missing": "fewer than 2 database items"}
-    statistics = activation_statistics(model, np.stack(images), device)
+    return _reference_arrays(rows, activation_statistics(model, np.stack(images), device))
+
+
+def _reference_arrays(rows: np.ndarray, statistics: np.ndarray) -> dict[str, Any]:
+    """The profile's activation arrays from the reference rows' statistics."""
     if statistics.shape[1] == 0:
         return {"activations_missing": "the model's backbone has no activations (raw pixels)"}
     reference = unit_rows(statistics).astype(np.float16).astype(np.float32)  # as stored

@@ -50,40 +50,81 @@ def _model_and_images(model_dir: str | Path, images_uint8: np.ndarray, device: s
     return model, images
 
 
+class ActivationRecorder:
+    """While entered, keeps per image the mean and standard deviation of each channel of every
+    activation (ReLU or GELU output) of ``backbone``, over its spatial positions (tokens for a
+    transformer), concatenated in call order within each forward pass of the backbone:
+    :meth:`rows` is float32 N x F over every pass since entering (F = 0 for a backbone with no
+    such activation). The backbone may run inside a whole model's forward (``encode``), so the
+    codes and the statistics come from one pass over the images."""
+
+    def __init__(self, backbone: Any) -> None:
+        self.backbone = backbone
+        self.passes: list[list[Any]] = []
+        self.sizes: list[int] = []
+        self.hooks: list[Any] = []
+
+    def _start(self, _module: Any, inputs: Any) -> None:
+        self.passes.append([])
+        self.sizes.append(len(inputs[0]))
+
+    def _keep(self, _module: Any, _inputs: Any, output: Any) -> None:
+        if output.ndim == 4:  # N x C x H x W
+            self.passes[-1].extend([output.mean(dim=(2, 3)), output.std(dim=(2, 3))])
+        elif output.ndim == 3:  # N x tokens x C
+            self.passes[-1].extend([output.mean(dim=1), output.std(dim=1)])
+
+    def __enter__(self) -> "ActivationRecorder":
+        from torch import nn
+
+        self.passes, self.sizes = [], []
+        self.hooks = [self.backbone.register_forward_pre_hook(self._start)]
+        self.hooks += [m.register_forward_hook(self._keep) for m in self.backbone.modules()
+                       if isinstance(m, (nn.ReLU, nn.GELU))]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    def rows(self) -> np.ndarray:
+        import torch
+
+        blocks = [torch.cat(found, dim=1).float().cpu().numpy() if found else np.zeros((n, 0), np.float32)
+                  for found, n in zip(self.passes, self.sizes)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+
+
 def activation_statistics(model_dir: str | Path, images_uint8: np.ndarray, device: str = "cpu",
                           batch_size: int = 256) -> np.ndarray:
-    """Per image, the mean and standard deviation of each channel of every activation (ReLU or
-    GELU output) of the run's backbone, over its spatial positions (tokens for a transformer),
-    concatenated in call order: float32 N x F. F is 0 for a backbone with no such activation
-    (the shallow methods' raw pixels). What :mod:`lthash.evaluate.neighbours` compares a query
-    image with the database images by."""
+    """The :class:`ActivationRecorder` rows of the run's backbone over ``images_uint8``: float32
+    N x F. What :mod:`lthash.evaluate.neighbours` compares a query image with the database
+    images by."""
     import torch
-    from torch import nn
 
     from lthash.hashing.data import to_float
 
     model, images = _model_and_images(model_dir, images_uint8, device)
-    found: list[torch.Tensor] = []
+    with torch.no_grad(), ActivationRecorder(model.backbone) as recorder:
+        for start in range(0, len(images), batch_size):
+            model.backbone(to_float(images[start: start + batch_size], device))
+    return recorder.rows()
 
-    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        if output.ndim == 4:  # N x C x H x W
-            found.extend([output.mean(dim=(2, 3)), output.std(dim=(2, 3))])
-        elif output.ndim == 3:  # N x tokens x C
-            found.extend([output.mean(dim=1), output.std(dim=1)])
 
-    hooks = [m.register_forward_hook(keep) for m in model.backbone.modules() if isinstance(m, (nn.ReLU, nn.GELU))]
-    out = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                found.clear()
-                model.backbone(to_float(images[start: start + batch_size], device))
-                out.append(torch.cat(found, dim=1).float().cpu().numpy() if found
-                           else np.zeros((len(images[start: start + batch_size]), 0), np.float32))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+def encode_with_statistics(model_dir: str | Path, images_uint8: np.ndarray, device: str = "cpu",
+                           batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(packed codes as :func:`encode_array`, activation statistics as :func:`activation_statistics`)
+    from one forward pass over the images."""
+    import torch
+
+    from lthash.evaluate.codes import pack_codes
+    from lthash.hashing.train import encode_images
+
+    model, images = _model_and_images(model_dir, images_uint8, device)
+    with torch.no_grad(), ActivationRecorder(model.backbone) as recorder:
+        codes = pack_codes(encode_images(model, images, device, batch_size=batch_size))
+    return codes, recorder.rows()
 
 
 def model_checksum(model_dir: str | Path) -> str:
@@ -109,11 +150,14 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
     dataset, the model's input shape and checksum, and each item's source file when the
     dataset is made of image files. With ``profile``, also the search's nearest-neighbour
     profile of the database beside it (:func:`lthash.evaluate.neighbours.database_profile`),
-    so the first search of the run needs not make it."""
+    so the first search of the run needs not make it; a database of at most
+    ``ACTIVATION_REFERENCE`` images gives its codes and its activation statistics in one pass."""
     from lthash.evaluate.codes import CodeSet, write_codes
+    from lthash.evaluate.neighbours import ACTIVATION_REFERENCE
     from lthash.io import read_attrs, read_image_set
 
     _, meta = load_run_model(model_dir, device)
+    statistics = None
     split_attrs = read_attrs(split)
     sets = {}
     for group in groups or split_groups(split):
@@ -122,7 +166,10 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
             database = data.images
         if data.images is None:
             raise LthashError(f"{split}/{group} holds image paths, not pixels")
-        codes = encode_array(model_dir, data.images, device, batch_size)
+        if group == "database" and profile and len(data.images) <= ACTIVATION_REFERENCE:
+            codes, statistics = encode_with_statistics(model_dir, data.images, device, batch_size)
+        else:
+            codes = encode_array(model_dir, data.images, device, batch_size)
         files = data.extra.get("files")
         sources = None if files is None else [f.decode() if isinstance(f, bytes) else str(f) for f in files]
         sets[group] = CodeSet(codes=codes, labels=data.labels, index=data.index, bits=int(meta["bits"]),
@@ -139,5 +186,5 @@ def encode_split(model_dir: str | Path, split: str | Path, out: str | Path, devi
         if "database" not in sets:
             raise LthashError("the nearest-neighbour profile is of the database: encode the database group too")
         database_profile(out, sets["database"].codes, int(meta["bits"]), model=model_dir, device=device,
-                         pictures=lambda rows: list(database[rows]))
+                         pictures=lambda rows: list(database[rows]), statistics=statistics)
     return {group: len(code_set) for group, code_set in sets.items()}
