@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -64,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
-    if hasattr(args, "threads"):
-        configure_threads(args.threads)
+    if hasattr(args, "threads"):  # a setting of the arithmetic: the log says it (README, SLURM)
+        logging.getLogger("lthash").info("threads: %d", configure_threads(args.threads))
     try:
         if hasattr(args, "params"):
             from lthash.workflow import stage_config

@@ -94,6 +94,17 @@ def test_the_slurm_profile_gives_every_training_rule_a_gpu_and_threads():
         assert profile["set-threads"][rule] >= 1, rule
 
 
+def test_the_local_profile_for_cluster_tables_gives_each_rule_the_cluster_profiles_threads():
+    """workflow/profiles/local-slurm-threads reproduces a cluster run's tables on a workstation
+    (README, SLURM): a job's thread count decides its floats, so its set-threads must be the SLURM
+    profile's, and its cores at least the widest of them (a rule's threads are capped at cores)."""
+    slurm = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    local = yaml.safe_load((ROOT / "workflow/profiles/local-slurm-threads/config.yaml").read_text())
+    assert local["set-threads"] == slurm["set-threads"]
+    assert local["cores"] == max(slurm["set-threads"].values())
+    assert "executor" not in local
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "workflow/configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_state_their_personalisation_instead_of_inheriting_the_default(path):
     """``--configfile`` is merged over config.yaml, so a shipped config that is silent on
@@ -116,9 +127,30 @@ def test_shipped_configs_pass_the_snakefiles_checks_as_snakemake_merges_them(pat
     from snakemake.utils import update_config
 
     from lthash.generate.corpus import check_prompt_words
+    from lthash.generate.shipped import check_base_choice
     from lthash.workflow import check_experiment, check_matrix
 
     merged = yaml.safe_load((ROOT / "config.yaml").read_text())
     update_config(merged, yaml.safe_load(path.read_text()))
     check_experiment(merged)
-    check_matrix(check_prompt_words(validate_config(merged)))
+    config = check_prompt_words(validate_config(merged))
+    check_matrix(config)
+    check_base_choice(config)  # tests/configs/tiny.yaml merged so was refused here (another split)
+
+
+def test_the_reduced_config_is_the_end_to_end_tests_tiny_chain_as_snakemake_merges_it():
+    """``--configfile workflow/configs/reduced.yaml`` from the repository root runs the chain the
+    end-to-end test runs (tests/configs/tiny.yaml, alone), in its own results folder: so the
+    README's times for the reduced chain are that chain's, and a profile tried on it is tried on
+    what the tests run."""
+    import copy
+
+    from snakemake.utils import update_config
+
+    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((ROOT / "workflow/configs/reduced.yaml").read_text()))
+    reduced = validate_config(merged)
+    tiny = validate_config(copy.deepcopy(yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())))
+    assert reduced.pop("results") == "results/reduced"  # not the default's results folder
+    tiny.pop("results")
+    assert reduced == tiny
