@@ -407,6 +407,32 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any],
     tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _sort_safetensors_metadata(Path(tmp))
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the header of a safetensors file in place with its metadata keys sorted.
+
+    safetensors writes the metadata from a hash map, so its key order (and the file's bytes)
+    changes from one process to the next; sorted, the same tensors and metadata give the same
+    bytes (and the same sha256, which codes files record of the model). The header keeps its
+    length (the same JSON, reordered, padded with spaces as the format allows), so the tensor
+    data is not moved."""
+    import json
+    import struct
+
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        metadata = header.pop("__metadata__", None)
+        if not metadata or len(metadata) < 2:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # another JSON spelling than the writer's: leave the file as written
+            return
+        handle.seek(8)
+        handle.write(text + b" " * (length - len(text)))
 
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:

@@ -31,3 +31,24 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_files_of_the_same_tensors_and_metadata_are_the_same_bytes(tmp_path):
+    """safetensors orders metadata keys from a hash map (random per map); lthash sorts them, so a
+    rerun's weights file has the same sha256 as the first run's."""
+    import hashlib
+
+    import torch
+
+    from lthash.io import load_safetensors, save_safetensors
+
+    metadata = {"method": "orthohash", "bits": 64, "seed": 0, "backbone": "cnn", "note": "é", "shape": [28, 28, 1]}
+    digests = set()
+    for i in range(6):
+        path = tmp_path / f"{i}.safetensors"
+        save_safetensors(path, {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}, metadata)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    tensors, meta = load_safetensors(tmp_path / "0.safetensors")
+    assert torch.equal(tensors["w"], torch.arange(6.0).reshape(2, 3)) and meta["note"] == "é"
+    assert meta["bits"] == "64" and meta["shape"] == "[28,28,1]"
