@@ -14,7 +14,8 @@ and checks that the rerun resumes from it.
 
 Memory figures, per stage:
 
-* ``peak RSS``: the subprocess's VmHWM (whole process: Python, torch, model, optimiser, activations).
+* ``peak RSS``: the subprocess's VmHWM (whole process: Python, torch, model, optimiser, activations);
+  for ``resume``, the larger of the two ``lthash personalize`` processes'.
 * ``act``: activation memory of one step, measured on CPU in fp32: the peak RSS during the
   last step (VmHWM reset through /proc/self/clear_refs after ``malloc_trim``) minus the RSS
   before it, minus the fp32 gradients of the trainable parameters (4 B each).
@@ -365,6 +366,13 @@ def personalize_command(args, folder: Path, method: str, stage: str, batch: int,
                        "--params", json.dumps(params)]
 
 
+def children_peak() -> int:
+    """The largest peak RSS among this process's finished subprocesses (bytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
 def run_resume(args, name: str, memory: Memory) -> dict[str, Any]:
     """``lthash personalize`` of Textual Inversion, killed after its first checkpoint, then rerun to the end."""
     from lthash.testing.faults import kill_when_exists
@@ -385,7 +393,7 @@ def run_resume(args, name: str, memory: Memory) -> dict[str, Any]:
     if killed != -9 or resumed < 1:
         raise RuntimeError(f"not killed mid-stage (rc {killed}) or the rerun did not resume: {stages}")
     return {"s_per_step": None, "steps": 3, "cpu_batch": args.batch, "gpu_batch": None, "params": None,
-            "trainable": None, "act": None,
+            "trainable": None, "act": None, "children_peak": children_peak(),
             "note": f"killed after checkpoint 1 ({first:.0f} s in), rerun resumed at step {resumed} of 3 "
                     f"and finished in {time.perf_counter() - began - first:.0f} s"}
 
@@ -462,7 +470,7 @@ def run_stage(args, stage: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     memory = Memory(args.device)
     row = RUNNERS[stage](args, stage, memory)
-    row.update(stage=stage, peak=memory.finish())
+    row.update(stage=stage, peak=max(memory.finish(), row.pop("children_peak", 0)))
     return row
 
 
@@ -480,6 +488,14 @@ def stage_row(args, stage: str) -> dict[str, Any]:
     if found:
         return json.loads(found[-1])
     return {"stage": stage, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def rows_from(paths: list[str]) -> list[dict[str, Any]]:
+    """Saved rows in the order of :data:`RUNNERS`; a later file's row of a stage wins."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        rows.update({row["stage"]: row for row in json.loads(Path(path).read_text()) if "error" not in row})
+    return [rows[stage] for stage in RUNNERS if stage in rows]
 
 
 def parent(args) -> None:
@@ -525,11 +541,16 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where the resume stage writes its concept")
     parser.add_argument("--in-process", action="store_true", help="every stage in this process (fast, shared peak)")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--table-from", default=None,
+                        help="print the table of rows saved with --json (comma-separated files; a later file's "
+                             "row of a stage replaces an earlier one's, failed rows are skipped)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
         print("ROW " + json.dumps(run_stage(args, args.child)), flush=True)
+    elif args.table_from:
+        print(table(rows_from(args.table_from.split(",")), args))
     else:
         parent(args)
 
