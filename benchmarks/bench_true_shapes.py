@@ -27,7 +27,9 @@ Memory figures, per stage:
           + act / 2 x (GPU batch / CPU batch)       (fp16 activations; batch = the preset's)
           + 1 GB (CUDA context, cuDNN/cuBLAS workspaces, allocator slack)
 
-  Synthesis and encoding train nothing (no gradient, no optimiser). Hashing steps run at the
+  Synthesis and encoding train nothing (no gradient, no optimiser). Synthesis's activation term
+  is the larger of its text encoding + VAE encoding + UNet part (rescaled to the batch) and its
+  VAE decode (``act_fixed``, not rescaled: ``models.decode`` decodes one image per call). Hashing steps run at the
   paper's batch (64) on CPU, so their activation term is not rescaled. "fits" compares the
   estimate with 24 / 40 / 80 GB cards.
 
@@ -237,9 +239,11 @@ def run_synthesis(args, name: str, memory: Memory) -> dict[str, Any]:
     real_decode = models.decode
 
     def timed_decode(*a, **k):
+        memory.mark()  # closes the encoding + UNet part
         began = time.perf_counter()
         out = real_decode(*a, **k)
         decode_times.append(time.perf_counter() - began)
+        memory.mark()  # closes the VAE decode
         return out
 
     components.unet.forward = timed_unet
@@ -250,11 +254,10 @@ def run_synthesis(args, name: str, memory: Memory) -> dict[str, Any]:
     began = time.perf_counter()
     images = generate(components, prompts, torch.Generator().manual_seed(0), sampler, init_images=init, strength=0.5)
     total = time.perf_counter() - began
-    memory.mark()
     assert images.shape == (args.images, components.image_size, components.image_size, 3), images.shape
     return {"s_per_step": float(np.mean(unet_times)), "steps": len(unet_times), "cpu_batch": 2 * args.images,
             "gpu_batch": 2 * SYNTHESIS_BATCH, "params": parameter_count(components.unet, components.text_encoder, components.vae),
-            "trainable": 0, "act": max(0, memory.step_peaks[-1]),
+            "trainable": 0, "act": max(0, memory.step_peaks[0]), "act_fixed": max(0, memory.step_peaks[1]),
             "note": (f"{args.images} images, {len(unet_times)} UNet steps (CFG batch {2 * args.images}), "
                      f"VAE decode {np.sum(decode_times) / args.images:.1f} s/image, {total:.0f} s total")}
 
@@ -432,7 +435,8 @@ def gpu_estimate(row: dict[str, Any], measured_on_cuda: bool) -> float | None:
     """The docstring's fp16 formula, in GB (activations measured on CUDA are used as they are)."""
     if row.get("params") is None:
         return None
-    act = row["act"] * (1.0 if measured_on_cuda else 0.5) * row["gpu_batch"] / row["cpu_batch"]
+    scale = 1.0 if measured_on_cuda else 0.5
+    act = max(row["act"] * scale * row["gpu_batch"] / row["cpu_batch"], row.get("act_fixed", 0) * scale)
     return (4 * row["params"] + 14 * row["trainable"] + act) / GB + 1.0
 
 

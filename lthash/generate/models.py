@@ -342,13 +342,23 @@ def encode_images(components: DiffusionComponents, images_uint8: np.ndarray | to
     return latents * vae.config.scaling_factor
 
 
+# Latents the VAE decodes per call. SD 1.5's decoder at 512 px peaked at 5.3 GB per image in fp32
+# on CPU (benchmarks/bench_true_shapes.py): a synthesis batch of 16 decoded at once would need
+# about 43 GB in fp16; one at a time it is about 2.7 GB whatever the batch (diffusers' "VAE slicing").
+VAE_DECODE_SLICE = 1
+
+
 def decode(components: DiffusionComponents, x: torch.Tensor,
            size: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Model-space tensors -> uint8 N x H x W x C, resized to ``size`` = (H, W, C) when given."""
+    """Model-space tensors -> uint8 N x H x W x C, resized to ``size`` = (H, W, C) when given.
+
+    Latent models decode :data:`VAE_DECODE_SLICE` images per VAE call (the decoder works on
+    each image alone: its group norms have no batch statistics)."""
     vae = components.vae
     with torch.no_grad():
         if vae is not None:
-            x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+            x = torch.cat([vae.decode(part.to(vae.dtype) / vae.config.scaling_factor).sample
+                           for part in (x.split(VAE_DECODE_SLICE) or (x,))])
         x = x.float().clamp(-1.0, 1.0)
         if size is not None:
             height, width, channels = size
