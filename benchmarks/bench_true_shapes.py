@@ -1,7 +1,7 @@
 """Every GPU stage of the paper's configuration at Stable Diffusion 1.5's true shapes, on CPU.
 
 The model is a full-size RANDOM SD 1.5 folder (UNet 860 M, text encoder 123 M, VAE 84 M
-parameters) written by :func:`lthash.generate.models.save_stable_diffusion` (``--write-model``,
+parameters) written by :func:`lthash.generate.stable_diffusion.save_stable_diffusion` (``--write-model``,
 about 4.3 GB; nothing is downloaded) and read through :func:`load_components`, the loader a real
 checkpoint goes through. Each stage runs in a fresh subprocess (so its peak RSS is its own) through
 the package's code paths: ``StageTrainer.run`` for each personalisation stage (512 px images,
@@ -503,7 +503,7 @@ def rows_from(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def parent(args) -> None:
-    from lthash.generate.models import save_stable_diffusion
+    from lthash.generate.stable_diffusion import save_stable_diffusion
 
     if args.write_model and not Path(args.model).exists():
         began = time.perf_counter()

@@ -72,7 +72,7 @@ def test_sd15_architecture_has_stable_diffusion_15s_shapes():
     built on the meta device here (no memory), its parameter counts are SD 1.5's."""
     from accelerate import init_empty_weights
 
-    from lthash.generate.models import build_stable_diffusion
+    from lthash.generate.stable_diffusion import build_stable_diffusion
 
     with init_empty_weights():
         parts = build_stable_diffusion("sd15")
