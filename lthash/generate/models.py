@@ -342,9 +342,10 @@ def encode_images(components: DiffusionComponents, images_uint8: np.ndarray | to
     return latents * vae.config.scaling_factor
 
 
-# Latents the VAE decodes per call. SD 1.5's decoder at 512 px peaked at 5.3 GB per image in fp32
-# on CPU (benchmarks/bench_true_shapes.py): a synthesis batch of 16 decoded at once would need
-# about 43 GB in fp16; one at a time it is about 2.7 GB whatever the batch (diffusers' "VAE slicing").
+# Latents the VAE decodes per call. SD 1.5's decoder at 512 px took 1.25 GB per image in fp32 on
+# CPU (benchmarks/bench_true_shapes.py): the paper config's synthesis batch of 16 decoded at once
+# would add about 10 GB in fp16 at the end of every batch; one at a time, about 0.6 GB whatever the
+# batch (diffusers' "VAE slicing").
 VAE_DECODE_SLICE = 1
 
 
