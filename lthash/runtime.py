@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import sys
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -170,3 +172,32 @@ def claim_gpu(count: int, lock_dir: str | None = None) -> int:
         _GPU_LOCKS.append(handle)
         return index
     return 0
+
+
+OUT_OF_MEMORY_MARKERS = ("out of memory", "DefaultCPUAllocator: can't allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator's out-of-memory error (CUDA, or the CPU allocator's)."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in OUT_OF_MEMORY_MARKERS)
+
+
+@contextlib.contextmanager
+def memory_hint(what: str, settings: Sequence[str]) -> Iterator[None]:
+    """Re-raise an out-of-memory error inside the block as an LthashError naming the config
+    keys that size ``what`` (``settings``: "key (now value): advice" strings, most effective
+    first); any other error passes through unchanged."""
+    from lthash.errors import LthashError
+
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise LthashError(f"{what} ran out of memory ({first}). Settings that size it: "
+                          + "; ".join(settings)) from exc

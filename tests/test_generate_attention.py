@@ -120,3 +120,35 @@ def test_regularizer_gradient_reaches_cross_attention_only(tiny):
     finally:
         unet.zero_grad(set_to_none=True)
         unet.requires_grad_(False)
+
+
+def test_regularizer_under_gradient_checkpointing_keeps_the_forward_maps(tiny_sd):
+    """Checkpointed backward recomputes every layer: the gradient equals the plain one and the
+    store still holds the forward pass's maps, not the recomputed ones (whose graphs it would pin)."""
+    unet = tiny_sd.unet
+    channels, height, _ = tiny_sd.model_shape
+    context = encode_prompts(tiny_sd, ["a photo of a clothing footwear"] * 2).detach()
+    x = torch.randn(2, channels, height, height, generator=torch.Generator().manual_seed(3))
+    grads = []
+    unet.requires_grad_(True)
+    unet.train()
+    try:
+        for checkpointing in (False, True):
+            if checkpointing:
+                unet.enable_gradient_checkpointing()
+            with capture_cross_attention(unet, [5, 6]) as store:
+                unet(x, torch.tensor([100, 900]), context)
+                forward_maps = dict(store.maps)
+                loss = attention_regularizer(store.maps, 2.0, 5.0)
+                unet.zero_grad(set_to_none=True)
+                loss.backward()
+                assert all(store.maps[name] is forward_maps[name] for name in forward_maps)
+            grads.append({n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None})
+    finally:
+        unet.disable_gradient_checkpointing()
+        unet.eval()
+        unet.zero_grad(set_to_none=True)
+        unet.requires_grad_(False)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7)

@@ -67,6 +67,25 @@ def test_tiny_stable_diffusion_folder_through_the_real_loader(tiny_sd):
     assert pred.shape == latents.shape
 
 
+def test_sd15_architecture_has_stable_diffusion_15s_shapes():
+    """The full-size random SD 1.5 (bench_true_shapes.py writes it) has the public configs' shapes:
+    built on the meta device here (no memory), its parameter counts are SD 1.5's."""
+    from accelerate import init_empty_weights
+
+    from lthash.generate.stable_diffusion import build_stable_diffusion
+
+    with init_empty_weights():
+        parts = build_stable_diffusion("sd15")
+    counts = [sum(p.numel() for p in m.parameters()) for m in (parts.unet, parts.text_encoder, parts.vae)]
+    assert counts == [859_520_964, 123_060_480, 83_653_863]
+    assert parts.model_shape == (4, 64, 64) and parts.image_size == 512 and parts.max_length() == 77
+    assert len(parts.tokenizer) == parts.text_encoder.config.vocab_size == 49408
+    assert parts.vae.config.scaling_factor == 0.18215 and parts.unet.config.cross_attention_dim == 768
+    assert parts.noise_scheduler.config.beta_schedule == "scaled_linear"
+    ids = parts.tokenizer("a photo of a object", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and max(ids) < 49408 and "<|filler" not in "".join(parts.tokenizer.convert_ids_to_tokens(ids))
+
+
 def test_missing_parts_are_named(tiny_sd, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_sd, broken)

@@ -205,6 +205,33 @@ def test_each_stage_trains_only_its_parameters(tiny_base, small_split, tmp_path)
     assert "reg" in trainer.stage_log[1]["final"]
 
 
+def test_out_of_memory_names_the_keys_that_size_the_stage(tiny_base, small_split, tmp_path, monkeypatch):
+    components = load_components(tiny_base)
+    token = ConceptToken(components, "<v2>", "clothing").install()
+    params = fast_params("dreambooth", steps=1, batch=4)["personalize"]
+    data = TrainingData(images_to_pixels(load_class_images(small_split, 2).images, 28, 1),
+                        "a photo of a <v2> clothing", Augmentation.from_params(params["augment"]))
+    trainer = StageTrainer(components, token, data, TrainingOptions.from_params(params),
+                           make_accelerator("cpu", "no"), torch.Generator().manual_seed(0),
+                           CheckpointFolder(tmp_path / "partial", {"test": 1}),
+                           method_stages("dreambooth", params, has_vae=False), method="dreambooth")
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(components.unet, "forward", exhausted)
+    with pytest.raises(LthashError) as error:
+        trainer.run(0)
+    message = str(error.value)
+    for key in ("generate.personalize.dreambooth.stages.unet.batch_size (now 4)",
+                "generate.personalize.gradient_accumulation_steps", "generate.personalize.gradient_checkpointing",
+                "generate.personalize.mixed_precision", "CUDA out of memory"):
+        assert key in message, message
+    monkeypatch.setattr(components.unet, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):  # any other error passes through
+        trainer.run(0)
+
+
 @pytest.mark.parametrize("method", ["attndreambooth", "dreambooth", "textual_inversion"])
 @pytest.mark.parametrize("class_index", [TAIL_CLASS, 0])
 def test_methods_on_a_one_image_class_and_a_normal_class(method, class_index, tiny_base, tail_split, tmp_path):

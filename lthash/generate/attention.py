@@ -47,7 +47,14 @@ class AttentionStore:
         self.maps.clear()
 
     def record(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        """Keep the chosen token columns of ``probs`` ((batch*heads, pixels, text_len))."""
+        """Keep the chosen token columns of ``probs`` ((batch*heads, pixels, text_len)).
+
+        Only a layer's first map after :meth:`reset` is kept: under gradient checkpointing the
+        backward pass recomputes each layer's forward, and a recomputed map kept here would
+        hold that layer's recomputed attention graph alive until the next reset (on SD 1.5 at
+        64 x 64 latents, the graph of all 16 cross-attention layers). The columns are still
+        selected, so the recomputation saves the same tensors as the forward pass.
+        """
         if not self.enabled:
             return
         batch = probs.shape[0] // heads
@@ -57,9 +64,10 @@ class AttentionStore:
             if index.shape[0] != batch:
                 index = index.repeat(batch // index.shape[0], 1)
             index = index[:, None, None, :].expand(batch, heads, probs.shape[2], index.shape[-1])
-            self.maps[name] = probs.gather(-1, index)
+            selected = probs.gather(-1, index)
         else:
-            self.maps[name] = probs[..., list(self.tokens)]
+            selected = probs[..., list(self.tokens)]
+        self.maps.setdefault(name, selected)
 
 
 class CrossAttentionCapture:

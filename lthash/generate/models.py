@@ -372,13 +372,24 @@ def encode_images(components: DiffusionComponents, images_uint8: np.ndarray | to
     return latents * vae.config.scaling_factor
 
 
+# Latents the VAE decodes per call. SD 1.5's decoder at 512 px took 1.25 GB per image in fp32 on
+# CPU (benchmarks/bench_true_shapes.py): the paper config's synthesis batch of 16 decoded at once
+# would add about 10 GB in fp16 at the end of every batch; one at a time, about 0.6 GB whatever the
+# batch (diffusers' "VAE slicing").
+VAE_DECODE_SLICE = 1
+
+
 def decode(components: DiffusionComponents, x: torch.Tensor,
            size: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Model-space tensors -> uint8 N x H x W x C, resized to ``size`` = (H, W, C) when given."""
+    """Model-space tensors -> uint8 N x H x W x C, resized to ``size`` = (H, W, C) when given.
+
+    Latent models decode :data:`VAE_DECODE_SLICE` images per VAE call (the decoder works on
+    each image alone: its group norms have no batch statistics)."""
     vae = components.vae
     with torch.no_grad():
         if vae is not None:
-            x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+            x = torch.cat([vae.decode(part.to(vae.dtype) / vae.config.scaling_factor).sample
+                           for part in (x.split(VAE_DECODE_SLICE) or (x,))])
         x = x.float().clamp(-1.0, 1.0)
         if size is not None:
             height, width, channels = size
@@ -400,56 +411,16 @@ def encode_prompts(components: DiffusionComponents, prompts: Sequence[str]) -> t
 
 
 def build_tiny_stable_diffusion(seed: int = 0, image_size: int = 32,
-                                words: Iterable[str] = ("clothing", "footwear", "accessory", "digit", "object"),
-                                ) -> DiffusionComponents:
-    """A tiny RANDOM Stable-Diffusion-shaped model: latent UNet, AutoencoderKL, CLIP text encoder.
+                                words: Iterable[str] | None = None) -> DiffusionComponents:
+    """:func:`lthash.generate.stable_diffusion.build_stable_diffusion` of the ``tiny`` architecture
+    (``words`` None = its default vocabulary)."""
+    from lthash.generate.stable_diffusion import SD_WORDS, build_stable_diffusion
 
-    Built from configs so tests exercise the real-checkpoint path (VAE encode/decode, latent
-    UNet, RGB images) without any download.
-    """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    max_length = 16
-    tokenizer = build_word_tokenizer(words, max_length)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer) + 16, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=32))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-        latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=image_size)
-    unet = UNet2DConditionModel(
-        sample_size=image_size // 2, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 32),
-        layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", clip_sample=False, prediction_type="epsilon")
-    return DiffusionComponents(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                               noise_scheduler=scheduler, vae=vae, image_size=image_size, channels=3,
-                               kind="stable-diffusion", info={})
+    return build_stable_diffusion("tiny", seed, image_size, SD_WORDS if words is None else words)
 
 
 def save_tiny_stable_diffusion(path: str | os.PathLike, seed: int = 0, image_size: int = 32) -> Path:
-    """Save a tiny random Stable Diffusion pipeline the way real checkpoints ship.
+    """:func:`lthash.generate.stable_diffusion.save_stable_diffusion` of the ``tiny`` architecture."""
+    from lthash.generate.stable_diffusion import save_stable_diffusion
 
-    Written with ``StableDiffusionPipeline.save_pretrained`` (model_index.json, a PNDM
-    scheduler config as SD 1.x ships, no lthash metadata), so :func:`load_components`
-    treats it exactly like a downloaded checkpoint.
-    """
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    parts = build_tiny_stable_diffusion(seed, image_size)
-    scheduler = PNDMScheduler.from_config(parts.noise_scheduler.config, skip_prk_steps=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-                                   unet=parts.unet, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    from lthash.io import atomic_dir
-
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-    return path
+    return save_stable_diffusion(path, "tiny", seed, image_size)

@@ -31,6 +31,7 @@ from lthash.generate.shards import class_train_images, init_choice, shard_is_com
 from lthash.generate.corpus import check_base_corpus, prompt_words
 from lthash.generate.prompts import category_prompt
 from lthash.io import ImageSet, canonical_json, open_complete_h5, read_attrs, write_image_sets
+from lthash.runtime import memory_hint
 
 log = logging.getLogger("lthash.synthesize")
 
@@ -208,6 +209,12 @@ def _sampling(components: DiffusionComponents, params: Mapping[str, Any], class_
     return sampler, reference
 
 
+def memory_settings(sampler: SamplerConfig) -> list[str]:
+    """The config keys that size synthesis's memory, with their values (for :func:`memory_hint`)."""
+    return [f"generate.synthesis.batch_size (now {sampler.batch_size}): lower it",
+            f"generate.synthesis.mixed_precision (now {sampler.mixed_precision}): fp16 or bf16"]
+
+
 def synthesize_shard(
     model_dir: str | os.PathLike,
     base_dir: str | os.PathLike | None,
@@ -261,8 +268,9 @@ def synthesize_shard(
     started = time.perf_counter()
     with tqdm(total=candidates, desc=f"class {class_index} {purpose} shard {shard}",
               disable=not progress, mininterval=5) as bar:
-        images = _draw(components, prompt, candidates, seed, sampler, size, bar.update, init_images, strengths,
-                       reference)
+        with memory_hint(f"synthesis of class {class_index}", memory_settings(sampler)):
+            images = _draw(components, prompt, candidates, seed, sampler, size, bar.update, init_images, strengths,
+                           reference)
     extra: dict[str, np.ndarray] = {}
     if factor > 1:
         images, init_index, strengths, extra = _filtered(images, init_index, strengths, judge_dir,

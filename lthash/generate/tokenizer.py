@@ -60,8 +60,15 @@ def normalise_words(words: Iterable[str]) -> list[str]:
     return sorted(result)
 
 
-def write_word_tokenizer(folder: str | os.PathLike, words: Iterable[str], max_length: int) -> Path:
-    """Write ``vocab.json``/``merges.txt``/``tokenizer_config.json`` of a word-level CLIP tokenizer."""
+FILLER_TOKEN = "<|filler{}|>"
+
+
+def write_word_tokenizer(folder: str | os.PathLike, words: Iterable[str], max_length: int,
+                         vocab_size: int | None = None) -> Path:
+    """Write ``vocab.json``/``merges.txt``/``tokenizer_config.json`` of a word-level CLIP tokenizer.
+
+    ``vocab_size`` pads the vocabulary with filler entries (no merge produces them, so no text
+    encodes to one) to exactly that many tokens, the size of a real CLIP vocabulary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     words = normalise_words(words)
@@ -72,6 +79,10 @@ def write_word_tokenizer(folder: str | os.PathLike, words: Iterable[str], max_le
     for left, right in merges:
         if left + right not in tokens:
             tokens.append(left + right)
+    if vocab_size is not None:
+        if vocab_size < len(tokens):
+            raise LthashError(f"tokenizer vocab_size {vocab_size} is below the {len(tokens)} tokens of its words")
+        tokens += [FILLER_TOKEN.format(i) for i in range(vocab_size - len(tokens))]
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}, indent=0))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -81,13 +92,14 @@ def write_word_tokenizer(folder: str | os.PathLike, words: Iterable[str], max_le
     return folder
 
 
-def build_word_tokenizer(words: Iterable[str], max_length: int = 16):
-    """A CLIPTokenizer in which every word of ``words`` (and the prompt words) is one token."""
+def build_word_tokenizer(words: Iterable[str], max_length: int = 16, vocab_size: int | None = None):
+    """A CLIPTokenizer in which every word of ``words`` (and the prompt words) is one token
+    (``vocab_size``: see :func:`write_word_tokenizer`)."""
     from transformers import CLIPTokenizer
 
     words = normalise_words(words)
     with tempfile.TemporaryDirectory(prefix="lthash-tok-") as tmp:
-        write_word_tokenizer(tmp, words, max_length)
+        write_word_tokenizer(tmp, words, max_length, vocab_size)
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length)
     for word in words:
         ids = tokenizer(word, add_special_tokens=False).input_ids

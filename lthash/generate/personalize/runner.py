@@ -125,7 +125,7 @@ def personalize(base_dir: str | os.PathLike, split_path: str | os.PathLike, clas
         training_data.prior_seed = seed + 2 + 1_000_003 * accelerator.process_index
     generator = torch.Generator().manual_seed(seed + 1_000_003 * accelerator.process_index)
     trainer = StageTrainer(components, token, training_data, TrainingOptions.from_params(params), accelerator,
-                           generator, checkpoints, stages, seed=seed)
+                           generator, checkpoints, stages, seed=seed, method=method.name)
     resume = _resume(checkpoints, trainer, components, token, generator, partial)
     first = 0 if resume is None else resume.position[0]
     for index in range(first, len(stages)):

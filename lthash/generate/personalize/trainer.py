@@ -32,6 +32,7 @@ from lthash.generate.personalize.data import Augmentation, sample_batch
 from lthash.generate.personalize.lora import merge_lora
 from lthash.generate.personalize.schedule import Stage
 from lthash.generate.regularizer import attention_regularizer
+from lthash.runtime import memory_hint
 
 log = logging.getLogger("lthash.personalize")
 
@@ -315,6 +316,17 @@ class StageTrainer:
     stage_log: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
     on_step: Callable[[int, int, dict[str, float]], None] | None = None
+    method: str = "<method>"
+
+    def memory_settings(self, stage: Stage) -> list[str]:
+        """The config keys that size a stage's memory, with their values (for :func:`memory_hint`)."""
+        key = "generate.personalize"
+        precision = "no" if self.accelerator.mixed_precision in (None, "no") else self.accelerator.mixed_precision
+        return [f"{key}.{self.method}.stages.{stage.name}.batch_size (now {stage.batch_size}): lower it and raise "
+                f"{key}.gradient_accumulation_steps (now {self.options.gradient_accumulation_steps}) to keep the "
+                "effective batch",
+                f"{key}.gradient_checkpointing (now {str(self.options.gradient_checkpointing).lower()}): true",
+                f"{key}.mixed_precision (now {precision}): fp16 or bf16"]
 
     def _encode(self, prompt: str, grad: bool) -> torch.Tensor:
         ids = tokenize(self.components, [prompt])
@@ -356,7 +368,8 @@ class StageTrainer:
         accum = self.options.gradient_accumulation_steps
         history: list[dict[str, float]] = []
         began = time.perf_counter()
-        with capture_cross_attention(unet, positions) as store:
+        with memory_hint(f"personalisation stage {stage.name!r}", self.memory_settings(stage)), \
+                capture_cross_attention(unet, positions) as store:
             store.enabled = stage.regularized
             for step in tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=stage.name,
                              disable=not accelerator.is_main_process, mininterval=5):
