@@ -10,16 +10,11 @@ over the database after encoding (how it ran before), best of ``--repeats``, in 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 from pathlib import Path
 
 import torch
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench_timer import Timer
 
 
 def main() -> None:
@@ -57,9 +52,9 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, job in (("no profile", plain), ("profile, one pass", one_pass), ("profile, two passes", two_passes)):
                 out = Path(tmp) / f"{repeat}-{name.replace(' ', '_').replace(',', '')}.h5"
-                began = cpu_seconds()
-                job(out)
-                best[name] = min(best.get(name, float("inf")), cpu_seconds() - began)
+                with Timer() as timer:
+                    job(out)
+                best[name] = min(best.get(name, float("inf")), timer.cpu)
     print(f"database {len(database)} images, {args.threads} thread(s), best of {args.repeats} (CPU s)")
     for name, seconds in best.items():
         print(f"{name:<22} {seconds:7.2f} s  {seconds / best['no profile']:.2f}x no profile")

@@ -79,10 +79,6 @@ def lora_parameters(unet: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in unet.named_parameters() if LORA_MARK in name and "original" not in name}
 
 
-def has_lora(unet: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(module) for module in unet.modules())
-
-
 def merge_lora(unet: nn.Module) -> None:
     """W <- W + scale * B @ A for every installed factor pair, and the factors removed: ``unet``
     is a plain module again, computing what it computed with them."""

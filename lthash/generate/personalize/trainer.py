@@ -152,8 +152,9 @@ def trainable_parameters(unet: torch.nn.Module, token: ConceptToken, trains: str
         raise ValueError(f"unknown parameter set {trains!r}")
     if lora_rank and trains != "embedding":
         weights = [plain_name(name[len(UNET_PREFIX):]) for name in selected]
-        generator = lora_generator if lora_generator is not None else torch.Generator().manual_seed(0)
-        selected = {UNET_PREFIX + name: p for name, p in add_lora(unet, weights, lora_rank, generator).items()}
+        if lora_generator is None:
+            raise ValueError("a LoRA stage needs the generator its factors start from")
+        selected = {UNET_PREFIX + name: p for name, p in add_lora(unet, weights, lora_rank, lora_generator).items()}
     if not selected:
         raise LthashError(f"the model has no parameters of set {trains!r}")
     for parameter in selected.values():
