@@ -27,8 +27,12 @@ try:
     lw.check_experiment(config)
     config = validate_config(config)
     config = check_prompt_words(config)
-    lw.check_matrix(config)
-    check_base_choice(config)
+    # What refuses a config before any job runs once, where the run starts: a cluster job's
+    # own Snakemake (remote mode, twice per job: the batch script and its job step) skips it,
+    # since these checks import torch and hash the shipped base's files (seconds per job).
+    if not workflow.remote_exec:
+        lw.check_matrix(config)
+        check_base_choice(config)
 except LthashError as error:
     raise WorkflowError(str(error)) from None
 

@@ -510,6 +510,27 @@ def test_slurm_profile_sbatch_lines(tmp_path):
     print(f"stand-in SLURM run took {time.monotonic() - started:.1f} s")
 
 
+def imported_modules(workdir: Path, *mode: str) -> set[str]:
+    """Top-level modules a dry run of ``split`` imports while Snakemake reads the workflow
+    in ``workdir`` (``mode``: extra Snakemake arguments, e.g. a cluster job's ``--mode remote``)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", *mode, "--dry-run",
+                             "--allowed-rules", "split", "--forcerun", "split", "results/data/split.h5"],
+                            cwd=workdir, capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert result.returncode == 0, show(result)
+    return {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def test_a_cluster_jobs_snakemake_reads_the_workflow_without_torch(tmp_path):
+    """Each cluster job starts Snakemake twice (the batch script and its job step), and each
+    reads the workflow: the checks that refuse a config before any job (the method registry's
+    class logits, which import torch; the shipped base's file hashes) run where the run starts,
+    not in every job. The default config asks for both (a logit-adjusted arm, a shipped base)."""
+    workdir = copy_workflow(tmp_path / "wf", ACCOUNT)
+    assert "torch" in imported_modules(workdir)
+    assert "torch" not in imported_modules(workdir, "--mode", "remote")
+
+
 def test_a_cancelled_job_is_seen_and_retried_within_the_run(tmp_path):
     """A job cancelled before it ran (sacct: "CANCELLED by 0", which plugin 2.8.0 never takes
     for an end) is seen through the profile's squeue status check and submitted again, with the

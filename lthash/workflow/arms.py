@@ -170,15 +170,17 @@ def check_experiment(raw_config: Mapping[str, Any]) -> None:
 def check_matrix(config: Mapping[str, Any]) -> None:
     """Refuse, before any job, what the experiment's methods cannot train: a logit-adjusted arm,
     or label smoothing of synthetic images, needs every method of ``experiment.methods`` to have
-    class logits."""
-    from lthash.hashing.methods import check_balance
-
+    class logits. The method registry (and torch) is imported only where such a setting is asked for."""
     experiment = config["experiment"]
     adjusted = [name for name in experiment["arms"]
                 if dict(ARMS[name].sets).get("hashing.train.balance", "none") != "none"]
+    smoothing = config["hashing"]["mix"]["synthetic_label_smoothing"]
+    if not adjusted and not smoothing:
+        return
+    from lthash.hashing.methods import check_balance
+
     if adjusted:
         check_balance(experiment["methods"], "experiment.arms")
-    smoothing = config["hashing"]["mix"]["synthetic_label_smoothing"]
     if smoothing:
         check_balance(experiment["methods"], "hashing.mix.synthetic_label_smoothing", f"is {smoothing}")
 
