@@ -140,19 +140,25 @@ def test_tokens_read_their_own_rows_and_leave_every_other_embedding_alone(digits
     concepts.remove()
 
 
-def test_resume_after_sigkill_ends_with_the_uninterrupted_runs_weights(joint_concepts, digits_run, tmp_path):
-    split, base = digits_run
+def _killed_at_step_4_and_resumed(base, split, out, joint: dict):
+    """``out`` written by ``lthash personalize-joint`` (settings ``joint``, checkpoints every 2
+    steps) SIGKILLed once its step-4 checkpoint exists, then run again to the end."""
     params = json.dumps({"generate": {"personalize": {
-        "checkpoint_every": 2, "sample_grid": {"images": 2, "steps": 2}, "joint": JOINT}}})
-    killed = tmp_path / "joint"
-    command = lthash_command("personalize-joint", "--base", str(base), "--split", str(split), "--out", str(killed),
+        "checkpoint_every": 2, "sample_grid": {"images": 2, "steps": 2}, "joint": joint}}})
+    command = lthash_command("personalize-joint", "--base", str(base), "--split", str(split), "--out", str(out),
                              "--device", "cpu", "--threads", "1", "--params", params)
-    target = tmp_path / "joint.partial" / "ckpt-000004"
+    target = out.parent / f"{out.name}.partial" / "ckpt-000004"
     assert kill_when_exists(command, target, env=child_env()) == -signal.SIGKILL, \
         "the run finished before it could be killed"
-    assert not killed.exists() and target.exists()
+    assert not out.exists() and target.exists()
     subprocess.run(command, check=True, env=child_env(), capture_output=True)
-    assert read_joint_concept(killed)["resumed_from_step"] >= 4
+    assert read_joint_concept(out)["resumed_from_step"] >= 4
+    return out
+
+
+def test_resume_after_sigkill_ends_with_the_uninterrupted_runs_weights(joint_concepts, digits_run, tmp_path):
+    split, base = digits_run
+    killed = _killed_at_step_4_and_resumed(base, split, tmp_path / "joint", JOINT)
     for name in ("token_embeddings.safetensors", "unet/diffusion_pytorch_model.safetensors"):
         reference, resumed = load_file(joint_concepts / name), load_file(killed / name)
         assert reference.keys() == resumed.keys()
@@ -203,3 +209,34 @@ def test_the_text_time_pathway_starts_as_the_base_trains_and_is_read_back_by_syn
     images = generate(components, [prompt], torch.Generator().manual_seed(0),
                       SamplerConfig.for_model(components, {"steps": 2}))
     assert images.shape == (1, components.image_size, components.image_size, 1)
+
+
+def _trained_tensors(folder) -> dict[str, torch.Tensor]:
+    return {**{f"tokens.{k}": v for k, v in load_file(folder / "token_embeddings.safetensors").items()},
+            **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")}
+
+
+def test_the_moving_average_is_what_the_folder_holds_and_a_killed_run_resumes_it(joint_concepts, digits_run,
+                                                                               tmp_path):
+    """ema_decay d: the folder holds the average of the steps' weights. The training itself is
+    the same (same batches, same steps), so d ~ 0 gives the last step's weights and d = 0.9
+    others; the average is checkpointed, so a run killed mid-way resumes it bit for bit."""
+    split, base = digits_run
+    last = _trained_tensors(joint_concepts)
+    runs = {}
+    for decay in (1e-12, 0.9):
+        out = tmp_path / f"ema{decay}"
+        with torch.random.fork_rng():
+            torch.set_num_threads(1)
+            personalize_joint(base, split, out, _generate_params(ema_decay=decay))
+        runs[decay] = _trained_tensors(out)
+    assert runs[1e-12].keys() == last.keys()
+    for key in last:
+        assert torch.allclose(runs[1e-12][key], last[key], atol=1e-6), key
+    moved = [key for key in last if not torch.allclose(runs[0.9][key], last[key], atol=1e-6)]
+    assert "tokens.<v0>" in moved and len(moved) > len(last) // 2, moved
+
+    resumed = _trained_tensors(_killed_at_step_4_and_resumed(base, split, tmp_path / "joint",
+                                                             {**JOINT, "ema_decay": 0.9}))
+    for key in runs[0.9]:
+        assert torch.equal(runs[0.9][key], resumed[key]), key

@@ -30,6 +30,7 @@ import torch
 
 from lthash.checkpointing import CheckpointFolder, partial_folder
 from lthash.errors import LthashError
+from lthash.generate.ema import ExponentialMovingAverage
 from lthash.generate.models import DiffusionComponents, encode_images, tokenize
 from lthash.io import canonical_json
 from lthash.schedules import warmup_decay
@@ -59,26 +60,6 @@ class BaseTrainingConfig:
         """From validated ``generate.base``; ``overrides`` replace single fields (benchmarks, tests)."""
         keys = set(cls.__dataclass_fields__) - {"seed", "train_text_encoder"}
         return cls(**{**{key: params[key] for key in keys}, "seed": seed, **overrides})
-
-
-class ExponentialMovingAverage:
-    """Shadow copies of parameters, updated with decay min(decay, (1 + n) / (10 + n))."""
-
-    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float):
-        self.parameters = parameters
-        self.decay = decay
-        self.shadow = {name: param.detach().clone() for name, param in parameters.items()}
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for name, param in self.parameters.items():
-            self.shadow[name].mul_(decay).add_(param.detach(), alpha=1 - decay)
-
-    @torch.no_grad()
-    def copy_to_parameters(self) -> None:
-        for name, param in self.parameters.items():
-            param.copy_(self.shadow[name])
 
 
 @dataclass

@@ -25,6 +25,9 @@ DataDream's dataset-wide LoRA, Azizi et al.) train them together, and so does th
 
       L = mean_i ||eps_i - eps(x_i,t, t_i, c_i)||^2 + replay_weight * mean_j ||eps_j - eps(x_j,t, t_j, c_cat(j))||^2
 
+- with ``ema_decay`` d > 0, the folder holds an exponential moving average of every trained
+  tensor (:mod:`lthash.generate.ema`), as the base stage does, instead of the last step's.
+
 The output is a joint concept folder (:mod:`lthash.generate.concepts`): ``joint.json``, one
 embedding row per class, the trained UNet, a sample grid. Synthesis and the knowledge measure
 read it for any of its classes. Checkpoints (``<out>.partial/``, every ``checkpoint_every``
@@ -48,6 +51,7 @@ import torch
 from lthash.checkpointing import CheckpointFolder, partial_folder
 from lthash.errors import LthashError
 from lthash.generate.corpus import check_base_corpus, corpus_class_images, prompt_words
+from lthash.generate.ema import ExponentialMovingAverage
 from lthash.generate.models import (DiffusionComponents, images_to_pixels, load_components, tokenize,
                                    with_text_time_embedding)
 from lthash.generate.personalize.data import Augmentation
@@ -63,6 +67,7 @@ log = logging.getLogger("lthash.personalize")
 TOKENS_GROUP = "tokens"
 UNET_GROUP = "unet"
 TEXT_GROUP = "text_encoder"
+EMA_GROUP = "ema"
 TEXT_TIME_PARTS = "add_embedding."  # the text-time pathway (with_text_time_embedding): trained whenever present
 
 
@@ -115,6 +120,7 @@ class JointSettings:
     replay_batch: int
     replay_images: int
     replay_weight: float
+    ema_decay: float
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "JointSettings":
@@ -298,10 +304,16 @@ def _optimizer(components: DiffusionComponents, concepts: ConceptTokens, setting
     return optimizer, unet_params, text_params
 
 
+def _trained_tensors(concepts: ConceptTokens, unet_params, text_params) -> dict[str, torch.nn.Parameter]:
+    """Every trained tensor by one flat name (``tokens.rows``, ``unet.<name>``, ``text_encoder.<name>``)."""
+    return {f"{TOKENS_GROUP}.rows": concepts.rows, **{f"{UNET_GROUP}.{n}": p for n, p in unet_params.items()},
+            **{f"{TEXT_GROUP}.{n}": p for n, p in text_params.items()}}
+
+
 def _resume(checkpoints: CheckpointFolder, concepts: ConceptTokens, unet_params, text_params, optimizer,
-            generator: torch.Generator) -> tuple[int, list]:
-    """(first step, losses so far): the newest checkpoint's tensors, optimiser and random state
-    restored into the run, or (0, []) when there is none."""
+            generator: torch.Generator, ema: ExponentialMovingAverage | None) -> tuple[int, list]:
+    """(first step, losses so far): the newest checkpoint's tensors (and moving average),
+    optimiser and random state restored into the run, or (0, []) when there is none."""
     resume = checkpoints.latest()
     if resume is None:
         return 0, []
@@ -311,6 +323,9 @@ def _resume(checkpoints: CheckpointFolder, concepts: ConceptTokens, unet_params,
             unet_params[name].copy_(value)
         for name, value in resume.tensors.get(TEXT_GROUP, {}).items():
             text_params[name].copy_(value)
+        if ema is not None:
+            for name, value in resume.tensors[EMA_GROUP].items():
+                ema.shadow[name].copy_(value)
     optimizer.load_state_dict(resume.optimizers["optimizer"])
     resume.restore_rng(generator)
     log.info("resuming %s at step %d", checkpoints.dir, int(resume.position[0]))
@@ -363,7 +378,9 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
     unet = components.unet
     optimizer, unet_params, text_params = _optimizer(components, concepts, settings, params["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
-    start, losses = _resume(checkpoints, concepts, unet_params, text_params, optimizer, generator)
+    ema = (ExponentialMovingAverage(_trained_tensors(concepts, unet_params, text_params), settings.ema_decay)
+           if settings.ema_decay > 0 else None)
+    start, losses = _resume(checkpoints, concepts, unet_params, text_params, optimizer, generator, ema)
     began = time.perf_counter()
     unet.train()
     for step in range(start, settings.steps):
@@ -378,6 +395,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
                                            params["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(step)
         losses.append([round(float(instance.detach()), 6), round(float(replay.detach()), 6)])
         done = step + 1
         if step % 100 == 0:
@@ -385,8 +404,11 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
         every = int(params["checkpoint_every"])
         if every and done % every == 0 and done < settings.steps:
             checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows}, UNET_GROUP: dict(unet_params),
-                                      **({TEXT_GROUP: dict(text_params)} if text_params else {})},
+                                      **({TEXT_GROUP: dict(text_params)} if text_params else {}),
+                                      **({EMA_GROUP: ema.shadow} if ema is not None else {})},
                              {"losses": losses}, {"optimizer": optimizer.state_dict()}, generator)
+    if ema is not None:
+        ema.copy_to_parameters()
     _freeze(components, concepts)
     samples = _sample_grid(components, prompts, params["sample_grid"], seed + 17, partial / "samples" / "joint.png")
     tail = losses[-50:]
