@@ -280,8 +280,11 @@ class JointData:
         return x0, ids, len(index)
 
 
-def _freeze(components: DiffusionComponents, concepts: ConceptTokens) -> None:
-    """Training over: UNet and text encoder in eval mode, nothing requires gradients."""
+def _freeze(components: DiffusionComponents, concepts: ConceptTokens, ema: ExponentialMovingAverage | None) -> None:
+    """Training over: the moving average (if any) copied into the trained tensors, UNet and text
+    encoder in eval mode, nothing requires gradients."""
+    if ema is not None:
+        ema.copy_to_parameters()
     for module in (components.unet, components.text_encoder):
         module.eval()
         module.requires_grad_(False)
@@ -330,6 +333,16 @@ def _resume(checkpoints: CheckpointFolder, concepts: ConceptTokens, unet_params,
     resume.restore_rng(generator)
     log.info("resuming %s at step %d", checkpoints.dir, int(resume.position[0]))
     return int(resume.position[0]), list(resume.state["losses"])
+
+
+def _save_checkpoint(checkpoints: CheckpointFolder, done: int, concepts: ConceptTokens, unet_params, text_params,
+                     ema: ExponentialMovingAverage | None, losses: list, optimizer, generator: torch.Generator) -> None:
+    """Checkpoint after step ``done``: the trained tensors (and their moving average), the losses,
+    the optimiser and the random state, what :func:`_resume` restores."""
+    checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows}, UNET_GROUP: dict(unet_params),
+                              **({TEXT_GROUP: dict(text_params)} if text_params else {}),
+                              **({EMA_GROUP: ema.shadow} if ema is not None else {})},
+                     {"losses": losses}, {"optimizer": optimizer.state_dict()}, generator)
 
 
 def _install_tokens(components: DiffusionComponents, tokens: Sequence[str], words: Sequence[str],
@@ -403,13 +416,8 @@ def personalize_joint(base_dir: str | os.PathLike, split_path: str | os.PathLike
             log.info("joint step %d/%d: instance %.4f replay %.4f", done, settings.steps, *losses[-1])
         every = int(params["checkpoint_every"])
         if every and done % every == 0 and done < settings.steps:
-            checkpoints.save([done], {TOKENS_GROUP: {"rows": concepts.rows}, UNET_GROUP: dict(unet_params),
-                                      **({TEXT_GROUP: dict(text_params)} if text_params else {}),
-                                      **({EMA_GROUP: ema.shadow} if ema is not None else {})},
-                             {"losses": losses}, {"optimizer": optimizer.state_dict()}, generator)
-    if ema is not None:
-        ema.copy_to_parameters()
-    _freeze(components, concepts)
+            _save_checkpoint(checkpoints, done, concepts, unet_params, text_params, ema, losses, optimizer, generator)
+    _freeze(components, concepts, ema)
     samples = _sample_grid(components, prompts, params["sample_grid"], seed + 17, partial / "samples" / "joint.png")
     tail = losses[-50:]
     record = {
