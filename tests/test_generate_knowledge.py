@@ -87,6 +87,30 @@ def test_a_base_told_only_the_category_sits_exactly_at_chance_within_groups(spli
     assert rows["accessory"]["chance"] == 1.0 and rows["clothing"]["chance"] == pytest.approx(1 / 6)
     assert rows["multi-class groups"]["heldout_accuracy_within_group"] == pytest.approx(2 / 9)
     assert "| clothing | T-shirt/top, Trouser, Pullover, Dress, Coat, Shirt | 16.7 | 16.7 |" in to_markdown(table)
+    assert not any(column.startswith("synthetic_to_real") for column in table.csv_columns)
+
+    # with the quality stage's transfer measured, its columns: "samples" that are the real
+    # balanced set teach a CNN exactly what the bound's CNN learns from it
+    import numpy as np
+
+    from lthash.config import validate_config
+    from lthash.generate.quality import evaluate_quality
+    from lthash.io import ImageSet, read_image_set, write_image_sets
+
+    balanced = read_image_set(split_with_validation, "train_balanced")
+    shard = tmp_path / "base.h5"
+    write_image_sets(shard, {"synthetic": ImageSet(images=balanced.images, labels=balanced.labels,
+                                                   index=np.arange(len(balanced.labels)), attrs={"generator": "base"})})
+    params = validate_config({"dataset": {}, "generate": {"quality": {"transfer_steps": 20}}})["generate"]
+    quality, _ = evaluate_quality(split_with_validation, [shard], params)
+    taught = quality["generators"]["base"]["synthetic_to_real"]
+    assert quality["transfer"]["evaluated_on"] == "validation" and taught["accuracy"] == quality["transfer"]["balanced_real"]
+    write_json(tmp_path / "noise" / "quality.json", quality)
+    table = knowledge_table([path], [tmp_path / "noise" / "quality.json"])
+    rows = {r["group"]: r for r in table.records}
+    assert rows["all classes"]["synthetic_to_real_noise"] == taught["accuracy"]
+    assert rows["accessory"]["synthetic_to_real_noise"] == taught["per_class"]["Bag"]
+    assert "on the real balanced set" in to_markdown(table)
 
 
 def test_a_base_that_knows_the_class_names_classifies_held_out_images_far_above_chance(

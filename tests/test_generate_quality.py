@@ -21,10 +21,12 @@ def test_real_is_faithful_and_noise_is_not(small_split, tmp_path):
     query = read_image_set(small_split, "query")
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, query.images.shape, dtype=np.uint8)
+    balanced = read_image_set(small_split, "train_balanced")
     shards = [shard(tmp_path / "real.h5", query.images, query.labels, "real"),
-              shard(tmp_path / "noise.h5", noise, query.labels, "noise")]
+              shard(tmp_path / "noise.h5", noise, query.labels, "noise"),
+              shard(tmp_path / "balanced.h5", balanced.images, balanced.labels, "balanced")]
     out, grid = tmp_path / "quality.json", tmp_path / "grid.png"
-    params = json.dumps({"generate": {"quality": {"grid_images": 4}}})
+    params = json.dumps({"generate": {"quality": {"grid_images": 4, "transfer_steps": 40}}})
     assert main(["quality", "--split", str(small_split), "--shards", *shards, "--out", str(out),
                  "--grid", str(grid), "--params", params, "--threads", "1"]) == 0
     metrics = json.loads(out.read_text())
@@ -37,10 +39,22 @@ def test_real_is_faithful_and_noise_is_not(small_split, tmp_path):
     assert 0.7 < real["mean_diversity_ratio"] < 1.3 and fake["mean_diversity_ratio"] < 0.7
     assert len(real["classes"]) == 10 and real["tail_class_fidelity"] is not None
     assert grid.stat().st_size > 1000
+    # what the samples teach about real images (the small split has no validation group: the
+    # queries): "samples" that are the real balanced set teach exactly what the bound's CNN
+    # learned from it, noise teaches nothing
+    transfer = metrics["transfer"]
+    assert transfer["evaluated_on"] == "query" and transfer["images"] == len(query.labels)
+    assert 0.5 < transfer["balanced_real"] and 0.1 < transfer["longtail_real"] < transfer["balanced_real"] + 0.1
+    taught = metrics["generators"]["balanced"]["synthetic_to_real"]
+    assert taught["accuracy"] == transfer["balanced_real"] and taught["images"] == len(balanced.labels)
+    assert fake["synthetic_to_real"]["accuracy"] < 0.3
+    assert set(real["synthetic_to_real"]["per_class"]) == set(metrics["class_names"])
 
     only = tmp_path / "only.json"
     assert main(["quality", "--split", str(small_split), "--shards", *shards, "--generator", "noise",
-                 "--out", str(only), "--params", params]) == 0
+                 "--out", str(only), "--params", json.dumps({"generate": {"quality": {"grid_images": 4}}})]) == 0
     assert list(json.loads(only.read_text())["generators"]) == ["noise"]
+    assert main(["quality", "--split", str(small_split), "--shards", *shards, "--out", str(only)]) == 0
+    assert json.loads(only.read_text())["transfer"] is None  # not measured by default
     assert main(["quality", "--split", str(small_split), "--shards", *shards, "--generator", "nope",
                  "--out", str(only), "--params", params]) == 2

@@ -16,7 +16,15 @@ on the long-tail set (:mod:`lthash.generate.judge` holds the CNN both use). For 
   would make pixel noise count as diversity),
   and ``diversity_ratio`` = that over the same figure for as many real images of the class;
 - ``nearest_train_ratio``: mean distance from a synthetic image to its nearest long-tail
-  training image of the class, over the same for real query images (well below 1 = copies).
+  training image of the class, over the same for real query images (well below 1 = copies);
+- ``synthetic_to_real``: what the samples teach about real images (the classification accuracy
+  score of Ravuri and Vinyals): the judge's CNN trained on one generator's samples alone, their
+  class as label (``transfer_steps`` steps; 0, the default, measures nothing), then its accuracy on real held-out images (the validation group where the
+  split has one, else the queries; ``transfer["evaluated_on"]`` says which), overall and per
+  class. ``transfer`` holds the same CNN trained on the real long-tail set, the control a
+  generator's samples must beat, and on the real balanced set, the bound. A sample the judge
+  puts in its class can still teach little about the real class (too few kinds of it, or
+  kinds the real images do not have): this is where that shows, before any hash network trains.
 """
 
 from __future__ import annotations
@@ -117,6 +125,58 @@ def synthetic_by_generator(paths: Sequence[str | os.PathLike], shape: tuple[int,
     return found
 
 
+#: Images per step of every transfer classifier.
+TRANSFER_BATCH = 128
+
+
+def transfer_accuracy(images: np.ndarray, labels: np.ndarray, held_out, num_classes: int, seed: int,
+                      steps: int) -> tuple[float, dict[int, float]]:
+    """(accuracy, per-class accuracy) on ``held_out`` (an ImageSet of real images) of the judge's
+    CNN (:func:`lthash.generate.judge.train_judge`, plain cross-entropy) trained on ``images``
+    with integer ``labels`` for about ``steps`` steps of :data:`TRANSFER_BATCH` images, whatever
+    their number (2,000 samples and a 900-image long-tail set are taught equally long):
+    acc = mean_i [argmax f(x_i) = y_i] over the held-out images."""
+    from lthash.generate.judge import train_judge
+
+    epochs = max(1, -(-steps * TRANSFER_BATCH // len(images)))
+    model = train_judge(images, labels, num_classes, seed, class_balanced=False, epochs=epochs,
+                        batch=TRANSFER_BATCH)
+    correct = model.predict(held_out.images) == held_out.labels
+    return float(correct.mean()), {int(c): float(correct[held_out.labels == c].mean())
+                                   for c in np.unique(held_out.labels)}
+
+
+def _synthetic_to_real(by_class: Mapping[int, np.ndarray], limit: int, held_out, class_names: Sequence[str],
+                       seed: int, steps: int) -> dict[str, Any]:
+    """One generator's ``synthetic_to_real`` entry: :func:`transfer_accuracy` of a CNN taught on
+    up to ``limit`` of its samples per class (a seeded subset)."""
+    taught = {cls: _subset(images, limit, np.random.default_rng(seed + 1 + cls)) for cls, images in by_class.items()}
+    accuracy, per_class = transfer_accuracy(
+        np.concatenate(list(taught.values())), np.concatenate([np.full(len(v), c) for c, v in taught.items()]),
+        held_out, len(class_names), seed, steps)
+    return {"accuracy": accuracy, "per_class": {class_names[c]: a for c, a in per_class.items()},
+            "images": int(sum(len(v) for v in taught.values()))}
+
+
+def _transfer_controls(train, balanced, group: str, held_out, num_classes: int, seed: int,
+                       steps: int) -> dict[str, Any]:
+    """The scale a generator's ``synthetic_to_real`` is read on: :func:`transfer_accuracy` of the
+    CNN taught on the real long-tail set (the control) and on the real balanced set (the bound)."""
+    return {"evaluated_on": group, "images": int(len(held_out.labels)), "steps": steps,
+            "longtail_real": transfer_accuracy(train.images, train.labels, held_out, num_classes, seed, steps)[0],
+            "balanced_real": transfer_accuracy(balanced.images, balanced.labels, held_out, num_classes, seed, steps)[0]}
+
+
+def _held_out_real(split_path: str | os.PathLike) -> tuple[str, Any]:
+    """(group name, images) of the real images transfer is measured on: the validation group
+    where the split has one, else the queries."""
+    import h5py
+
+    with h5py.File(split_path, "r") as h5:
+        group = "validation" if "validation" in h5 and len(h5["validation"]["labels"]) else "query"
+    return group, read_image_set(split_path, group)
+
+
 def _subset(images: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
     if len(images) <= limit:
         return images
@@ -177,6 +237,8 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     category_of = np.array(categories)
     synthetic = synthetic_by_generator(shard_paths, balanced.images.shape[1:], class_names)
     limit = int(settings["max_per_class"])
+    steps = int(settings["transfer_steps"])
+    held_out_group, held_out = _held_out_real(split_path) if steps else ("", None)
     train_counts = np.bincount(train.labels, minlength=len(class_names))
     order = np.argsort(-train_counts, kind="stable")
     tail = set(order[len(order) - max(1, len(order) // 3):].tolist())
@@ -207,6 +269,9 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
                 "nearest_train_ratio": near_synth / near_real if near_real > 0 else float("nan"),
             }
         generators[generator] = generator_summary(per_class, categories)
+        if steps:
+            generators[generator]["synthetic_to_real"] = _synthetic_to_real(
+                by_class, limit, held_out, class_names, seed, steps)
     metrics = {
         "judge": {
             "classifier": judge.kind,
@@ -215,6 +280,8 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
             "query_accuracy_per_class": {class_names[c]: float((query_pred[query.labels == c] == c).mean())
                                          for c in range(len(class_names)) if (query.labels == c).any()},
         },
+        "transfer": _transfer_controls(train, balanced, held_out_group, held_out, len(class_names), seed, steps)
+        if steps else None,
         "class_names": class_names,
         "categories": categories,
         "tail_classes": [class_names[c] for c in sorted(tail)],
