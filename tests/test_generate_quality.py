@@ -48,6 +48,9 @@ def test_real_is_faithful_and_noise_is_not(small_split, tmp_path):
     taught = metrics["generators"]["balanced"]["synthetic_to_real"]
     assert taught["accuracy"] == transfer["balanced_real"] and taught["images"] == len(balanced.labels)
     assert fake["synthetic_to_real"]["accuracy"] < 0.3
+    # then taught on the real long-tail set: the noise-taught CNN learns the real classes after all
+    assert fake["synthetic_to_real"]["then_longtail"] > fake["synthetic_to_real"]["accuracy"] + 0.1
+    assert 0 < transfer["longtail_real_twice"] <= 1
     assert set(real["synthetic_to_real"]["per_class"]) == set(metrics["class_names"])
 
     only = tmp_path / "only.json"
@@ -58,3 +61,18 @@ def test_real_is_faithful_and_noise_is_not(small_split, tmp_path):
     assert json.loads(only.read_text())["transfer"] is None  # not measured by default
     assert main(["quality", "--split", str(small_split), "--shards", *shards, "--generator", "nope",
                  "--out", str(only), "--params", params]) == 2
+
+
+def test_teaching_from_a_judge_copies_it_and_leaves_it_alone(small_split):
+    import torch
+
+    from lthash.generate.quality import teach
+
+    train = read_image_set(small_split, "train")
+    first = teach(train.images, train.labels, 10, seed=0, steps=3)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    second = teach(train.images, train.labels, 10, seed=1, steps=3, init=first)
+    assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())
+    assert not all(torch.equal(before[k], v) for k, v in second.state_dict().items())
+    fresh = teach(train.images, train.labels, 10, seed=1, steps=3)
+    assert not all(torch.equal(fresh.state_dict()[k], v) for k, v in second.state_dict().items())

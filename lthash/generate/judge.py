@@ -82,11 +82,12 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def train_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
-                class_balanced: bool, epochs: int = 6, batch: int = 128, lr: float = 2e-3) -> Judge:
+                class_balanced: bool, epochs: int = 6, batch: int = 128, lr: float = 2e-3,
+                init: Judge | None = None) -> Judge:
     """Fit a :class:`Judge` with Adam on real uint8 N x H x W x C images and integer labels.
 
-    Initialisation and batch order come from ``seed``; ``class_balanced`` weighs the
-    cross-entropy by :func:`class_weights`.
+    Initialisation (or ``init``'s weights, copied: ``init`` itself is left as it is) and batch
+    order come from ``seed``; ``class_balanced`` weighs the cross-entropy by :func:`class_weights`.
     """
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     if len(images) == 0:
@@ -95,6 +96,8 @@ def train_judge(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: 
         raise LthashError(f"the judge needs single-label classes in [0, {num_classes})")
     torch.manual_seed(seed)
     judge = Judge(images.shape[-1], num_classes)
+    if init is not None:
+        judge.load_state_dict(init.state_dict())
     x, y = judge._tensor(images), torch.as_tensor(labels)
     weight = torch.as_tensor(class_weights(labels, num_classes), dtype=torch.float32) if class_balanced else None
     opt = torch.optim.Adam(judge.parameters(), lr=lr)

@@ -21,8 +21,10 @@ on the long-tail set (:mod:`lthash.generate.judge` holds the CNN both use). For 
   score of Ravuri and Vinyals): the judge's CNN trained on one generator's samples alone, their
   class as label (``transfer_steps`` steps; 0, the default, measures nothing), then its accuracy on real held-out images (the validation group where the
   split has one, else the queries; ``transfer["evaluated_on"]`` says which), overall and per
-  class. ``transfer`` holds the same CNN trained on the real long-tail set, the control a
-  generator's samples must beat, and on the real balanced set, the bound. A sample the judge
+  class; ``then_longtail``: that CNN then taught on the real long-tail set as long again, as
+  the hash arms pretrain on the samples and fine-tune on real images. ``transfer`` holds the
+  same CNN trained on the real long-tail set (as long as either), the control a generator's
+  samples must beat, and on the real balanced set, the bound. A sample the judge
   puts in its class can still teach little about the real class (too few kinds of it, or
   kinds the real images do not have): this is where that shows, before any hash network trains.
 """
@@ -129,41 +131,59 @@ def synthetic_by_generator(paths: Sequence[str | os.PathLike], shape: tuple[int,
 TRANSFER_BATCH = 128
 
 
-def transfer_accuracy(images: np.ndarray, labels: np.ndarray, held_out, num_classes: int, seed: int,
-                      steps: int) -> tuple[float, dict[int, float]]:
-    """(accuracy, per-class accuracy) on ``held_out`` (an ImageSet of real images) of the judge's
-    CNN (:func:`lthash.generate.judge.train_judge`, plain cross-entropy) trained on ``images``
-    with integer ``labels`` for about ``steps`` steps of :data:`TRANSFER_BATCH` images, whatever
-    their number (2,000 samples and a 900-image long-tail set are taught equally long):
-    acc = mean_i [argmax f(x_i) = y_i] over the held-out images."""
+def teach(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, steps: int, init=None):
+    """The judge's CNN (:func:`lthash.generate.judge.train_judge`, plain cross-entropy) taught on
+    ``images`` with integer ``labels`` for about ``steps`` steps of :data:`TRANSFER_BATCH` images,
+    whatever their number (2,000 samples and a 900-image long-tail set are taught equally long),
+    from ``init``'s weights where given."""
     from lthash.generate.judge import train_judge
 
     epochs = max(1, -(-steps * TRANSFER_BATCH // len(images)))
-    model = train_judge(images, labels, num_classes, seed, class_balanced=False, epochs=epochs,
-                        batch=TRANSFER_BATCH)
+    return train_judge(images, labels, num_classes, seed, class_balanced=False, epochs=epochs,
+                       batch=TRANSFER_BATCH, init=init)
+
+
+def held_out_accuracy(model, held_out) -> tuple[float, dict[int, float]]:
+    """(accuracy, per-class accuracy) of ``model`` on ``held_out`` (an ImageSet of real images):
+    acc = mean_i [argmax f(x_i) = y_i]."""
     correct = model.predict(held_out.images) == held_out.labels
     return float(correct.mean()), {int(c): float(correct[held_out.labels == c].mean())
                                    for c in np.unique(held_out.labels)}
 
 
-def _synthetic_to_real(by_class: Mapping[int, np.ndarray], limit: int, held_out, class_names: Sequence[str],
+def transfer_accuracy(images: np.ndarray, labels: np.ndarray, held_out, num_classes: int, seed: int,
+                      steps: int) -> tuple[float, dict[int, float]]:
+    """:func:`held_out_accuracy` of the CNN :func:`teach` es on ``images`` alone."""
+    return held_out_accuracy(teach(images, labels, num_classes, seed, steps), held_out)
+
+
+def _synthetic_to_real(by_class: Mapping[int, np.ndarray], limit: int, train, held_out, class_names: Sequence[str],
                        seed: int, steps: int) -> dict[str, Any]:
-    """One generator's ``synthetic_to_real`` entry: :func:`transfer_accuracy` of a CNN taught on
-    up to ``limit`` of its samples per class (a seeded subset)."""
+    """One generator's ``synthetic_to_real`` entry: :func:`held_out_accuracy` of a CNN taught on
+    up to ``limit`` of its samples per class (a seeded subset), and of that CNN taught on the real
+    long-tail set ``train`` for as many steps again (``then_longtail``: pretraining on the samples,
+    then the real images, as the hash arms train)."""
     taught = {cls: _subset(images, limit, np.random.default_rng(seed + 1 + cls)) for cls, images in by_class.items()}
-    accuracy, per_class = transfer_accuracy(
-        np.concatenate(list(taught.values())), np.concatenate([np.full(len(v), c) for c, v in taught.items()]),
-        held_out, len(class_names), seed, steps)
+    model = teach(np.concatenate(list(taught.values())),
+                  np.concatenate([np.full(len(v), c) for c, v in taught.items()]), len(class_names), seed, steps)
+    accuracy, per_class = held_out_accuracy(model, held_out)
+    then_longtail = held_out_accuracy(teach(train.images, train.labels, len(class_names), seed, steps, init=model),
+                                      held_out)
     return {"accuracy": accuracy, "per_class": {class_names[c]: a for c, a in per_class.items()},
+            "then_longtail": then_longtail[0],
+            "then_longtail_per_class": {class_names[c]: a for c, a in then_longtail[1].items()},
             "images": int(sum(len(v) for v in taught.values()))}
 
 
 def _transfer_controls(train, balanced, group: str, held_out, num_classes: int, seed: int,
                        steps: int) -> dict[str, Any]:
     """The scale a generator's ``synthetic_to_real`` is read on: :func:`transfer_accuracy` of the
-    CNN taught on the real long-tail set (the control) and on the real balanced set (the bound)."""
+    CNN taught on the real long-tail set (the control; ``longtail_real_twice`` for as long as
+    ``then_longtail`` trains in all) and on the real balanced set (the bound)."""
     return {"evaluated_on": group, "images": int(len(held_out.labels)), "steps": steps,
             "longtail_real": transfer_accuracy(train.images, train.labels, held_out, num_classes, seed, steps)[0],
+            "longtail_real_twice": transfer_accuracy(train.images, train.labels, held_out, num_classes, seed,
+                                                     2 * steps)[0],
             "balanced_real": transfer_accuracy(balanced.images, balanced.labels, held_out, num_classes, seed, steps)[0]}
 
 
@@ -271,7 +291,7 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
         generators[generator] = generator_summary(per_class, categories)
         if steps:
             generators[generator]["synthetic_to_real"] = _synthetic_to_real(
-                by_class, limit, held_out, class_names, seed, steps)
+                by_class, limit, train, held_out, class_names, seed, steps)
     metrics = {
         "judge": {
             "classifier": judge.kind,
