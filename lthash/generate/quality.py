@@ -19,9 +19,9 @@ on the long-tail set (:mod:`lthash.generate.judge` holds the CNN both use). For 
   training image of the class, over the same for real query images (well below 1 = copies);
 - ``synthetic_to_real``: what the samples teach about real images (the classification accuracy
   score of Ravuri and Vinyals): the judge's CNN trained on one generator's samples alone, their
-  class as label (``transfer_steps`` steps; 0, the default, measures nothing), then its accuracy on real held-out images (the validation group where the
-  split has one, else the queries; ``transfer["evaluated_on"]`` says which), overall and per
-  class; ``then_longtail``: that CNN then taught on the real long-tail set as long again, as
+  class as label (``transfer_steps`` steps; 0, the default, measures nothing), then its
+  accuracy on real held-out images (the validation group where the split has one, else the
+  queries; ``transfer["evaluated_on"]`` says which), overall and per class; ``then_longtail``: that CNN then taught on the real long-tail set as long again, as
   the hash arms pretrain on the samples and fine-tune on real images. ``transfer`` holds the
   same CNN trained on the real long-tail set (as long as either), the control a generator's
   samples must beat, and on the real balanced set, the bound. A sample the judge
@@ -36,12 +36,15 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from lthash.errors import LthashError
 from lthash.io import atomic_path, read_attrs, read_image_set
+
+if TYPE_CHECKING:
+    from lthash.generate.judge import Judge
 
 log = logging.getLogger("lthash.quality")
 
@@ -131,7 +134,8 @@ def synthetic_by_generator(paths: Sequence[str | os.PathLike], shape: tuple[int,
 TRANSFER_BATCH = 128
 
 
-def teach(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, steps: int, init=None):
+def teach(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, steps: int,
+          init: "Judge | None" = None) -> "Judge":
     """The judge's CNN (:func:`lthash.generate.judge.train_judge`, plain cross-entropy) taught on
     ``images`` with integer ``labels`` for about ``steps`` steps of :data:`TRANSFER_BATCH` images,
     whatever their number (2,000 samples and a 900-image long-tail set are taught equally long),
@@ -153,7 +157,7 @@ def held_out_accuracy(model, held_out) -> tuple[float, dict[int, float]]:
 
 def transfer_accuracy(images: np.ndarray, labels: np.ndarray, held_out, num_classes: int, seed: int,
                       steps: int) -> tuple[float, dict[int, float]]:
-    """:func:`held_out_accuracy` of the CNN :func:`teach` es on ``images`` alone."""
+    """:func:`held_out_accuracy` of the CNN taught (:func:`teach`) on ``images`` alone."""
     return held_out_accuracy(teach(images, labels, num_classes, seed, steps), held_out)
 
 
@@ -187,14 +191,14 @@ def _transfer_controls(train, balanced, group: str, held_out, num_classes: int, 
             "balanced_real": transfer_accuracy(balanced.images, balanced.labels, held_out, num_classes, seed, steps)[0]}
 
 
-def _held_out_real(split_path: str | os.PathLike) -> tuple[str, Any]:
-    """(group name, images) of the real images transfer is measured on: the validation group
-    where the split has one, else the queries."""
-    import h5py
-
-    with h5py.File(split_path, "r") as h5:
-        group = "validation" if "validation" in h5 and len(h5["validation"]["labels"]) else "query"
-    return group, read_image_set(split_path, group)
+def _held_out_real(split_path: str | os.PathLike, query) -> tuple[str, Any]:
+    """(group name, images) of the real images transfer is measured on: the split's validation
+    group where it has one, else ``query`` (the queries, read already)."""
+    try:
+        validation = read_image_set(split_path, "validation")
+    except LthashError:  # no validation group (split.validation_per_class: 0)
+        return "query", query
+    return ("validation", validation) if len(validation.labels) else ("query", query)
 
 
 def _subset(images: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -258,7 +262,7 @@ def evaluate_quality(split_path: str | os.PathLike, shard_paths: Sequence[str | 
     synthetic = synthetic_by_generator(shard_paths, balanced.images.shape[1:], class_names)
     limit = int(settings["max_per_class"])
     steps = int(settings["transfer_steps"])
-    held_out_group, held_out = _held_out_real(split_path) if steps else ("", None)
+    held_out_group, held_out = _held_out_real(split_path, query) if steps else ("", None)
     train_counts = np.bincount(train.labels, minlength=len(class_names))
     order = np.argsort(-train_counts, kind="stable")
     tail = set(order[len(order) - max(1, len(order) // 3):].tolist())
